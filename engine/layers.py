@@ -1,0 +1,264 @@
+"""StyleGAN2 building blocks in plain PyTorch (no compiled extensions).
+
+Attribute names are an on-disk contract: they reproduce the rosinality layout that the official EditGAN
+checkpoints use (`weight`, `bias`, `modulation`, `blur.kernel`, `noise.weight`, `activate.bias`,
+`upsample.kernel`), and registration order fixes the `state_dict()` order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LRELU_SLOPE = 0.2
+LRELU_GAIN = math.sqrt(2.0)  # keeps activations at unit variance after the leaky ReLU
+
+
+def make_kernel(taps: Sequence[float]) -> Tensor:
+    """Separable FIR kernel from 1-D taps, normalised to sum to one: [k, k]."""
+    k1 = torch.tensor(list(taps), dtype=torch.float32)
+    k = torch.outer(k1, k1)
+    return k / k.sum()
+
+
+def upfirdn2d(x: Tensor, kernel: Tensor, *, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0)) -> Tensor:
+    """Upsample by zero insertion, pad, convolve with `kernel` (true convolution), then decimate.
+
+    x: [N, C, H, W]; kernel: [kh, kw]; pad = (before, after), applied to both axes.
+    """
+    n, c, h, w = x.shape
+    if up > 1:
+        x = x.reshape(n, c, h, 1, w, 1)
+        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
+        x = x.reshape(n, c, h * up, w * up)
+    x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
+    kh, kw = kernel.shape
+    weight = kernel.flip([0, 1]).to(x.dtype).reshape(1, 1, kh, kw).expand(c, 1, kh, kw)
+    x = F.conv2d(x, weight, groups=c)  # depthwise: every channel filtered alike
+    if down > 1:
+        x = x[:, :, ::down, ::down]
+    return x
+
+
+def fused_leaky_relu(x: Tensor, bias: Tensor) -> Tensor:
+    """Add a per-channel bias (channel axis 1), leaky ReLU (0.2), scale by sqrt(2)."""
+    shape = [1, -1] + [1] * (x.ndim - 2)
+    return F.leaky_relu(x + bias.reshape(shape), LRELU_SLOPE) * LRELU_GAIN
+
+
+class PixelNorm(nn.Module):
+    """Normalise each latent vector to unit mean square."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with equalised learning rate: weights stored at unit scale, scaled at run time.
+
+    `lr_mul` slows the layer down (the mapping network uses 0.01); `activation=True` fuses a leaky ReLU.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        *,
+        bias: bool = True,
+        bias_init: float = 0.0,
+        lr_mul: float = 1.0,
+        activation: bool = False,
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init))) if bias else None
+        self.scale = lr_mul / math.sqrt(in_dim)
+        self.lr_mul = lr_mul
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias = None if self.bias is None else self.bias * self.lr_mul
+        if self.activation:
+            out = F.linear(x, self.weight * self.scale)
+            return fused_leaky_relu(out, bias) if bias is not None else F.leaky_relu(out, LRELU_SLOPE) * LRELU_GAIN
+        return F.linear(x, self.weight * self.scale, bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[1]}, {self.weight.shape[0]}, lr_mul={self.lr_mul}"
+
+
+class FusedLeakyReLU(nn.Module):
+    """Per-channel bias + scaled leaky ReLU (key `bias`)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return fused_leaky_relu(x, self.bias)
+
+
+class Blur(nn.Module):
+    """Low-pass FIR filter (buffer `kernel`)."""
+
+    kernel: Tensor
+
+    def __init__(self, taps: Sequence[float], pad: tuple[int, int], upsample_factor: int = 1) -> None:
+        super().__init__()
+        # After zero-insertion upsampling the signal energy drops by factor**2; the kernel restores it.
+        self.register_buffer("kernel", make_kernel(taps) * upsample_factor**2)
+        self.pad = pad
+
+    def forward(self, x: Tensor) -> Tensor:
+        return upfirdn2d(x, self.kernel, pad=self.pad)
+
+
+class Upsample(nn.Module):
+    """2x FIR upsampling used on the toRGB skip path (buffer `kernel`)."""
+
+    kernel: Tensor
+
+    def __init__(self, taps: Sequence[float], factor: int = 2) -> None:
+        super().__init__()
+        self.register_buffer("kernel", make_kernel(taps) * factor**2)
+        self.factor = factor
+        p = len(taps) - factor
+        self.pad = ((p + 1) // 2 + factor - 1, p // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad)
+
+
+class ModulatedConv2d(nn.Module):
+    """Style-modulated convolution with optional demodulation and 2x upsampling.
+
+    The weight is shared by the batch: the style scales the input channels and the demodulation
+    coefficient scales the output channels, which equals convolving each sample with its own
+    modulated-and-demodulated kernel (StyleGAN2 eq. 1-3) without a grouped convolution.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        style_dim: int,
+        *,
+        demodulate: bool = True,
+        upsample: bool = False,
+        blur_kernel: Sequence[float] = (1, 3, 3, 1),
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.upsample = upsample
+        self.demodulate = demodulate
+        self.weight = nn.Parameter(torch.randn(1, out_channels, in_channels, kernel_size, kernel_size))
+        if upsample:
+            # Registered before `modulation` so that the state_dict order matches the official files.
+            factor = 2
+            p = len(blur_kernel) - factor - (kernel_size - 1)
+            self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1), upsample_factor=factor)
+        self.modulation = EqualLinear(style_dim, in_channels, bias_init=1.0)
+        self.scale = 1.0 / math.sqrt(in_channels * kernel_size**2)
+        self.padding = kernel_size // 2
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        """x: [N, Cin, H, W]; w: [N, S] -> [N, Cout, H', W'] (H' = 2H when upsampling)."""
+        n = x.shape[0]
+        style = self.modulation(w)  # [N, Cin]
+        weight = self.weight[0] * self.scale  # [Cout, Cin, k, k]
+        x = x * style.reshape(n, -1, 1, 1)
+        if self.upsample:
+            x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+            x = self.blur(x)
+        else:
+            x = F.conv2d(x, weight, padding=self.padding)
+        if self.demodulate:
+            # sum over (Cin, kh, kw) of (W * s)^2 = s^2 @ sum_k W^2: one [N, Cin] x [Cin, Cout] product.
+            w2 = weight.pow(2).sum(dim=(2, 3))  # [Cout, Cin]
+            dcoef = torch.rsqrt(style.pow(2) @ w2.t() + 1e-8)  # [N, Cout]
+            x = x * dcoef.reshape(n, -1, 1, 1)
+        return x
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, k={self.kernel_size}, "
+            f"upsample={self.upsample}, demodulate={self.demodulate}"
+        )
+
+
+class NoiseInjection(nn.Module):
+    """Adds per-pixel noise scaled by one learned scalar (key `weight`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor, noise: Tensor) -> Tensor:
+        return x + self.weight * noise
+
+
+class ConstantInput(nn.Module):
+    """The learned 4x4 starting tensor of the synthesis network (key `input`)."""
+
+    def __init__(self, channels: int, size: int = 4) -> None:
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channels, size, size))
+
+    def forward(self, batch: int) -> Tensor:
+        return self.input.expand(batch, -1, -1, -1)
+
+
+class StyledConv(nn.Module):
+    """Modulated conv -> noise -> biased leaky ReLU: one synthesis layer, one W+ row."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        style_dim: int,
+        *,
+        upsample: bool = False,
+        blur_kernel: Sequence[float] = (1, 3, 3, 1),
+    ) -> None:
+        super().__init__()
+        self.conv = ModulatedConv2d(
+            in_channels, out_channels, kernel_size, style_dim, upsample=upsample, blur_kernel=blur_kernel
+        )
+        self.noise = NoiseInjection()
+        self.activate = FusedLeakyReLU(out_channels)
+
+    def forward(self, x: Tensor, w: Tensor, noise: Tensor) -> Tensor:
+        out: Tensor = self.activate(self.noise(self.conv(x, w), noise))
+        return out
+
+
+class ToRGB(nn.Module):
+    """1x1 modulated conv to RGB (no demodulation) added to the upsampled previous RGB skip."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        style_dim: int,
+        *,
+        upsample: bool = True,
+        blur_kernel: Sequence[float] = (1, 3, 3, 1),
+    ) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        if upsample:
+            self.upsample = Upsample(blur_kernel)
+        self.conv = ModulatedConv2d(in_channels, 3, 1, style_dim, demodulate=False)
+
+    def forward(self, x: Tensor, w: Tensor, skip: Tensor | None = None) -> Tensor:
+        out: Tensor = self.conv(x, w) + self.bias
+        if skip is not None:
+            out = out + self.upsample(skip)
+        return out

@@ -1,0 +1,139 @@
+"""The `editgan` command line: the composition root of the project.
+
+Subcommands available now:
+    editgan import-official RELEASE_DIR OUT_DIR   convert the official EditGAN release into a bundle
+    editgan info BUNDLE                           print a bundle's spec summary as JSON
+    editgan render BUNDLE OUT_DIR                 render samples: image, segmentation, uncertainty PNGs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _import_official(args: argparse.Namespace) -> int:
+    from engine.official import import_official
+
+    start = time.perf_counter()
+    spec = import_official(args.release_dir, args.out_dir, name=args.name)
+    print(
+        json.dumps(
+            {
+                "bundle": str(args.out_dir),
+                "name": spec.name,
+                "resolution": spec.resolution,
+                "classes": len(spec.classes),
+                "classifiers": spec.segmenter.num_models,
+                "vectors": sorted(spec.vectors),
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+        )
+    )
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from engine.bundle import load_bundle
+
+    bundle = load_bundle(args.bundle, verify=not args.no_verify)
+    spec = bundle.spec
+    params = {
+        name: sum(p.numel() for p in net.parameters())
+        for name, net in (("generator", bundle.generator), ("segmenter", bundle.segmenter), ("encoder", bundle.encoder))
+        if net is not None
+    }
+    print(
+        json.dumps(
+            {
+                "name": spec.name,
+                "version": spec.version,
+                "resolution": spec.resolution,
+                "n_latent": spec.n_latent,
+                "feature_dim": spec.generator.feature_dim,
+                "classes": [c.name for c in spec.classes],
+                "regions": spec.regions,
+                "vectors": sorted(bundle.vectors),
+                "examples": 0 if bundle.examples is None else int(bundle.examples.shape[0]),
+                "parameters": params,
+            },
+            indent=1,
+        )
+    )
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    import torch
+
+    from engine.bundle import load_bundle
+    from engine.images import colorize, image_to_uint8, save_png, uncertainty_to_uint8
+    from engine.rendering import render
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    bundle = load_bundle(args.bundle, device)
+    psi = (
+        args.truncation
+        if args.truncation is not None
+        else bundle.spec.defaults.get("sample", {}).get("truncation", 1.0)
+    )
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings = []
+    for i in range(args.count):
+        w = bundle.generator.sample_w_plus(1, seed=args.seed + i, psi=psi)
+        start = time.perf_counter()
+        result = render(bundle, w)
+        timings.append(time.perf_counter() - start)
+        stem = out / f"sample_{args.seed + i}"
+        save_png(image_to_uint8(result.image)[0], stem.with_name(stem.name + "_image.png"))
+        save_png(colorize(result.labels[0], bundle.spec.classes), stem.with_name(stem.name + "_mask.png"))
+        save_png(uncertainty_to_uint8(result.uncertainty[0]), stem.with_name(stem.name + "_uncertainty.png"))
+    print(json.dumps({"out_dir": str(out), "device": device, "render_seconds": [round(t, 3) for t in timings]}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="editgan", description="EditGAN service and model tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("import-official", help="convert an official EditGAN release directory into a bundle")
+    p.add_argument("release_dir", type=Path, help="root of the release (holds checkpoint/, static/, experiments/)")
+    p.add_argument("out_dir", type=Path, help="bundle directory to write (replaced atomically if present)")
+    p.add_argument("--name", default=None, help="bundle name (default: the release's category, e.g. car)")
+    p.set_defaults(func=_import_official)
+
+    p = sub.add_parser("info", help="summarise a bundle as JSON")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the weight files")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("render", help="render random samples with segmentation and uncertainty PNGs")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--truncation", type=float, default=None, help="psi (default: the bundle's sample default)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=_render)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from engine.errors import EngineError
+
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except EngineError as exc:
+        print(f"editgan: error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny seeded models (CPU, milliseconds) and the official reference listings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from engine.bundle import Bundle, BundleSpec, ClassInfo, Geometry, build_networks
+from engine.encoder import EncoderConfig
+from engine.generator import GeneratorConfig
+from engine.segmenter import SegmenterConfig
+
+# Copies of ../shared/reference/official_checkpoint_keys: the official networks' key names and shapes (data only).
+REFERENCE = Path(__file__).resolve().parent / "reference"
+
+
+def reference(name: str) -> dict[str, Any]:
+    """One official key listing; a missing reference is a failure, never a skip."""
+    path = REFERENCE / name
+    assert path.is_file(), f"reference listing {path} is missing"
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+TINY_GENERATOR = GeneratorConfig(size=32, style_dim=32, n_mlp=2, channels=(32, 32, 16, 8))
+TINY_ENCODER = EncoderConfig(
+    resolution=32, n_latent=8, style_dim=32, base_width=8, blocks=(1, 1, 1, 1), fpn_channels=16
+)
+
+
+def tiny_spec(num_classes: int = 5, num_models: int = 3, *, encoder: bool = True) -> BundleSpec:
+    g = TINY_GENERATOR
+    return BundleSpec(
+        name="tiny",
+        generator=g,
+        segmenter=SegmenterConfig(
+            feature_channels=tuple(c for c, _ in g.feature_shapes),
+            num_classes=num_classes,
+            out_size=g.size,
+            num_models=num_models,
+        ),
+        encoder=TINY_ENCODER if encoder else None,
+        classes=[ClassInfo(i, f"c{i}", f"#{i * 40:02x}{255 - i * 40:02x}80") for i in range(num_classes)],
+        regions={"first": [1], "pair": [1, 2]},
+        geometry=Geometry(32, top=4, left=0, height=24, width=32),
+        defaults={"sample": {"truncation": 0.7}},
+    )
+
+
+def randomise_batch_norm(module: torch.nn.Module, seed: int = 0) -> None:
+    """Give BatchNorm running statistics non-trivial values so that eval mode really uses them."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            assert m.running_var is not None
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+
+
+@pytest.fixture
+def tiny_bundle() -> Bundle:
+    torch.manual_seed(0)
+    spec = tiny_spec()
+    generator, segmenter, encoder = build_networks(spec)
+    randomise_batch_norm(segmenter)
+    generator.w_avg.copy_(generator.mean_latent(256, seed=0))
+    for m in (generator, segmenter, encoder):
+        assert m is not None
+        m.eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(1)
+    return Bundle(
+        spec=spec,
+        generator=generator,
+        segmenter=segmenter,
+        encoder=encoder,
+        vectors={"grow": torch.randn(8, 32, generator=gen)},
+        examples=generator.sample_w_plus(2, seed=5),
+    )

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.bundle import Bundle, BundleSpec, load_bundle, save_bundle
+from engine.checkpoints import sha256_file
+from engine.errors import BundleError, CheckpointError
+from engine.images import colorize, image_to_uint8
+from engine.rendering import render
+
+
+def _states(b: Bundle) -> dict[str, torch.Tensor]:
+    nets = {"g": b.generator, "s": b.segmenter, "e": b.encoder}
+    out = {f"{n}.{k}": v for n, net in nets.items() if net is not None for k, v in net.state_dict().items()}
+    out["w_avg"] = b.generator.w_avg
+    return out
+
+
+def test_round_trip_is_bit_identical(tiny_bundle: Bundle, tmp_path: Path) -> None:
+    spec = save_bundle(tiny_bundle, tmp_path / "b")
+    loaded = load_bundle(tmp_path / "b")
+    before, after = _states(tiny_bundle), _states(loaded)
+    assert before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+    assert loaded.vectors.keys() == tiny_bundle.vectors.keys()
+    assert torch.equal(loaded.vectors["grow"], tiny_bundle.vectors["grow"])
+    assert loaded.examples is not None and tiny_bundle.examples is not None
+    assert torch.equal(loaded.examples, tiny_bundle.examples)
+    assert (
+        loaded.spec.to_json()
+        == BundleSpec.from_json(json.loads((tmp_path / "b" / "bundle.json").read_text())).to_json()
+    )
+    # saving the loaded bundle again writes byte-identical files
+    save_bundle(loaded, tmp_path / "again")
+    for name, digest in spec.files.items():
+        assert sha256_file(tmp_path / "again" / name) == digest, name
+    # and the two render the same pixels
+    w = tiny_bundle.generator.sample_w_plus(1, seed=4)
+    a, b = render(tiny_bundle, w), render(loaded, w)
+    assert torch.equal(a.image, b.image) and torch.equal(a.labels, b.labels)
+
+
+def test_loaded_models_are_frozen_and_in_eval_mode(tiny_bundle: Bundle, tmp_path: Path) -> None:
+    save_bundle(tiny_bundle, tmp_path / "b")
+    b = load_bundle(tmp_path / "b")
+    for net in (b.generator, b.segmenter, b.encoder):
+        assert net is not None and not net.training
+        assert not any(p.requires_grad for p in net.parameters())
+
+
+def test_render_crops_to_the_content_box(tiny_bundle: Bundle) -> None:
+    r = render(tiny_bundle, tiny_bundle.generator.sample_w_plus(2, seed=0))
+    assert r.image.shape == (2, 3, 24, 32)  # geometry: rows 4:28 of the 32 px canvas
+    assert r.labels.shape == r.uncertainty.shape == (2, 24, 32)
+    assert int(r.labels.max()) < len(tiny_bundle.spec.classes)
+    assert image_to_uint8(r.image).shape == (2, 24, 32, 3)
+    assert colorize(r.labels[0], tiny_bundle.spec.classes).shape == (24, 32, 3)
+
+
+def test_missing_file_is_named(tiny_bundle: Bundle, tmp_path: Path) -> None:
+    save_bundle(tiny_bundle, tmp_path / "b")
+    (tmp_path / "b" / "segmenter.safetensors").unlink()
+    with pytest.raises(BundleError, match="segmenter.safetensors is missing"):
+        load_bundle(tmp_path / "b")
+    with pytest.raises(BundleError, match="bundle.json is missing"):
+        load_bundle(tmp_path / "nowhere")
+
+
+def test_checksum_mismatch_is_refused(tiny_bundle: Bundle, tmp_path: Path) -> None:
+    save_bundle(tiny_bundle, tmp_path / "b")
+    path = tmp_path / "b" / "generator.safetensors"
+    state = load_file(str(path))
+    state["input.input"] = state["input.input"] + 1
+    save_file(state, str(path))
+    with pytest.raises(BundleError, match="checksum mismatch for generator.safetensors"):
+        load_bundle(tmp_path / "b")
+
+
+def test_wrong_shape_tensor_names_file_and_key(tiny_bundle: Bundle, tmp_path: Path) -> None:
+    save_bundle(tiny_bundle, tmp_path / "b")
+    root = tmp_path / "b"
+    state = load_file(str(root / "segmenter.safetensors"))
+    state["models.1.layers.3.weight"] = torch.zeros(3, 3)
+    save_file(state, str(root / "segmenter.safetensors"))
+    meta = json.loads((root / "bundle.json").read_text())
+    meta["files"]["segmenter.safetensors"] = sha256_file(root / "segmenter.safetensors")  # a consistent forgery
+    (root / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"segmenter.safetensors.*models\.1\.layers\.3\.weight \[3, 3\]"):
+        load_bundle(root)
+
+
+def test_malformed_bundle_json_is_refused(tiny_bundle: Bundle, tmp_path: Path) -> None:
+    save_bundle(tiny_bundle, tmp_path / "b")
+    meta_path = tmp_path / "b" / "bundle.json"
+    meta = json.loads(meta_path.read_text())
+    for breakage, message in [
+        ({"format": "other"}, "not an editgan-bundle"),
+        ({"n_latent": 99}, "n_latent=99"),
+        ({"regions": {"bad": [99]}}, "region 'bad'"),
+        ({"classes": meta["classes"][:-1]}, "classes must have ids"),
+        ({"generator": dict(meta["generator"], size=48)}, "power of two"),
+    ]:
+        meta_path.write_text(json.dumps(meta | breakage))
+        with pytest.raises(BundleError, match=message):
+            load_bundle(tmp_path / "b")
+    meta_path.write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(tmp_path / "b")
+
+
+def test_failed_save_keeps_the_old_bundle(tiny_bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    save_bundle(tiny_bundle, tmp_path / "b")
+    before = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    tiny_bundle.generator.input.input.data.add_(1.0)
+
+    calls = {"n": 0}
+    real = save_file
+
+    def failing(tensors: dict[str, torch.Tensor], filename: str, metadata: object = None) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk full")
+        real(tensors, filename)
+
+    monkeypatch.setattr("engine.bundle.save_file", failing)
+    with pytest.raises(OSError, match="disk full"):
+        save_bundle(tiny_bundle, tmp_path / "b")
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]  # no temporary directory left behind
+    assert json.loads((tmp_path / "b" / "bundle.json").read_text()) == before
+    load_bundle(tmp_path / "b")  # still intact, checksums included

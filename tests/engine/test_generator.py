@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.errors import BundleError, InputError
+from engine.generator import Generator, GeneratorConfig
+from tests.conftest import TINY_GENERATOR, reference
+
+
+def test_car_generator_matches_official_keys_order_and_shapes() -> None:
+    ref = reference("generator_car.json")
+    cfg = GeneratorConfig(**{k: ref["constructor"][k] for k in ("size", "style_dim", "n_mlp", "channel_multiplier")})
+    with torch.device("meta"):
+        g = Generator(cfg)
+    ours = [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in g.state_dict().items()]
+    theirs = [(e["key"], e["shape"], e["dtype"]) for e in ref["entries"]]
+    assert ours == theirs
+    assert sum(p.numel() for p in g.parameters()) == ref["totals"]["parameter_elements"]
+    assert cfg.n_latent == ref["derived"]["n_latent"]
+    assert {str(k): v for k, v in cfg.widths.items()} == ref["derived"]["channels"]
+    assert cfg.feature_dim == 6016  # EDITGAN.md 1.5: D = 2 * sum of widths from 4 to 512 px
+
+
+def test_feature_maps_follow_the_config_and_official_order() -> None:
+    g = Generator(TINY_GENERATOR).eval()
+    out = g.synthesis(g.sample_w_plus(2, seed=0), return_features=True)
+    assert out.image.shape == (2, 3, 32, 32)
+    assert out.features is not None
+    assert [(f.shape[1], f.shape[2]) for f in out.features] == TINY_GENERATOR.feature_shapes
+    assert len(out.features) == TINY_GENERATOR.n_latent
+    # the first map is the learned constant, identical for every latent
+    assert torch.equal(out.features[0][0], out.features[0][1])
+    assert torch.equal(out.features[0][0], g.input.input[0])
+
+
+def test_one_latent_always_renders_one_image() -> None:
+    torch.manual_seed(3)
+    g = Generator(TINY_GENERATOR).eval()
+    twin = Generator(TINY_GENERATOR).eval()
+    twin.load_state_dict(g.state_dict(), strict=True)
+    w = torch.randn(2, TINY_GENERATOR.n_latent, TINY_GENERATOR.style_dim)
+    first = g.synthesis(w).image
+    assert torch.equal(first, g.synthesis(w).image)
+    assert torch.equal(first, twin.synthesis(w).image)
+    # per-sample independence: rendering in a batch equals rendering alone
+    torch.testing.assert_close(first[1:], g.synthesis(w[1:]).image, rtol=1e-5, atol=1e-5)
+    # random noise is opt-in and changes the picture once its weights are non-zero
+    for m in g.modules():
+        if type(m).__name__ == "NoiseInjection":
+            m.weight.data.fill_(0.5)
+    assert not torch.allclose(g.synthesis(w).image, g.synthesis(w, noise="random").image)
+
+
+def test_every_w_plus_row_reaches_the_image() -> None:
+    g = Generator(TINY_GENERATOR).eval()
+    w = g.sample_w_plus(1, seed=0).requires_grad_(True)
+    g.synthesis(w).image.square().sum().backward()
+    assert w.grad is not None
+    per_row = w.grad.abs().sum(-1)[0]
+    assert bool((per_row > 0).all()), per_row
+
+
+def test_sampling_is_seeded_and_truncation_pulls_to_the_average() -> None:
+    g = Generator(TINY_GENERATOR).eval()
+    g.w_avg.copy_(g.mean_latent(512, seed=0))
+    assert torch.equal(g.sample_w_plus(3, seed=7), g.sample_w_plus(3, seed=7))
+    assert not torch.equal(g.sample_w_plus(1, seed=7), g.sample_w_plus(1, seed=8))
+    w = g.sample_w_plus(2, seed=1)
+    assert torch.allclose(g.sample_w_plus(2, seed=1, psi=0.0), g.w_avg.expand_as(w))
+    half = g.sample_w_plus(2, seed=1, psi=0.5)
+    torch.testing.assert_close(half, g.w_avg + 0.5 * (w - g.w_avg))
+    # every row of a sampled W+ is the same w
+    assert torch.equal(w[:, 0], w[:, -1])
+
+
+def test_mean_latent_is_deterministic_and_batch_independent() -> None:
+    g = Generator(TINY_GENERATOR).eval()
+    a = g.mean_latent(300, seed=2, batch=64)
+    b = g.mean_latent(300, seed=2, batch=300)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(a, g.mean_latent(300, seed=3))
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_configurable_resolution_and_widths(size: int) -> None:
+    cfg = GeneratorConfig(size=size, style_dim=16, n_mlp=1, channel_multiplier=1)
+    widths = GeneratorConfig(size=size, style_dim=16, n_mlp=1, channels=tuple(8 for _ in cfg.widths))
+    for c in (cfg, widths):
+        g = Generator(c).eval()
+        assert g.synthesis(g.sample_w_plus(1, seed=0)).image.shape == (1, 3, size, size)
+        assert c.n_latent == 2 * (size.bit_length() - 1) - 2
+
+
+def test_config_round_trip_and_validation() -> None:
+    assert GeneratorConfig.from_dict(TINY_GENERATOR.to_dict()) == TINY_GENERATOR
+    with pytest.raises(BundleError, match="power of two"):
+        GeneratorConfig(size=48)
+    with pytest.raises(BundleError, match="power of two"):
+        GeneratorConfig(size=2048)
+    with pytest.raises(BundleError, match="widths"):
+        GeneratorConfig(size=32, channels=(8, 8))
+    with pytest.raises(BundleError, match="unknown generator config keys"):
+        GeneratorConfig.from_dict({"size": 32, "resolution": 32})
+
+
+def test_bad_latents_are_refused() -> None:
+    g = Generator(TINY_GENERATOR)
+    with pytest.raises(InputError, match="W\\+ must be"):
+        g.synthesis(torch.zeros(1, TINY_GENERATOR.n_latent + 1, TINY_GENERATOR.style_dim))
+    with pytest.raises(InputError, match="z must be"):
+        g.mapping(torch.zeros(1, 3))

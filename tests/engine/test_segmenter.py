@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.checkpoints import strip_prefix
+from engine.errors import InputError
+from engine.generator import Generator, GeneratorConfig
+from engine.segmenter import (
+    PixelClassifier,
+    Segmenter,
+    SegmenterConfig,
+    js_uncertainty,
+    pixels_from_mask,
+    upsample_features,
+)
+from tests.conftest import randomise_batch_norm, reference
+
+# Maps of four different resolutions, some sharing one, as in a real generator.
+CFG = GeneratorConfig(size=64, style_dim=32, n_mlp=1, channels=(16, 16, 8, 8, 4))
+
+
+def _setup(num_classes: int = 6, num_models: int = 3) -> tuple[Generator, Segmenter, list[torch.Tensor]]:
+    torch.manual_seed(0)
+    g = Generator(CFG).eval()
+    s = Segmenter(SegmenterConfig(tuple(c for c, _ in CFG.feature_shapes), num_classes, 64, num_models)).eval()
+    randomise_batch_norm(s)
+    out = g.synthesis(g.sample_w_plus(2, seed=0), return_features=True)
+    assert out.features is not None
+    return g, s, out.features
+
+
+def _roi() -> torch.Tensor:
+    mask = torch.zeros(64, 64, dtype=torch.bool)
+    mask[10:21, 3:40] = True
+    mask[63, 63] = mask[0, 0] = mask[33, 7] = True  # corners: the clamped edges of bilinear sampling
+    return mask
+
+
+def test_classifier_matches_official_keys() -> None:
+    ref = reference("classifier_car.json")
+    with torch.device("meta"):
+        model = torch.nn.DataParallel(PixelClassifier(6016, (256, 128), 32))
+    ours = [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()]
+    assert ours == [(e["key"], e["shape"], e["dtype"]) for e in ref["entries"]]
+    # the official hidden sizes follow from the class count
+    assert SegmenterConfig((6016,), 32, 512).hidden_sizes == (256, 128)
+    assert SegmenterConfig((6016,), 20, 512).hidden_sizes == (128, 32)
+    keys = strip_prefix(model.state_dict(), "module.")
+    assert list(keys) == list(PixelClassifier(8, (4, 4), 3).state_dict())
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_roi_path_equals_full_official_computation(mode: str) -> None:
+    _, s, features = _setup()
+    reference_logits = s.logits_reference(features, mode=mode)  # full [N, D, H, W] stack
+    assert reference_logits.shape == (2, 3, 64 * 64, 6)
+    full = s(features, mode=mode)
+    torch.testing.assert_close(full, reference_logits, rtol=1e-4, atol=1e-4)
+    pixels = pixels_from_mask(_roi())
+    roi = s(features, pixels, mode=mode)
+    torch.testing.assert_close(roi, reference_logits[:, :, pixels], rtol=1e-4, atol=1e-4)
+    # few pixels: the high-resolution maps are interpolated raw, then projected (the other branch)
+    few = pixels[:7]
+    torch.testing.assert_close(s(features, few, mode=mode), reference_logits[:, :, few], rtol=1e-4, atol=1e-4)
+
+
+def test_upsampling_mode_matters() -> None:
+    _, s, features = _setup()
+    pixels = pixels_from_mask(_roi())
+    assert not torch.allclose(s(features, pixels, mode="bilinear"), s(features, pixels, mode="nearest"))
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_dense_segmentation_equals_reference(mode: str) -> None:
+    _, s, features = _setup()
+    logits = s.logits_reference(features, mode=mode).reshape(2, 3, 64, 64, 6)
+    box = (8, 4, 48, 56)
+    seg = s.segment(features, box=box, mode=mode)
+    crop = logits[:, :, 8:56, 4:60]
+    assert seg.labels.shape == (2, 48, 56)
+    assert torch.equal(seg.labels, crop.mean(1).argmax(-1))
+    expected = js_uncertainty(crop.reshape(2, 3, -1, 6)).reshape(2, 48, 56)
+    torch.testing.assert_close(seg.uncertainty, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_uncertainty_is_zero_when_members_agree() -> None:
+    _, s, features = _setup()
+    for m in s.models[1:]:
+        m.load_state_dict(s.models[0].state_dict())
+    seg = s.segment(features)
+    assert seg.uncertainty.abs().max() < 1e-5
+    assert torch.equal(
+        seg.labels,
+        s.models[0](upsample_features(features[:], 64, "bilinear").permute(0, 2, 3, 1).reshape(-1, CFG.feature_dim))
+        .argmax(-1)
+        .reshape(2, 64, 64),
+    )
+
+
+def test_roi_logits_are_differentiable_in_w_plus() -> None:
+    g, s, _ = _setup()
+    w = g.sample_w_plus(1, seed=3).requires_grad_(True)
+    out = g.synthesis(w, return_features=True)
+    assert out.features is not None
+    logits = s(out.features, pixels_from_mask(_roi()), mode="nearest").mean(1)
+    torch.nn.functional.cross_entropy(logits[0], torch.zeros(logits.shape[1], dtype=torch.long)).backward()
+    assert w.grad is not None and bool(torch.isfinite(w.grad).all()) and float(w.grad.abs().sum()) > 0
+
+
+def test_bad_arguments_are_refused() -> None:
+    _, s, features = _setup()
+    with pytest.raises(InputError, match="channels"):
+        s(features[:-1])
+    with pytest.raises(InputError, match="pixel indices"):
+        s(features, torch.tensor([64 * 64]))
+    with pytest.raises(InputError, match="does not fit"):
+        s.segment(features, box=(60, 0, 10, 64))
+    with pytest.raises(InputError, match="must be \\[H, W\\]"):
+        pixels_from_mask(torch.zeros(2, 3, 4, dtype=torch.bool))
+
+
+def test_uncertainty_is_a_bounded_divergence() -> None:
+    logits = torch.randn(2, 4, 50, 6) * 5
+    u = js_uncertainty(logits)
+    assert float(u.min()) >= -1e-6 and float(u.max()) <= torch.log(torch.tensor(4.0)) + 1e-6
+    # members that each put all mass on a different class disagree maximally
+    sharp = torch.full((1, 4, 1, 6), -1e4)
+    for i in range(4):
+        sharp[0, i, 0, i] = 1e4
+    torch.testing.assert_close(js_uncertainty(sharp), torch.log(torch.tensor([[4.0]])))
