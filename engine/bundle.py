@@ -31,6 +31,7 @@ from engine.checkpoints import load_strict, sha256_file
 from engine.encoder import Encoder, EncoderConfig
 from engine.errors import BundleError
 from engine.generator import Generator, GeneratorConfig
+from engine.perceptual import PerceptualLoss, build_perceptual
 from engine.segmenter import Segmenter, SegmenterConfig
 
 FORMAT = "editgan-bundle"
@@ -200,6 +201,22 @@ class Bundle:
     @property
     def latent_avg(self) -> Tensor:
         return self.generator.w_avg
+
+    def perceptual(
+        self, *, lpips_backbone_path: Path | None = None, allow_random_backbone: bool = False
+    ) -> PerceptualLoss:
+        """The perceptual loss the spec names, frozen on the bundle's device.
+
+        LPIPS needs its torchvision backbone file (`lpips_backbone_path` or TORCH_HOME); a bundle-trained
+        network ("conv") ships its weights in `perceptual.safetensors`.
+        """
+        return build_perceptual(
+            self.spec.perceptual,
+            state_dict=self.perceptual_state,
+            lpips_backbone_path=lpips_backbone_path,
+            allow_random_backbone=allow_random_backbone,
+            device=self.device,
+        )
 
 
 def build_networks(spec: BundleSpec, *, empty: bool = False) -> tuple[Generator, Segmenter, Encoder | None]:

@@ -19,15 +19,17 @@ def _listing(keys: list[str]) -> str:
     return ", ".join(keys[:_MAX_LISTED]) + more
 
 
-def check_state_dict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
-    """Raise `CheckpointError` unless `state` has exactly the module's keys with the same shapes."""
-    expected = module.state_dict()
+def check_state_dict(expected: nn.Module | Mapping[str, Tensor], state: Mapping[str, object], source: str) -> None:
+    """Raise `CheckpointError` unless `state` has exactly the expected keys, each a tensor of the same shape."""
+    target = type(expected).__name__ if isinstance(expected, nn.Module) else "the expected layout"
+    if isinstance(expected, nn.Module):
+        expected = expected.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [
-        f"{k} {list(state[k].shape)} (expected {list(expected[k].shape)})"
-        for k in expected
-        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+        f"{k} {list(v.shape) if isinstance(v, Tensor) else type(v).__name__} (expected {list(expected[k].shape)})"
+        for k, v in state.items()
+        if k in expected and (not isinstance(v, Tensor) or tuple(v.shape) != tuple(expected[k].shape))
     ]
     problems = []
     if missing:
@@ -37,7 +39,7 @@ def check_state_dict(module: nn.Module, state: Mapping[str, Tensor], source: str
     if wrong:
         problems.append(f"wrong shapes: {_listing(wrong)}")
     if problems:
-        raise CheckpointError(f"{source} does not match {type(module).__name__}: " + "; ".join(problems))
+        raise CheckpointError(f"{source} does not match {target}: " + "; ".join(problems))
 
 
 def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
@@ -59,6 +61,14 @@ def torch_load(path: Path) -> object:
         raise CheckpointError(f"checkpoint file not found: {path}") from None
     except Exception as exc:  # unpickling refused or corrupt file: both mean "not a weights file"
         raise CheckpointError(f"{path} is not a readable weights-only checkpoint: {exc}") from exc
+
+
+def load_state_file(path: Path) -> dict[str, Tensor]:
+    """A `.pt`/`.pth` file that must hold a plain state dict (torchvision and lpips weight files)."""
+    state = torch_load(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, expected a state dict")
+    return state
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -19,7 +19,8 @@ import lpips
 import torch
 from torch import Tensor, nn
 
-from engine.errors import BundleError, CheckpointError, InputError, MissingWeightsError
+from engine.checkpoints import check_state_dict, load_state_file
+from engine.errors import BundleError, InputError, MissingWeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -36,33 +37,10 @@ def _warn_once(key: str, message: str) -> None:
         logger.warning(message)
 
 
-def _check_keys(expected: Mapping[str, Tensor], got: Mapping[str, Any], source: str) -> None:
-    """Raise CheckpointError listing missing, unexpected and mis-shaped keys of `got` against `expected`."""
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    shapes = [
-        f"{k} {getattr(got[k], 'shape', type(got[k]))} (expected {v.shape})"
-        for k, v in expected.items()
-        if k in got and (not isinstance(got[k], Tensor) or got[k].shape != v.shape)
-    ]
-    if missing or unexpected or shapes:
-        raise CheckpointError(f"{source}: missing {missing}, unexpected {unexpected}, mis-shaped {shapes}")
-
-
 def _check_net(net: str) -> str:
     if net not in BACKBONE_FILES:
         raise InputError(f"LPIPS net must be one of {sorted(BACKBONE_FILES)}, got {net!r}")
     return net
-
-
-def _load_file(path: Path) -> dict[str, Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt, truncated or pickled code: all mean "not a usable weight file"
-        raise CheckpointError(f"cannot read weight file {path}: {e}") from e
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, expected a state dict")
-    return state
 
 
 class PerceptualLoss(nn.Module):
@@ -121,10 +99,10 @@ class LPIPSLoss(PerceptualLoss):
             # pnet_rand=True: lpips never downloads; pretrained=False: heads are loaded strictly below.
             self.model = lpips.LPIPS(net=net, version="0.1", pnet_rand=True, pretrained=False, verbose=False)
         heads_path = Path(lpips.__file__).parent / "weights" / "v0.1" / f"{net}.pth"
-        heads = _load_file(heads_path)
+        heads = load_state_file(heads_path)
         # The file names heads `lin{k}.*`; lpips also aliases them as `lins.{k}.*`, which we load through.
         expected = {f"lin{k}": v for k, v in self.model.lins.state_dict().items()}
-        _check_keys(expected, heads, str(heads_path))
+        check_state_dict(expected, heads, str(heads_path))
         self.model.lins.load_state_dict({k[3:]: v for k, v in heads.items()}, strict=True)
 
     def load_backbone(self, path: Path) -> None:
@@ -133,11 +111,11 @@ class LPIPSLoss(PerceptualLoss):
         `classifier.*` keys are ignored (LPIPS uses the convolutional features only); any other
         difference raises CheckpointError naming the file and the keys.
         """
-        state = {k: v for k, v in _load_file(path).items() if not k.startswith("classifier.")}
+        state = {k: v for k, v in load_state_file(path).items() if not k.startswith("classifier.")}
         net: nn.Module = self.model.net
         # lpips keeps torchvision's module index inside each slice: `slice2.5.weight` is `features.5.weight`.
         to_slice = {f"features.{k.split('.', 1)[1]}": k for k in net.state_dict()}
-        _check_keys({f: net.state_dict()[k] for f, k in to_slice.items()}, state, str(path))
+        check_state_dict({f: net.state_dict()[k] for f, k in to_slice.items()}, state, str(path))
         net.load_state_dict({to_slice[f]: v for f, v in state.items()}, strict=True)
 
     def distance(self, x: Tensor, y: Tensor) -> Tensor:
@@ -291,7 +269,7 @@ def build_perceptual(
         raise BundleError(f"perceptual spec: conv needs a 'config' object, got {spec.get('config')!r}")
     model = ConvPerceptual(ConvPerceptualConfig.from_dict(spec["config"]))
     if state_dict is not None:
-        _check_keys(model.state_dict(), state_dict, "conv perceptual state_dict")
+        check_state_dict(model.state_dict(), state_dict, "conv perceptual state_dict")
         model.load_state_dict(state_dict, strict=True)
     elif allow_random_backbone:
         _warn_once("conv", "conv perceptual: no state_dict given; using RANDOM weights (tests only)")

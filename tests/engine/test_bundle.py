@@ -134,3 +134,27 @@ def test_failed_save_keeps_the_old_bundle(tiny_bundle: Bundle, tmp_path: Path, m
     assert [p.name for p in tmp_path.iterdir()] == ["b"]  # no temporary directory left behind
     assert json.loads((tmp_path / "b" / "bundle.json").read_text()) == before
     load_bundle(tmp_path / "b")  # still intact, checksums included
+
+
+def test_bundle_perceptual_network_travels_with_it(tiny_bundle: Bundle, tmp_path: Path) -> None:
+    from engine.perceptual import ConvPerceptual, ConvPerceptualConfig
+
+    config = ConvPerceptualConfig(widths=(4, 8))
+    net = ConvPerceptual(config)
+    tiny_bundle.spec.perceptual = {"kind": "conv", "config": config.to_dict()}
+    tiny_bundle.perceptual_state = net.state_dict()
+    save_bundle(tiny_bundle, tmp_path / "b")
+    loaded = load_bundle(tmp_path / "b")
+    loss = loaded.perceptual()
+    x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(loss(x, y), net.freeze()(x, y))
+
+
+def test_lpips_bundle_without_backbone_says_which_file(
+    tiny_bundle: Bundle, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from engine.errors import MissingWeightsError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(MissingWeightsError, match="vgg16-397923af.pth"):
+        tiny_bundle.perceptual()

@@ -110,6 +110,7 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path: Path) -> None:
         import_official(release, tmp_path / "bundle")
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickled_checkpoint_code_is_never_run(tmp_path: Path) -> None:
     release = _tiny_release(tmp_path / "release")
     path = next((release / "checkpoint" / "stylegan_pretrain").glob("*.pt"))
