@@ -29,8 +29,9 @@ from torch import Tensor
 
 from engine.checkpoints import load_strict, sha256_file
 from engine.encoder import Encoder, EncoderConfig
-from engine.errors import BundleError
+from engine.errors import BundleError, InputError
 from engine.generator import Generator, GeneratorConfig
+from engine.params import EditParams, InvertParams, RefineParams
 from engine.perceptual import PerceptualLoss, build_perceptual
 from engine.segmenter import Segmenter, SegmenterConfig
 
@@ -132,6 +133,11 @@ class BundleSpec:
             raise BundleError(f"geometry {self.geometry} does not fit the {g.size}px canvas")
         if unknown := set(self.defaults) - set(MODES):
             raise BundleError(f"unknown default modes {sorted(unknown)}; allowed: {list(MODES)}")
+        for mode, params in (("invert", InvertParams), ("edit", EditParams), ("refine", RefineParams)):
+            try:
+                params.resolve(self.defaults.get(mode))
+            except InputError as exc:
+                raise BundleError(f"defaults.{mode}: {exc}") from exc
 
     def to_json(self) -> dict[str, Any]:
         assert self.geometry is not None
@@ -197,6 +203,7 @@ class Bundle:
     vectors: dict[str, Tensor] = field(default_factory=dict)  # shipped editing vectors [L, S]
     examples: Tensor | None = None  # example W+ codes [E, L, S]
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    _perceptual: dict[tuple[str, bool], PerceptualLoss] = field(default_factory=dict, repr=False)
 
     @property
     def latent_avg(self) -> Tensor:
@@ -208,15 +215,18 @@ class Bundle:
         """The perceptual loss the spec names, frozen on the bundle's device.
 
         LPIPS needs its torchvision backbone file (`lpips_backbone_path` or TORCH_HOME); a bundle-trained
-        network ("conv") ships its weights in `perceptual.safetensors`.
+        network ("conv") ships its weights in `perceptual.safetensors`. Built once, then cached.
         """
-        return build_perceptual(
-            self.spec.perceptual,
-            state_dict=self.perceptual_state,
-            lpips_backbone_path=lpips_backbone_path,
-            allow_random_backbone=allow_random_backbone,
-            device=self.device,
-        )
+        key = (str(lpips_backbone_path), allow_random_backbone)
+        if key not in self._perceptual:
+            self._perceptual[key] = build_perceptual(
+                self.spec.perceptual,
+                state_dict=self.perceptual_state,
+                lpips_backbone_path=lpips_backbone_path,
+                allow_random_backbone=allow_random_backbone,
+                device=self.device,
+            )
+        return self._perceptual[key]
 
 
 def build_networks(spec: BundleSpec, *, empty: bool = False) -> tuple[Generator, Segmenter, Encoder | None]:

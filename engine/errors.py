@@ -31,3 +31,9 @@ class MissingWeightsError(BundleError):
     """Outside weights (an LPIPS backbone, an official checkpoint) are not where they were expected."""
 
     code = "missing_weights"
+
+
+class CancelledError(EngineError):
+    """A stop request ended a long-running loop between two steps."""
+
+    code = "cancelled"

@@ -126,31 +126,29 @@ def _resolve(release: Path, configured: str | None, fallback_glob: str, what: st
 
 
 def _defaults(tool: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per-mode hyperparameters of the official tool (EDITGAN.md section 6)."""
+    """Per-mode hyperparameters of the official tool (EDITGAN.md section 6), faithful to its quirks.
+
+    `steps` counts updates: the official loops run range(1, steps). The encoder sees [0, 1] images
+    with batch-statistics BatchNorm in the official code; both quirks are kept for imported models.
+    """
     losses = tool.get("loss_dict", {})
     p, mse = float(losses.get("p_loss", 10)), float(losses.get("mse_loss", 1))
     rgb = float(tool.get("rgb_loss_weight", 15))
-    edit = {
-        "lr": 0.02,
-        "rgb_weight": rgb,
-        "lpips_weight": p,
-        "mse_weight": 5 * mse,
-        "ce_weight": 1.0,
-        "roi_dilation": 3,
-        "upsample": "nearest",
-    }
+    quirks = {"encoder_input": "unit", "encoder_batch_statistics": True}
+    shared = {"lr": 0.02, "rgb_weight": rgb, "lpips_weight": p, "mse_weight": 5 * mse, "ce_weight": 1.0}
     return {
         "sample": {"truncation": TRUNCATION},
         "segment": {"upsample": "bilinear"},
         "invert": {
-            "steps": int(tool.get("embedding_steps", 100)),
+            "steps": int(tool.get("embedding_steps", 100)) - 1,
             "lr": 0.1,
             "lpips_weight": p,
             "mse_weight": mse,
             "encoder_weight": 1.0,
+            **quirks,
         },
-        "edit": {"steps": int(tool.get("steps", 30)), "encoder_weight": 1.0, **edit},
-        "refine": {"steps": 30, **edit},
+        "edit": {"steps": int(tool.get("steps", 30)) - 1, "encoder_weight": 1.0, **shared, **quirks},
+        "refine": {"steps": 29, **shared},
     }
 
 

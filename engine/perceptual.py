@@ -69,7 +69,24 @@ class PerceptualLoss(nn.Module):
 
     def distance(self, x: Tensor, y: Tensor) -> Tensor:
         """The distance itself, on checked inputs."""
+        return self.compare(self.features(x), self.features(y))
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """Per-layer features, unit-normalised over channels: what `compare` reads."""
         raise NotImplementedError
+
+    def compare(self, fx: list[Tensor], fy: list[Tensor]) -> Tensor:
+        """Distance [N] between two feature lists (fy may have batch 1 and broadcast)."""
+        raise NotImplementedError
+
+    def target(self, y: Tensor) -> list[Tensor]:
+        """Features of a fixed target, computed once and reused by `to_target` at every step."""
+        with torch.no_grad():
+            return [f.detach() for f in self.features(y)]
+
+    def to_target(self, x: Tensor, target: list[Tensor]) -> Tensor:
+        """Distance [N] from x to a prepared target; equals `self(x, y)` for `target = self.target(y)`."""
+        return self.compare(self.features(x), target)
 
     def freeze(self) -> Self:
         """Use as a fixed loss: no parameter gradients, eval mode even if a parent calls `train()`."""
@@ -118,8 +135,14 @@ class LPIPSLoss(PerceptualLoss):
         check_state_dict({f: net.state_dict()[k] for f, k in to_slice.items()}, state, str(path))
         net.load_state_dict({to_slice[f]: v for f, v in state.items()}, strict=True)
 
-    def distance(self, x: Tensor, y: Tensor) -> Tensor:
-        return cast(Tensor, self.model(x, y, normalize=False)).reshape(x.shape[0])  # [N, 1, 1, 1] -> [N]
+    def features(self, x: Tensor) -> list[Tensor]:
+        outs = self.model.net(self.model.scaling_layer(x))
+        return [lpips.normalize_tensor(o) for o in outs]
+
+    def compare(self, fx: list[Tensor], fy: list[Tensor]) -> Tensor:
+        # lpips.LPIPS.forward, split in two so that a fixed target's features are computed once
+        total = sum(lin((a - b).square()).mean((2, 3)) for lin, a, b in zip(self.model.lins, fx, fy, strict=True))
+        return cast(Tensor, total).reshape(-1)  # [N, 1] -> [N]
 
 
 def load_lpips(
@@ -218,18 +241,23 @@ class ConvPerceptual(PerceptualLoss):
         weights = [nn.Parameter(torch.zeros(w)) for w in config.widths]
         self.log_weights = nn.ParameterList(weights) if config.learned_weights else None
 
-    def distance(self, x: Tensor, y: Tensor) -> Tensor:
-        n = x.shape[0]
-        f = torch.cat([x, y])  # [2N, C, H, W]: one pass for both images
-        total = x.new_zeros(n)
-        for k, stage in enumerate(self.stages):
-            f = stage(f)
+    def features(self, x: Tensor) -> list[Tensor]:
+        out = []
+        for stage in self.stages:
+            x = stage(x)
             # vector_norm's gradient is 0 at a zero vector, where sqrt(sum(f^2)) would give NaN
-            u = f / (torch.linalg.vector_norm(f, dim=1, keepdim=True) + 1e-10)
-            d = (u[:n] - u[n:]).square()  # [N, C_k, H_k, W_k]
+            out.append(x / (torch.linalg.vector_norm(x, dim=1, keepdim=True) + 1e-10))
+        return out
+
+    def compare(self, fx: list[Tensor], fy: list[Tensor]) -> Tensor:
+        total: Tensor | None = None
+        for k, (a, b) in enumerate(zip(fx, fy, strict=True)):
+            d = (a - b).square()  # [N, C_k, H_k, W_k]
             if self.log_weights is not None:
                 d = d * self.log_weights[k].exp().view(1, -1, 1, 1)
-            total = total + d.sum(1).mean((1, 2))
+            term = d.sum(1).mean((1, 2))
+            total = term if total is None else total + term
+        assert total is not None
         return total
 
 

@@ -105,6 +105,8 @@ def test_malformed_bundle_json_is_refused(tiny_bundle: Bundle, tmp_path: Path) -
         ({"regions": {"bad": [99]}}, "region 'bad'"),
         ({"classes": meta["classes"][:-1]}, "classes must have ids"),
         ({"generator": dict(meta["generator"], size=48)}, "power of two"),
+        ({"defaults": {"edit": {"steps": -3}}}, "defaults.edit: steps must be"),
+        ({"defaults": {"refine": {"lr_typo": 1}}}, "unknown RefineParams keys"),
     ]:
         meta_path.write_text(json.dumps(meta | breakage))
         with pytest.raises(BundleError, match=message):

@@ -60,7 +60,10 @@ def test_tiny_release_imports_and_keeps_every_weight(tmp_path: Path) -> None:
     assert [c.name for c in spec.classes][:3] == ["background", "back_bumper", "bumper"]  # the car palette
     assert spec.regions["license"] == spec.regions["licenseplate"] == [13, 14]
     assert spec.geometry is not None and spec.geometry.box == (4, 0, 24, 32)
-    assert spec.defaults["edit"]["steps"] == 30 and spec.defaults["edit"]["rgb_weight"] == 15
+    # official steps=30 / embedding_steps=100 run range(1, steps): 29 and 99 updates
+    assert spec.defaults["edit"]["steps"] == 29 and spec.defaults["invert"]["steps"] == 99
+    assert spec.defaults["edit"]["rgb_weight"] == 15 and spec.defaults["edit"]["mse_weight"] == 5
+    assert spec.defaults["edit"]["encoder_input"] == "unit"
     assert spec.vectors["wheel_enlarge"]["region"] == "wheel"
     vec = np.load(release / "static" / "editing_vectors" / "wheel_enlarge.npy")
     assert torch.equal(b.vectors["wheel_enlarge"], torch.from_numpy(vec[0]))

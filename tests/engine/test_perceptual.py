@@ -276,3 +276,14 @@ def test_conv_state_dict_round_trip_is_strict() -> None:
     reshaped = {**source.state_dict(), "stages.0.0.weight": torch.zeros(1)}
     with pytest.raises(CheckpointError, match=r"stages\.0\.0\.weight"):
         build_perceptual(spec, state_dict=reshaped)
+
+
+def test_prepared_target_equals_the_direct_distance() -> None:
+    torch.manual_seed(0)
+    for loss in (
+        load_lpips("vgg", allow_random_backbone=True),
+        build_perceptual({"kind": "conv", "config": {"widths": [4, 8]}}, allow_random_backbone=True),
+    ):
+        x, y = torch.rand(3, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
+        target = loss.target(y)
+        torch.testing.assert_close(loss.to_target(x, target), loss(x, y.expand_as(x)), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,318 @@
+"""EditGAN's three editing modes over a loaded bundle.
+
+- `optimize_edit`: optimisation-based editing from an edited segmentation (official
+  `run_optimization_editGAN`); yields an editing vector.
+- `apply_vectors`: vector-only editing, one generator pass for any number of vectors and latents.
+- `refine`: vectors followed by self-supervised refinement (official `run_optimization_post_process`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from engine.bundle import Bundle
+from engine.errors import InputError
+from engine.images import dilate, labels_from_array
+from engine.optim import ProgressFn, StopFn, encoder_term, masked, mse01, optimize_w, scalars
+from engine.params import EditParams, RefineParams
+from engine.perceptual import PerceptualLoss
+from engine.rendering import Rendering, render
+from engine.segmenter import Upsample, pixels_from_mask
+from engine.vectors import EditingVector, combine
+
+VectorTerm = tuple[EditingVector | Tensor, float]  # (vector, scale)
+
+
+@dataclass
+class EditResult:
+    """What `optimize_edit` returns."""
+
+    w_plus: Tensor  # [1, L, S] the edited latent
+    vector: EditingVector  # delta = w_plus - w, with its class group
+    rendering: Rendering  # edited image, mask and uncertainty in the content box
+    region: Tensor  # [h, w] bool, the dilated region of interest in the content box
+    best_step: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class VectorEdit:
+    """What `apply_vectors` and `refine` return."""
+
+    w_plus: Tensor  # [N, L, S]
+    rendering: Rendering
+    best_step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)  # refinement steps (of the last latent)
+
+
+def check_w_plus(bundle: Bundle, w: Tensor) -> Tensor:
+    """[L, S] or [N, L, S] finite -> [N, L, S] on the bundle's device."""
+    shape = (bundle.spec.n_latent, bundle.spec.generator.style_dim)
+    if w.ndim == 2:
+        w = w.unsqueeze(0)
+    if w.ndim != 3 or tuple(w.shape[1:]) != shape or not w.is_floating_point():
+        raise InputError(f"latent must be [{shape[0]}, {shape[1]}] or [N, {shape[0]}, {shape[1]}], got {list(w.shape)}")
+    if not bool(torch.isfinite(w).all()):
+        raise InputError("latent contains NaN or infinite values")
+    return w.detach().to(bundle.device, torch.float32)
+
+
+def _region_classes(bundle: Bundle, region: str | Sequence[int] | None) -> set[int] | None:
+    if region is None:
+        return None
+    if isinstance(region, str):
+        if region not in bundle.spec.regions:
+            raise InputError(f"unknown region {region!r}; the model has {sorted(bundle.spec.regions)}")
+        return set(bundle.spec.regions[region])
+    ids = {int(c) for c in region}
+    if not ids or any(not 0 <= c < len(bundle.spec.classes) for c in ids):
+        raise InputError(f"region class ids must be non-empty and in [0, {len(bundle.spec.classes)})")
+    return ids
+
+
+def _canvas(bundle: Bundle, box_map: Tensor, fill: int | bool = 0) -> Tensor:
+    """Place a content-box map [h, w] on the full canvas [S, S]."""
+    assert bundle.spec.geometry is not None
+    top, left, h, w = bundle.spec.geometry.box
+    size = bundle.spec.resolution
+    out = torch.full((size, size), fill, dtype=box_map.dtype, device=box_map.device)
+    out[top : top + h, left : left + w] = box_map
+    return out
+
+
+class _SegmentationLoss:
+    """Image term outside the region + ensemble cross-entropy inside it, for one latent (N = 1).
+
+    Everything fixed is prepared once: the reference image and its perceptual features, the
+    outside mask, the region's pixel indices and targets, all on the bundle's device.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        perceptual: PerceptualLoss,
+        reference: Tensor,  # [1, 3, S, S] the image to keep outside the region
+        region: Tensor,  # [S, S] bool, dilated
+        targets: Tensor,  # [S, S] class ids wanted inside the region
+        *,
+        rgb_weight: float,
+        lpips_weight: float,
+        mse_weight: float,
+        ce_weight: float,
+        upsample: Upsample,
+    ) -> None:
+        self.bundle, self.perceptual, self.upsample = bundle, perceptual, upsample
+        self.keep = (~region).to(reference.dtype)[None, None]  # [1, 1, S, S]
+        self.reference = masked(reference, self.keep)
+        self.reference_features = perceptual.target(self.reference)
+        self.pixels = pixels_from_mask(region)
+        self.targets = targets.reshape(-1)[self.pixels]
+        self.weights = (rgb_weight, lpips_weight, mse_weight, ce_weight)
+
+    def __call__(self, w: Tensor) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """-> (loss, rendered image, logged terms)."""
+        rgb_w, lpips_w, mse_w, ce_w = self.weights
+        out = self.bundle.generator.synthesis(w, return_features=True)
+        assert out.features is not None
+        x = masked(out.image, self.keep)
+        lp = self.perceptual.to_target(x, self.reference_features).mean()
+        mse = mse01(x, self.reference).mean()  # over the whole canvas, region zeroed (official)
+        logits = self.bundle.segmenter(out.features, self.pixels, mode=self.upsample).mean(1)[0]  # [P, K]
+        ce = F.cross_entropy(logits, self.targets)
+        accuracy = (logits.argmax(-1) == self.targets).float().mean()
+        rgb = lpips_w * lp + mse_w * mse
+        total = rgb_w * rgb + ce_w * ce
+        logs = scalars(total=total, rgb=rgb, lpips=lp, mse=mse, ce=ce, region_accuracy=accuracy)
+        return total, out.image, logs
+
+
+def optimize_edit(
+    bundle: Bundle,
+    w: Tensor,
+    edited_mask: Tensor,
+    region: str | Sequence[int] | None = None,
+    *,
+    perceptual: PerceptualLoss | None = None,
+    params: Mapping[str, Any] | None = None,
+    description: str = "",
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> EditResult:
+    """Change W+ so that its segmentation becomes `edited_mask` inside the edit's region.
+
+    edited_mask: class ids [h, w] over the content box (the segmentation the user painted on).
+    region: a bundle region name or class ids (Q_edit); by default the classes the edit changes.
+    The region r is every pixel whose class before or after the edit is in Q_edit, dilated by
+    `roi_dilation`; the loss keeps the image outside r (LPIPS + MSE against the current render) and
+    drives the ensemble to the edited labels inside it, plus the encoder-consistency term.
+    """
+    p = EditParams.resolve(bundle.spec.defaults.get("edit"), params)
+    w0 = check_w_plus(bundle, w)
+    if w0.shape[0] != 1:
+        raise InputError("optimize_edit edits one latent at a time")
+    assert bundle.spec.geometry is not None
+    _, _, h, wd = bundle.spec.geometry.box
+    edited = labels_from_array(edited_mask, len(bundle.spec.classes), (h, wd)).to(bundle.device)
+    chosen = _region_classes(bundle, region)
+    perceptual = perceptual if perceptual is not None else bundle.perceptual()
+
+    before = render(bundle, w0)  # what the user saw and painted on
+    current = before.labels[0]
+    changed = edited != current
+    if not bool(changed.any()):
+        raise InputError("the edited mask equals the current segmentation: there is nothing to edit")
+    classes = chosen if chosen is not None else set(current[changed].tolist()) | set(edited[changed].tolist())
+    q = torch.tensor(sorted(classes), device=bundle.device)
+    in_region = torch.isin(current, q) | torch.isin(edited, q)
+    if not bool(in_region.any()):
+        raise InputError(f"no pixel before or after the edit belongs to the region's classes {sorted(classes)}")
+    roi = dilate(_canvas(bundle, in_region, False), p.roi_dilation)
+    targets = _canvas(bundle, edited, 0)  # outside the content box the official mask is background
+
+    with torch.no_grad():
+        reference = bundle.generator.synthesis(w0).image
+    terms = _SegmentationLoss(
+        bundle,
+        perceptual,
+        reference,
+        roi,
+        targets,
+        rgb_weight=p.rgb_weight,
+        lpips_weight=p.lpips_weight,
+        mse_weight=p.mse_weight,
+        ce_weight=p.ce_weight,
+        upsample=p.upsample,
+    )
+    enc = bundle.encoder if p.encoder_weight > 0 else None
+
+    def loss_fn(w_: Tensor) -> tuple[Tensor, dict[str, float]]:
+        loss, image, logs = terms(w_)
+        e = encoder_term(enc, w_, image, range_=p.encoder_input, batch_statistics=p.encoder_batch_statistics).mean()
+        total = loss + p.encoder_weight * e
+        return total, logs | scalars(encoder=e, total=total)
+
+    result = optimize_w(w0, loss_fn, steps=p.steps, lr=lambda _: p.lr, progress=progress, should_stop=should_stop)
+    rendering = render(bundle, result.w_plus)
+    name = next((n for n, ids in bundle.spec.regions.items() if set(ids) == classes), None)
+    vector = EditingVector(
+        delta=(result.w_plus - w0)[0],
+        model=bundle.spec.name,
+        classes=sorted(classes),
+        region=region if isinstance(region, str) else name,
+        description=description,
+        source_latent=w0[0].clone(),
+    )
+    top, left, _, _ = bundle.spec.geometry.box
+    return EditResult(
+        w_plus=result.w_plus,
+        vector=vector,
+        rendering=rendering,
+        region=roi[top : top + h, left : left + wd],
+        best_step=result.best_step,
+        history=result.history,
+        params=p.to_dict(),
+    )
+
+
+def _deltas(bundle: Bundle, terms: Sequence[VectorTerm]) -> tuple[Tensor, set[int]]:
+    """The summed offset [L, S] of (vector, scale) pairs and the union of their class groups."""
+    pairs: list[tuple[Tensor, float]] = []
+    classes: set[int] = set()
+    shape = (bundle.spec.n_latent, bundle.spec.generator.style_dim)
+    for vector, scale in terms:
+        if isinstance(vector, EditingVector):
+            vector.check(bundle.spec)
+            classes |= set(vector.classes)
+            delta = vector.delta
+        else:
+            delta = vector
+        if tuple(delta.shape) != shape or not bool(torch.isfinite(delta).all()):
+            raise InputError(f"vector must be a finite [{shape[0]}, {shape[1]}] array, got {list(delta.shape)}")
+        pairs.append((delta.to(bundle.device, torch.float32), float(scale)))
+    return combine(pairs), classes
+
+
+def apply_vectors(bundle: Bundle, w: Tensor, terms: Sequence[VectorTerm]) -> VectorEdit:
+    """Vector-only editing: w + sum_i scale_i * v_i for every latent in [N, L, S], one generator pass."""
+    w0 = check_w_plus(bundle, w)
+    delta, _ = _deltas(bundle, terms)
+    edited = w0 + delta
+    return VectorEdit(w_plus=edited, rendering=render(bundle, edited))
+
+
+def refine(
+    bundle: Bundle,
+    w: Tensor,
+    terms: Sequence[VectorTerm],
+    steps: int | None = None,
+    *,
+    classes: Sequence[int] | None = None,
+    perceptual: PerceptualLoss | None = None,
+    params: Mapping[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> VectorEdit:
+    """Apply vectors, then refine each latent for `steps` updates (0: identical to `apply_vectors`).
+
+    Self-supervised, as the paper: the region is every pixel whose class before or after the vectors is
+    in their class groups (plus `classes`), dilated; the target is the segmentation after the vectors
+    inside it and the unedited image outside it. No encoder term (as the official code).
+    """
+    overrides = dict(params or {}) | ({"steps": steps} if steps is not None else {})
+    p = RefineParams.resolve(bundle.spec.defaults.get("refine"), overrides)
+    if p.steps == 0:
+        return apply_vectors(bundle, w, terms)
+    w0 = check_w_plus(bundle, w)
+    delta, group = _deltas(bundle, terms)
+    group |= set(_region_classes(bundle, classes) or set())
+    if not group:
+        raise InputError("refinement needs the vectors' class groups: pass EditingVector records or `classes`")
+    q = torch.tensor(sorted(group), device=bundle.device)
+    perceptual = perceptual if perceptual is not None else bundle.perceptual()
+
+    results: list[Tensor] = []
+    history: list[dict[str, float]] = []
+    best_step = 0
+    for i in range(w0.shape[0]):
+        w_i = w0[i : i + 1]
+        w_edit = w_i + delta
+        with torch.no_grad():
+            before = bundle.generator.synthesis(w_i, return_features=True)
+            after = bundle.generator.synthesis(w_edit, return_features=True)
+            assert before.features is not None and after.features is not None
+            s_before = bundle.segmenter.segment(before.features, mode=p.upsample).labels[0]
+            s_after = bundle.segmenter.segment(after.features, mode=p.upsample).labels[0]
+        region = torch.isin(s_before, q) | torch.isin(s_after, q)
+        if not bool(region.any()):
+            raise InputError(f"the vectors' classes {sorted(group)} appear nowhere before or after the edit")
+        terms_i = _SegmentationLoss(
+            bundle,
+            perceptual,
+            before.image,
+            dilate(region, p.roi_dilation),
+            s_after,
+            rgb_weight=p.rgb_weight,
+            lpips_weight=p.lpips_weight,
+            mse_weight=p.mse_weight,
+            ce_weight=p.ce_weight,
+            upsample=p.upsample,
+        )
+
+        def loss_fn(w_: Tensor, terms_i: _SegmentationLoss = terms_i) -> tuple[Tensor, dict[str, float]]:
+            loss, _, logs = terms_i(w_)
+            return loss, logs
+
+        result = optimize_w(
+            w_edit, loss_fn, steps=p.steps, lr=lambda _: p.lr, progress=progress, should_stop=should_stop
+        )
+        results.append(result.w_plus)
+        history, best_step = result.history, result.best_step
+    refined = torch.cat(results)
+    return VectorEdit(w_plus=refined, rendering=render(bundle, refined), best_step=best_step, history=history)

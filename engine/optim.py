@@ -1,0 +1,106 @@
+"""The W+ optimisation loop shared by inversion, editing and refinement, and their loss terms."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from engine.encoder import Encoder
+from engine.errors import CancelledError
+from engine.params import EncoderInput
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]  # (step, total, losses of that step)
+StopFn = Callable[[], bool]  # polled between steps; True ends the run with `CancelledError`
+LossFn = Callable[[Tensor], tuple[Tensor, dict[str, float]]]  # W+ -> (loss to minimise, logged terms)
+
+
+@dataclass
+class OptimResult:
+    w_plus: Tensor  # [N, L, S] the best iterate (detached copy)
+    best_step: int  # 0 = the starting point
+    history: list[dict[str, float]] = field(default_factory=list)  # logged terms of every evaluated step
+
+
+def optimize_w(
+    w0: Tensor,
+    loss_fn: LossFn,
+    *,
+    steps: int,
+    lr: Callable[[int], float],
+    best_key: str = "total",
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> OptimResult:
+    """Adam on a copy of `w0` for `steps` updates; returns the iterate with the lowest `best_key`.
+
+    Every iterate w_0 ... w_steps is evaluated once. The best one is *cloned* when measured: the official
+    code keeps a `.detach()` view of the parameter, which Adam then updates in place, so it always
+    returned the last step instead.
+    """
+    w = w0.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([w], lr=lr(0))
+    best_w, best_value, best_step = w0.detach().clone(), float("inf"), 0
+    history: list[dict[str, float]] = []
+    for step in range(steps + 1):
+        if should_stop is not None and should_stop():
+            raise CancelledError(f"stopped after {step} of {steps} steps")
+        last = step == steps
+        with torch.set_grad_enabled(not last):  # the final iterate is only measured
+            loss, logs = loss_fn(w)
+        history.append(logs)
+        if logs[best_key] < best_value:
+            best_w, best_value, best_step = w.detach().clone(), logs[best_key], step
+        if progress is not None:
+            progress(step, steps, logs)
+        if last:
+            break
+        for group in opt.param_groups:
+            group["lr"] = lr(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return OptimResult(w_plus=best_w, best_step=best_step, history=history)
+
+
+# ---------------------------------------------------------------------------------------------- loss terms
+
+
+def masked(image: Tensor, keep: Tensor) -> Tensor:
+    """Black out (-1) where keep is 0: the official code multiplies [0, 1] images by its mask."""
+    return (image + 1.0) * keep - 1.0
+
+
+def mse01(x: Tensor, y: Tensor) -> Tensor:
+    """Mean squared error of [0, 1] images, given [-1, 1] ones (the official loss scale): [N]."""
+    return ((x - y) * 0.5).square().flatten(1).mean(1)
+
+
+def encoder_term(
+    encoder: Encoder | None, w: Tensor, image: Tensor, *, range_: EncoderInput, batch_statistics: bool
+) -> Tensor:
+    """||w - E(G(w))||^2 mean [N], E not differentiated (the official target is detached); 0 without E."""
+    if encoder is None:
+        return w.new_zeros(w.shape[0])
+    previous = encoder.batch_statistics
+    encoder.use_batch_statistics(batch_statistics)
+    try:
+        with torch.no_grad():
+            target = encoder((image + 1.0) / 2.0 if range_ == "unit" else image)
+    finally:
+        encoder.use_batch_statistics(previous)
+    return F.mse_loss(w, target, reduction="none").flatten(1).mean(1)
+
+
+def scalars(**terms: Tensor) -> dict[str, float]:
+    """Loss terms as plain floats for logs and progress reports."""
+    return {k: float(v.detach()) for k, v in terms.items()}
+
+
+def psnr(x: Tensor, y: Tensor) -> float:
+    """PSNR in dB of [-1, 1] images measured on the [0, 1] scale (mean over the batch)."""
+    mse = mse01(x, y).clamp_min(1e-12)
+    return float((10 * torch.log10(1.0 / mse)).mean())

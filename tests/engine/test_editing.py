@@ -1,0 +1,217 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.bundle import Bundle
+from engine.editing import _SegmentationLoss, apply_vectors, optimize_edit, refine
+from engine.errors import CancelledError, InputError
+from engine.images import dilate
+from engine.optim import optimize_w
+from engine.perceptual import ConvPerceptual, ConvPerceptualConfig, PerceptualLoss
+from engine.vectors import EditingVector
+
+
+@pytest.fixture
+def perceptual() -> PerceptualLoss:
+    torch.manual_seed(0)
+    return ConvPerceptual(ConvPerceptualConfig(widths=(8, 16))).freeze()
+
+
+def _edit_mask(bundle: Bundle, w: torch.Tensor) -> torch.Tensor:
+    """The current segmentation with a 6x6 block painted to a class it does not hold there (never 4)."""
+    labels = apply_vectors(bundle, w, [(torch.zeros_like(w[0]), 0.0)]).rendering.labels[0].clone()
+    block = labels[8:14, 10:16]
+    new = int((block.flatten().mode().values + 1) % 4)
+    labels[8:14, 10:16] = new
+    return labels
+
+
+def test_gradients_reach_every_w_plus_row(tiny_bundle: Bundle, perceptual: PerceptualLoss) -> None:
+    g = tiny_bundle.generator
+    w = g.sample_w_plus(1, seed=0)
+    region = torch.zeros(32, 32, dtype=torch.bool)
+    region[10:20, 5:25] = True
+    targets = torch.randint(0, 5, (32, 32), generator=torch.Generator().manual_seed(0))
+    loss = _SegmentationLoss(
+        tiny_bundle,
+        perceptual,
+        g.synthesis(w).image,
+        region,
+        targets,
+        rgb_weight=15,
+        lpips_weight=10,
+        mse_weight=5,
+        ce_weight=1,
+        upsample="nearest",
+    )
+    w_var = (w + 0.3 * torch.randn_like(w)).requires_grad_(True)
+    total, _, _ = loss(w_var)
+    total.backward()
+    assert w_var.grad is not None
+    assert bool((w_var.grad.abs().sum(-1) > 0).all())
+
+
+def test_pixels_inside_the_region_do_not_affect_the_image_term(tiny_bundle: Bundle, perceptual: PerceptualLoss) -> None:
+    g = tiny_bundle.generator
+    w = g.sample_w_plus(1, seed=0)
+    reference = g.synthesis(w).image
+    region = torch.zeros(32, 32, dtype=torch.bool)
+    region[8:20, 6:22] = True
+    targets = torch.zeros(32, 32, dtype=torch.long)
+
+    def rgb(ref: torch.Tensor) -> float:
+        loss = _SegmentationLoss(
+            tiny_bundle,
+            perceptual,
+            ref,
+            region,
+            targets,
+            rgb_weight=15,
+            lpips_weight=10,
+            mse_weight=5,
+            ce_weight=1,
+            upsample="nearest",
+        )
+        return loss(g.sample_w_plus(1, seed=9))[2]["rgb"]
+
+    inside, outside = reference.clone(), reference.clone()
+    inside[:, :, region] = torch.rand_like(inside[:, :, region]) * 2 - 1
+    outside[:, :, ~region] = torch.rand_like(outside[:, :, ~region]) * 2 - 1
+    assert rgb(inside) == pytest.approx(rgb(reference), abs=1e-6)
+    assert rgb(outside) != pytest.approx(rgb(reference), abs=1e-3)
+
+
+def test_optimize_edit_returns_a_vector_and_the_best_step(tiny_bundle: Bundle, perceptual: PerceptualLoss) -> None:
+    w = tiny_bundle.generator.sample_w_plus(1, seed=2)
+    mask = _edit_mask(tiny_bundle, w)
+    seen: list[tuple[int, int]] = []
+    result = optimize_edit(
+        tiny_bundle,
+        w,
+        mask,
+        perceptual=perceptual,
+        params={"steps": 6},
+        progress=lambda step, total, losses: seen.append((step, total)),
+    )
+    assert seen == [(i, 6) for i in range(7)]
+    totals = [h["total"] for h in result.history]
+    assert len(totals) == 7 and totals[result.best_step] == min(totals)
+    assert min(totals) < totals[0]
+    torch.testing.assert_close(result.w_plus[0], w[0] + result.vector.delta)
+    assert result.vector.source_latent is not None and torch.equal(result.vector.source_latent, w[0])
+    assert result.vector.classes and result.region.any()
+    # the edited render is the render of the returned latent
+    again = apply_vectors(tiny_bundle, w, [(result.vector, 1.0)])
+    torch.testing.assert_close(again.rendering.image, result.rendering.image, rtol=1e-4, atol=1e-4)
+    # deterministic
+    twice = optimize_edit(tiny_bundle, w, mask, perceptual=perceptual, params={"steps": 6})
+    assert torch.equal(twice.w_plus, result.w_plus)
+
+
+def test_the_best_iterate_is_a_copy_not_the_last_one() -> None:
+    target = torch.zeros(1, 2, 3)
+    iterates: list[torch.Tensor] = []
+
+    def loss_fn(w: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        iterates.append(w.detach().clone())
+        loss = (w - target).square().sum()
+        return loss, {"total": float(loss.detach())}
+
+    # a learning rate far too large: Adam overshoots, so an early iterate is the best one
+    result = optimize_w(torch.full((1, 2, 3), 0.05), loss_fn, steps=8, lr=lambda k: 1.0)
+    totals = [h["total"] for h in result.history]
+    assert result.best_step == totals.index(min(totals)) and result.best_step < 8
+    assert torch.equal(result.w_plus, iterates[result.best_step])
+    assert not torch.equal(result.w_plus, iterates[-1])
+
+
+def test_a_stop_request_ends_the_loop_within_one_step(tiny_bundle: Bundle, perceptual: PerceptualLoss) -> None:
+    w = tiny_bundle.generator.sample_w_plus(1, seed=2)
+    steps: list[int] = []
+    with pytest.raises(CancelledError):
+        optimize_edit(
+            tiny_bundle,
+            w,
+            _edit_mask(tiny_bundle, w),
+            perceptual=perceptual,
+            params={"steps": 20},
+            progress=lambda step, total, losses: steps.append(step),
+            should_stop=lambda: len(steps) >= 3,
+        )
+    assert steps == [0, 1, 2]
+
+
+def test_zero_refinement_steps_equal_apply_vectors(tiny_bundle: Bundle, perceptual: PerceptualLoss) -> None:
+    w = tiny_bundle.generator.sample_w_plus(2, seed=1)
+    vec = EditingVector(delta=tiny_bundle.vectors["grow"], model="tiny", classes=[1, 2])
+    plain = apply_vectors(tiny_bundle, w, [(vec, 0.7)])
+    refined = refine(tiny_bundle, w, [(vec, 0.7)], steps=0, perceptual=perceptual)
+    assert torch.equal(plain.w_plus, refined.w_plus)
+    assert torch.equal(plain.rendering.image, refined.rendering.image)
+    assert torch.equal(plain.rendering.labels, refined.rendering.labels)
+
+
+def test_refinement_moves_from_the_vector_result(tiny_bundle: Bundle, perceptual: PerceptualLoss) -> None:
+    w = tiny_bundle.generator.sample_w_plus(1, seed=1)
+    labels = apply_vectors(tiny_bundle, w, [(torch.zeros(8, 32), 0.0)]).rendering.labels
+    present = [int(c) for c in labels.unique()[:2]]
+    vec = EditingVector(delta=tiny_bundle.vectors["grow"] * 0.3, model="tiny", classes=present)
+    result = refine(tiny_bundle, w, [(vec, 1.0)], steps=4, perceptual=perceptual)
+    assert len(result.history) == 5
+    totals = [h["total"] for h in result.history]
+    assert totals[result.best_step] == min(totals)
+    assert result.w_plus.shape == (1, 8, 32)
+
+
+def test_vectors_add_linearly_in_one_pass(tiny_bundle: Bundle) -> None:
+    gen = torch.Generator().manual_seed(3)
+    v1, v2 = torch.randn(8, 32, generator=gen), torch.randn(8, 32, generator=gen)
+    w = tiny_bundle.generator.sample_w_plus(3, seed=4)
+    a, b = 0.8, -1.5
+    two = apply_vectors(tiny_bundle, w, [(v1, a), (v2, b)])
+    one = apply_vectors(tiny_bundle, w, [(a * v1 + b * v2, 1.0)])
+    torch.testing.assert_close(two.w_plus, one.w_plus)
+    torch.testing.assert_close(two.rendering.image, one.rendering.image, rtol=1e-5, atol=1e-5)
+    assert two.rendering.image.shape[0] == 3  # batched over latents
+
+
+def test_bad_edits_are_refused(tiny_bundle: Bundle, perceptual: PerceptualLoss) -> None:
+    w = tiny_bundle.generator.sample_w_plus(1, seed=2)
+    for member in tiny_bundle.segmenter.classifiers():  # class 4 can no longer win anywhere
+        member.layers[-1].bias.data[4] = -1e4
+    current = apply_vectors(tiny_bundle, w, [(torch.zeros(8, 32), 0.0)]).rendering.labels[0]
+    with pytest.raises(InputError, match="nothing to edit"):
+        optimize_edit(tiny_bundle, w, current, perceptual=perceptual)
+    edited = _edit_mask(tiny_bundle, w)
+    assert not bool((edited == 4).any())
+    with pytest.raises(InputError, match="no pixel"):
+        optimize_edit(tiny_bundle, w, edited, [4], perceptual=perceptual)
+    with pytest.raises(InputError, match="unknown region"):
+        optimize_edit(tiny_bundle, w, edited, "nope", perceptual=perceptual)
+    with pytest.raises(InputError, match="this model edits"):
+        optimize_edit(tiny_bundle, w, edited[:-1], perceptual=perceptual)
+    with pytest.raises(InputError, match="outside"):
+        optimize_edit(tiny_bundle, w, edited + 10, perceptual=perceptual)
+    with pytest.raises(InputError, match="NaN"):
+        optimize_edit(tiny_bundle, torch.full_like(w, float("nan")), edited, perceptual=perceptual)
+    with pytest.raises(InputError, match="unknown EditParams keys"):
+        optimize_edit(tiny_bundle, w, edited, perceptual=perceptual, params={"stpes": 3})
+    with pytest.raises(InputError, match="steps must be"):
+        optimize_edit(tiny_bundle, w, edited, perceptual=perceptual, params={"steps": -1})
+    with pytest.raises(InputError, match="class groups"):
+        refine(tiny_bundle, w, [(torch.zeros(8, 32), 1.0)], steps=2, perceptual=perceptual)
+    with pytest.raises(InputError, match="scale"):
+        apply_vectors(tiny_bundle, w, [(torch.zeros(8, 32), float("inf"))])
+    with pytest.raises(InputError, match="vector must be"):
+        apply_vectors(tiny_bundle, w, [(torch.zeros(7, 32), 1.0)])
+
+
+def test_region_dilation_matches_repeated_3x3_dilation() -> None:
+    mask = torch.zeros(20, 20, dtype=torch.bool)
+    mask[5, 5] = mask[12, 3] = mask[19, 19] = True
+    grown = mask
+    for _ in range(3):
+        grown = torch.nn.functional.max_pool2d(grown[None, None].float(), 3, 1, 1)[0, 0] > 0
+    assert torch.equal(dilate(mask, 3), grown)
+    assert torch.equal(dilate(mask, 0), mask)
