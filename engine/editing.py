@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from engine.bundle import Bundle
@@ -124,9 +123,7 @@ class _SegmentationLoss:
         x = masked(out.image, self.keep)
         lp = self.perceptual.to_target(x, self.reference_features).mean()
         mse = mse01(x, self.reference).mean()  # over the whole canvas, region zeroed (official)
-        logits = self.bundle.segmenter(out.features, self.pixels, mode=self.upsample).mean(1)[0]  # [P, K]
-        ce = F.cross_entropy(logits, self.targets)
-        accuracy = (logits.argmax(-1) == self.targets).float().mean()
+        ce, accuracy = self.bundle.segmenter.region_loss(out.features, self.pixels, self.targets, mode=self.upsample)
         rgb = lpips_w * lp + mse_w * mse
         total = rgb_w * rgb + ce_w * ce
         logs = scalars(total=total, rgb=rgb, lpips=lp, mse=mse, ce=ce, region_accuracy=accuracy)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from engine.errors import BundleError, InputError
 
 Upsample = Literal["bilinear", "nearest"]
+Prepared = list[tuple[int, Tensor, Tensor | None]]  # (resolution, values [N, r*r, X], late weight)
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,125 @@ def _taps(dst: Tensor, src_size: int, dst_size: int, mode: Upsample) -> list[tup
     return [(i0, 1.0 - frac), (i1, frac)]
 
 
+class _InterpolateRows(torch.autograd.Function):
+    """out[:, p] = sum_t weights[t, p] * values[:, index[t, p]], saving only the indices for backward.
+
+    Autograd through plain indexing would keep one [N, P, X] temporary per tap alive until backward
+    (tens of GB for a large region at 512 px); this keeps none.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, values: Tensor, index: Tensor, weights: Tensor) -> Tensor:
+        ctx.save_for_backward(index, weights)
+        ctx.rows = values.shape[1]
+        if index.shape[0] == 1:  # nearest: one tap of weight 1
+            return values[:, index[0]]
+        out = values[:, index[0]] * weights[0][None, :, None]
+        for t in range(1, index.shape[0]):
+            out.addcmul_(values[:, index[t]], weights[t][None, :, None])
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        index, weights = ctx.saved_tensors
+        out = grad.new_zeros(grad.shape[0], ctx.rows, grad.shape[2])
+        for t in range(index.shape[0]):
+            out.index_add_(1, index[t], grad * weights[t][None, :, None])
+        return out, None, None
+
+
+def _var(bn: nn.BatchNorm1d) -> Tensor:
+    assert bn.running_var is not None
+    return bn.running_var
+
+
+def _mean(bn: nn.BatchNorm1d) -> Tensor:
+    assert bn.running_mean is not None
+    return bn.running_mean
+
+
+def _merge_nearest(prepared: Prepared) -> Prepared:
+    """With nearest interpolation, sum all projected maps into the finest projected one.
+
+    Nearest sampling between power-of-two sizes composes exactly (reading a 2x pixel-replicated map at
+    the finer index lands on the same coarse pixel), so one gather per pixel replaces one per map.
+    """
+    projected = sorted((e for e in prepared if e[2] is None), key=lambda e: e[0])
+    if len(projected) < 2:
+        return prepared
+    r, merged, _ = projected[0]
+    n, x = merged.shape[0], merged.shape[2]
+    for r_next, values, _ in projected[1:]:
+        factor = r_next // r
+        grid = merged.reshape(n, r, r, x).repeat_interleave(factor, 1).repeat_interleave(factor, 2)
+        merged = grid.reshape(n, r_next * r_next, x) + values
+        r = r_next
+    return [(r, merged, None), *(e for e in prepared if e[2] is not None)]
+
+
+def _interpolate_rows(values: Tensor, index: Tensor, weights: Tensor) -> Tensor:
+    out: Tensor = _InterpolateRows.apply(values, index, weights)
+    return out
+
+
+class _RegionCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of the ensemble's mean logits over a pixel set, evaluated in chunks.
+
+    Autograd through a chunked loop would allocate a full-size gradient for every projected map per
+    chunk. Here backward recomputes each chunk, differentiates the (frozen) heads with respect to the
+    chunk's first-layer outputs only, and scatters those gradients into one buffer per map. Memory is
+    the projected maps, their gradients and one chunk.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        seg: Segmenter,
+        prepared: Prepared,
+        pixels: Tensor,
+        targets: Tensor,
+        mode: Upsample,
+        chunk: int,
+        *values: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        total = values[0].new_zeros(())
+        correct = torch.zeros((), dtype=torch.long, device=pixels.device)
+        for part, wanted in zip(pixels.split(chunk), targets.split(chunk), strict=True):
+            logits = seg._evaluate(prepared, part, mode).mean(1)  # [N, p, K]
+            flat, wanted_n = logits.reshape(-1, logits.shape[-1]), wanted.repeat(logits.shape[0])
+            total += F.cross_entropy(flat, wanted_n, reduction="sum")
+            correct += (flat.argmax(-1) == wanted_n).sum()
+        ctx.seg, ctx.prepared, ctx.mode, ctx.chunk = seg, [(r, None, w) for r, _, w in prepared], mode, chunk
+        ctx.save_for_backward(pixels, targets, *values)
+        ctx.mark_non_differentiable(correct)
+        return total, correct
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: Tensor, _: Tensor) -> tuple[Tensor | None, ...]:
+        pixels, targets, *values = ctx.saved_tensors
+        seg: Segmenter = ctx.seg
+        prepared = [(r, v, w) for (r, _, w), v in zip(ctx.prepared, values, strict=True)]
+        grads = [torch.zeros_like(v) for v in values]
+        for part, wanted in zip(pixels.split(ctx.chunk), targets.split(ctx.chunk), strict=True):
+            plan = seg._tap_plan(prepared, part, ctx.mode)
+            h = seg._first_layer(prepared, plan).requires_grad_(True)
+            with torch.enable_grad():
+                logits = seg._heads(h).mean(1)
+                loss = F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), wanted.repeat(logits.shape[0]), reduction="sum"
+                )
+                (dh,) = torch.autograd.grad(loss, h)
+            dh = dh * grad_total
+            for (_, _, weight), (index, weights), g in zip(prepared, plan, grads, strict=True):
+                d = dh @ weight if weight is not None else dh  # back through the late projection
+                if index.shape[0] == 1:
+                    g.index_add_(1, index[0], d)
+                    continue
+                for t in range(index.shape[0]):
+                    g.index_add_(1, index[t], d * weights[t][None, :, None])
+        return (None, None, None, None, None, None, *grads)
+
+
 class Segmenter(nn.Module):
     """Ensemble of `PixelClassifier`s (key `models.{i}.layers.*`) with a low-memory evaluation path."""
 
@@ -174,7 +294,7 @@ class Segmenter(nn.Module):
             offset += c
         return [(r, torch.cat(m, dim=1), torch.cat(w, dim=1)) for r, (m, w) in groups.items()]
 
-    def _prepare(self, features: Sequence[Tensor], n_pixels: int) -> list[tuple[int, Tensor, Tensor | None]]:
+    def _prepare(self, features: Sequence[Tensor], n_pixels: int, mode: Upsample) -> Prepared:
         """Decide, per resolution, whether the first Linear runs before or after interpolation.
 
         Returns (r, values [N, r*r, X], weight) triples, channels last so that gathering pixels copies
@@ -182,35 +302,66 @@ class Segmenter(nn.Module):
         None); otherwise fewer pixels are needed than the map has, so the raw features are kept
         (X = C) and projected after interpolation with `weight` [M*h1, C].
         """
-        prepared: list[tuple[int, Tensor, Tensor | None]] = []
+        prepared: Prepared = []
         for r, maps, w in self._groups(features):
             x = maps.permute(0, 2, 3, 1).reshape(maps.shape[0], r * r, -1)
+            # early: r*r rows of M*h1 floats, kept with their gradient; late: P rows, one chunk at a time
             prepared.append((r, x @ w.t(), None) if r * r <= n_pixels else (r, x, w))
+        if mode == "nearest":
+            prepared = _merge_nearest(prepared)
         return prepared
 
-    def _evaluate(self, prepared: list[tuple[int, Tensor, Tensor | None]], pixels: Tensor, mode: Upsample) -> Tensor:
+    def _tap_plan(self, prepared: Prepared, pixels: Tensor, mode: Upsample) -> list[tuple[Tensor, Tensor]]:
+        """Per resolution: source rows [T, P] and weights [T, P] that interpolation reads for `pixels`."""
         size = self.config.out_size
         if pixels.numel() and (int(pixels.min()) < 0 or int(pixels.max()) >= size * size):
             raise InputError(f"pixel indices must lie in [0, {size * size})")
         ys, xs = pixels // size, pixels % size
+        plan = []
+        for r, values, _ in prepared:
+            taps = [
+                (yi * r + xi, wy * wx) for yi, wy in _taps(ys, r, size, mode) for xi, wx in _taps(xs, r, size, mode)
+            ]
+            plan.append((torch.stack([t[0] for t in taps]), torch.stack([t[1] for t in taps]).to(values.dtype)))
+        return plan
+
+    def _first_layer(self, prepared: Prepared, plan: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """Every member's first Linear (without bias) at the planned pixels: [N, P, M*h1]."""
         h: Tensor | None = None
-        for r, values, weight in prepared:
-            acc: Tensor | None = None
-            for yi, wy in _taps(ys, r, size, mode):
-                for xi, wx in _taps(xs, r, size, mode):
-                    term = values[:, yi * r + xi] * (wy * wx).to(values.dtype)[None, :, None]  # [N, P, X]
-                    acc = term if acc is None else acc + term
-            assert acc is not None
+        for (_, values, weight), (index, weights) in zip(prepared, plan, strict=True):
+            acc = _interpolate_rows(values, index, weights)  # [N, P, X]
             if weight is not None:
                 acc = acc @ weight.t()
             h = acc if h is None else h + acc
         assert h is not None
+        return h
+
+    def _heads(self, h: Tensor) -> Tensor:
+        """First-layer outputs [N, P, M*h1] -> member logits [N, M, P, K].
+
+        In eval mode the members run together as batched matrix products (BatchNorm is then a fixed
+        affine map); in train mode each member's own modules run, so BatchNorm uses batch statistics.
+        """
         n, p = h.shape[0], h.shape[1]
-        b1 = torch.cat([m.first.bias for m in self.classifiers()])
-        h = (h + b1).reshape(n * p, len(self.models), -1)
-        # Layers after the first run through the members' own modules (BN follows train/eval mode).
-        logits = torch.stack([m.head(h[:, i]) for i, m in enumerate(self.classifiers())], dim=0)
-        return logits.reshape(len(self.models), n, p, -1).transpose(0, 1)
+        members = self.classifiers()
+        b1 = torch.cat([m.first.bias for m in members])
+        x = (h + b1).reshape(n * p, len(members), -1)  # [P', M, h1]
+        if self.training:
+            logits = torch.stack([m.head(x[:, i]) for i, m in enumerate(members)], dim=1)
+        else:
+            for a, b in ((2, 3), (5, 6)):  # (BatchNorm, Linear) index pairs of the official layout
+                bns = [cast(nn.BatchNorm1d, m.layers[a]) for m in members]
+                lins = [cast(nn.Linear, m.layers[b]) for m in members]
+                scale = torch.stack([bn.weight * torch.rsqrt(_var(bn) + bn.eps) for bn in bns])  # [M, C]
+                shift = torch.stack([bn.bias for bn in bns]) - torch.stack([_mean(bn) for bn in bns]) * scale
+                x = torch.relu(x) * scale + shift
+                weight = torch.stack([lin.weight for lin in lins])  # [M, out, in]
+                x = torch.einsum("pmi,moi->pmo", x, weight) + torch.stack([lin.bias for lin in lins])
+            logits = x  # [P', M, K]
+        return logits.reshape(n, p, len(members), -1).permute(0, 2, 1, 3)
+
+    def _evaluate(self, prepared: Prepared, pixels: Tensor, mode: Upsample) -> Tensor:
+        return self._heads(self._first_layer(prepared, self._tap_plan(prepared, pixels, mode)))
 
     def forward(
         self, features: Sequence[Tensor], pixels: Tensor | None = None, *, mode: Upsample = "bilinear"
@@ -224,7 +375,39 @@ class Segmenter(nn.Module):
         self._check(features)
         if pixels is None:
             pixels = all_pixels(self.config.out_size, features[0].device)
-        return self._evaluate(self._prepare(features, pixels.numel()), pixels, mode)
+        return self._evaluate(self._prepare(features, pixels.numel(), mode), pixels, mode)
+
+    def region_loss(
+        self,
+        features: Sequence[Tensor],
+        pixels: Tensor,
+        targets: Tensor,
+        *,
+        mode: Upsample = "nearest",
+        chunk: int = 8192,
+    ) -> tuple[Tensor, Tensor]:
+        """Cross-entropy of the ensemble's mean logits against `targets` [P] at `pixels`, averaged over
+        pixels (and batch), plus the fraction of pixels already right: (loss, accuracy).
+
+        With frozen classifiers (editing) large regions are evaluated in chunks, forward and backward,
+        so memory stays bounded by `chunk` pixels plus the low-resolution projections whatever the
+        region's size; the result equals the unchunked computation.
+        """
+        self._check(features)
+        if pixels.numel() == 0 or targets.shape != pixels.shape:
+            raise InputError("region_loss needs a non-empty pixel set and one target per pixel")
+        prepared = self._prepare(features, pixels.numel(), mode)
+        count = pixels.numel() * features[0].shape[0]
+        frozen = not any(p.requires_grad for p in self.parameters())
+        if frozen and torch.is_grad_enabled():
+            values = [v for _, v, _ in prepared]
+            total, correct = _RegionCrossEntropy.apply(self, prepared, pixels, targets, mode, chunk, *values)
+        else:  # training the segmenter itself, or no gradient wanted: plain autograd
+            logits = self._evaluate(prepared, pixels, mode).mean(1)
+            flat, wanted = logits.reshape(-1, logits.shape[-1]), targets.repeat(logits.shape[0])
+            total = F.cross_entropy(flat, wanted, reduction="sum")
+            correct = (flat.argmax(-1) == wanted).sum()
+        return total / count, correct.float() / count
 
     def logits_reference(
         self, features: Sequence[Tensor], pixels: Tensor | None = None, *, mode: Upsample = "bilinear"

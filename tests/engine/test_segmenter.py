@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -129,3 +131,48 @@ def test_uncertainty_is_a_bounded_divergence() -> None:
     for i in range(4):
         sharp[0, i, 0, i] = 1e4
     torch.testing.assert_close(js_uncertainty(sharp), torch.log(torch.tensor([[4.0]])))
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_roi_gradients_equal_the_official_computation(mode: str) -> None:
+    _, s, features = _setup()
+    pixels = pixels_from_mask(_roi())
+    weights = torch.randn(2, 3, pixels.numel(), 6, generator=torch.Generator().manual_seed(1))
+
+    def grads(fn: Callable[..., torch.Tensor]) -> list[torch.Tensor]:
+        leaves = [f.detach().clone().requires_grad_(True) for f in features]
+        (fn(leaves, pixels, mode=mode) * weights).sum().backward()
+        return [leaf.grad for leaf in leaves if leaf.grad is not None]
+
+    fast, slow = grads(s), grads(s.logits_reference)
+    assert len(fast) == len(slow) == len(features)
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_region_loss_equals_the_plain_loss() -> None:
+    _, s, features = _setup()
+    s.requires_grad_(False)  # editing: frozen classifiers take the chunked path with its own backward
+    pixels = pixels_from_mask(_roi())
+    targets = torch.randint(0, 6, pixels.shape, generator=torch.Generator().manual_seed(2))
+    results = []
+    for chunk in (10**6, 37):  # one piece, then many pieces
+        leaves = [f.detach().clone().requires_grad_(True) for f in features]
+        loss, acc = s.region_loss(leaves, pixels, targets, mode="nearest", chunk=chunk)
+        loss.backward()
+        results.append((loss.detach(), acc, [leaf.grad for leaf in leaves]))
+    (l1, a1, g1), (l2, a2, g2) = results
+    leaves = [f.detach().clone().requires_grad_(True) for f in features]
+    plain = torch.nn.functional.cross_entropy(
+        s.logits_reference(leaves, pixels, mode="nearest").mean(1).reshape(-1, 6), targets.repeat(2)
+    )
+    plain.backward()
+    torch.testing.assert_close(l1, plain.detach(), rtol=1e-5, atol=1e-6)
+    for x, y in zip(g1, [leaf.grad for leaf in leaves], strict=True):
+        assert x is not None and y is not None
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(l2, l1, rtol=1e-5, atol=1e-6)
+    assert torch.equal(a1, a2)
+    for x, y in zip(g1, g2, strict=True):
+        assert x is not None and y is not None
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
