@@ -167,6 +167,15 @@ class _InterpolateRows(torch.autograd.Function):
         return out, None, None
 
 
+def _interp_matrix(src: int, dst: int, mode: Upsample, like: Tensor) -> Tensor:
+    """The [dst, src] matrix of 1-D `F.interpolate` (align_corners=False) from src to dst samples."""
+    out = like.new_zeros(dst, src)
+    rows = torch.arange(dst, device=like.device)
+    for idx, weight in _taps(rows, src, dst, mode):
+        out.index_put_((rows, idx.to(like.device)), weight.to(like), accumulate=True)
+    return out
+
+
 def _var(bn: nn.BatchNorm1d) -> Tensor:
     assert bn.running_var is not None
     return bn.running_var
@@ -442,19 +451,35 @@ class Segmenter(nn.Module):
         top, left, height, width = box if box is not None else (0, 0, size, size)
         if top < 0 or left < 0 or height < 1 or width < 1 or top + height > size or left + width > size:
             raise InputError(f"box {box} does not fit a {size}x{size} canvas")
-        groups = self._groups(features)
         n = features[0].shape[0]
         h1 = self.config.hidden_sizes[0]
+        # Coarse maps are projected for all members at once (small); full-resolution ones per member.
+        groups = [
+            (r, F.conv2d(maps, w[:, :, None, None]) if r < size else maps, w) for r, maps, w in self._groups(features)
+        ]
+        matrices = {
+            r: (
+                _interp_matrix(r, size, mode, maps)[top : top + height],
+                _interp_matrix(r, size, mode, maps)[left : left + width],
+            )
+            for r, maps, _ in groups
+            if r < size and r * (r + size) <= 64 * size  # separable matrix products beat F.interpolate here
+        }
         sum_logits: Tensor | None = None
         sum_probs: Tensor | None = None
         sum_entropy: Tensor | None = None
         for i, member in enumerate(self.classifiers()):
             h: Tensor | None = None
+            rows = slice(i * h1, (i + 1) * h1)
             for r, maps, w in groups:
-                proj = F.conv2d(maps, w[i * h1 : (i + 1) * h1, :, None, None])  # [N, h1, r, r]
-                if r != size:
-                    proj = F.interpolate(proj, size=(size, size), mode=mode)
-                part = proj[:, :, top : top + height, left : left + width]
+                if r == size:
+                    part = F.conv2d(maps, w[rows, :, None, None])[:, :, top : top + height, left : left + width]
+                elif r in matrices:
+                    uy, ux = matrices[r]  # [height, r], [width, r]: interpolation is separable
+                    part = uy @ maps[:, rows] @ ux.t()
+                else:
+                    part = F.interpolate(maps[:, rows], size=(size, size), mode=mode)
+                    part = part[:, :, top : top + height, left : left + width]
                 h = part.clone() if h is None else h.add_(part)
             assert h is not None
             x = (h + member.first.bias[:, None, None]).permute(0, 2, 3, 1).reshape(-1, h1)
