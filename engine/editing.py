@@ -22,7 +22,7 @@ from engine.optim import ProgressFn, StopFn, encoder_term, masked, mse01, optimi
 from engine.params import EditParams, RefineParams
 from engine.perceptual import PerceptualLoss
 from engine.rendering import Rendering, render
-from engine.segmenter import Upsample, pixels_from_mask
+from engine.segmenter import pixels_from_mask
 from engine.vectors import EditingVector, combine
 
 VectorTerm = tuple[EditingVector | Tensor, float]  # (vector, scale)
@@ -100,20 +100,15 @@ class _SegmentationLoss:
         reference: Tensor,  # [1, 3, S, S] the image to keep outside the region
         region: Tensor,  # [S, S] bool, dilated
         targets: Tensor,  # [S, S] class ids wanted inside the region
-        *,
-        rgb_weight: float,
-        lpips_weight: float,
-        mse_weight: float,
-        ce_weight: float,
-        upsample: Upsample,
+        p: EditParams | RefineParams,  # loss weights and the feature interpolation
     ) -> None:
-        self.bundle, self.perceptual, self.upsample = bundle, perceptual, upsample
+        self.bundle, self.perceptual, self.upsample = bundle, perceptual, p.upsample
         self.keep = (~region).to(reference.dtype)[None, None]  # [1, 1, S, S]
         self.reference = masked(reference, self.keep)
         self.reference_features = perceptual.target(self.reference)
         self.pixels = pixels_from_mask(region)
         self.targets = targets.reshape(-1)[self.pixels]
-        self.weights = (rgb_weight, lpips_weight, mse_weight, ce_weight)
+        self.weights = (p.rgb_weight, p.lpips_weight, p.mse_weight, p.ce_weight)
 
     def __call__(self, w: Tensor) -> tuple[Tensor, Tensor, dict[str, float]]:
         """-> (loss, rendered image, logged terms)."""
@@ -181,11 +176,7 @@ def optimize_edit(
         reference,
         roi,
         targets,
-        rgb_weight=p.rgb_weight,
-        lpips_weight=p.lpips_weight,
-        mse_weight=p.mse_weight,
-        ce_weight=p.ce_weight,
-        upsample=p.upsample,
+        p,
     )
     enc = bundle.encoder if p.encoder_weight > 0 else None
 
@@ -295,11 +286,7 @@ def refine(
             before.image,
             dilate(region, p.roi_dilation),
             s_after,
-            rgb_weight=p.rgb_weight,
-            lpips_weight=p.lpips_weight,
-            mse_weight=p.mse_weight,
-            ce_weight=p.ce_weight,
-            upsample=p.upsample,
+            p,
         )
 
         def loss_fn(w_: Tensor, terms_i: _SegmentationLoss = terms_i) -> tuple[Tensor, dict[str, float]]:

@@ -8,6 +8,7 @@ from engine.editing import _SegmentationLoss, apply_vectors, optimize_edit, refi
 from engine.errors import CancelledError, InputError
 from engine.images import dilate
 from engine.optim import optimize_w
+from engine.params import EditParams
 from engine.perceptual import ConvPerceptual, ConvPerceptualConfig, PerceptualLoss
 from engine.vectors import EditingVector
 
@@ -39,11 +40,7 @@ def test_gradients_reach_every_w_plus_row(tiny_bundle: Bundle, perceptual: Perce
         g.synthesis(w).image,
         region,
         targets,
-        rgb_weight=15,
-        lpips_weight=10,
-        mse_weight=5,
-        ce_weight=1,
-        upsample="nearest",
+        EditParams(),
     )
     w_var = (w + 0.3 * torch.randn_like(w)).requires_grad_(True)
     total, _, _ = loss(w_var)
@@ -67,11 +64,7 @@ def test_pixels_inside_the_region_do_not_affect_the_image_term(tiny_bundle: Bund
             ref,
             region,
             targets,
-            rgb_weight=15,
-            lpips_weight=10,
-            mse_weight=5,
-            ce_weight=1,
-            upsample="nearest",
+            EditParams(),
         )
         return loss(g.sample_w_plus(1, seed=9))[2]["rgb"]
 
