@@ -315,7 +315,9 @@ class Segmenter(nn.Module):
         for r, maps, w in self._groups(features):
             x = maps.permute(0, 2, 3, 1).reshape(maps.shape[0], r * r, -1)
             # early: r*r rows of M*h1 floats, kept with their gradient; late: P rows, one chunk at a time
-            prepared.append((r, x @ w.t(), None) if r * r <= n_pixels else (r, x, w))
+            # Full-resolution maps are never projected early: that would be the official [H*W, M*h1] tensor.
+            early = r < self.config.out_size and r * r <= n_pixels
+            prepared.append((r, x @ w.t(), None) if early else (r, x, w))
         if mode == "nearest":
             prepared = _merge_nearest(prepared)
         return prepared

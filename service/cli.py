@@ -4,6 +4,7 @@ Subcommands available now:
     editgan import-official RELEASE_DIR OUT_DIR   convert the official EditGAN release into a bundle
     editgan info BUNDLE                           print a bundle's spec summary as JSON
     editgan render BUNDLE OUT_DIR                 render samples: image, segmentation, uncertainty PNGs
+    editgan train gan --recipe faces --out DIR    train (or resume) the demo GAN; stops cleanly on SIGTERM
 """
 
 from __future__ import annotations
@@ -97,6 +98,42 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_gan(args: argparse.Namespace) -> int:
+    import signal
+
+    from engine.train.gan import train_gan
+    from engine.train.recipes import RECIPES
+
+    make_config, data = RECIPES[args.recipe]
+    overrides = {"total_kimg": args.kimg} if args.kimg is not None else {}
+    stop = {"requested": False}
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop["requested"] = True  # finish the step, checkpoint, exit
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    last = {"t": 0.0}
+
+    def progress(step: int, kimg: float, metrics: dict[str, float]) -> None:
+        if time.monotonic() - last["t"] >= args.log_seconds:
+            last["t"] = time.monotonic()
+            shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, int | float)}
+            print(json.dumps({"step": step, "kimg": round(kimg, 3)} | shown), flush=True)
+
+    result = train_gan(
+        make_config(**overrides),
+        data,
+        args.out,
+        progress=progress,
+        should_stop=lambda: stop["requested"],
+        max_seconds=args.minutes * 60 if args.minutes is not None else None,
+        num_threads=args.threads,
+    )
+    print(json.dumps({"status": result.status, "step": result.step, "kimg": round(result.kimg, 3)}), flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="editgan", description="EditGAN service and model tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truncation", type=float, default=None, help="psi (default: the bundle's sample default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=_render)
+
+    train = sub.add_parser("train", help="train the networks of a bundle").add_subparsers(dest="what", required=True)
+    p = train.add_parser("gan", help="train or resume a StyleGAN2 generator (checkpoints in --out)")
+    p.add_argument("--recipe", choices=["faces"], default="faces", help="domain and architecture")
+    p.add_argument("--out", type=Path, required=True, help="run directory; an existing checkpoint is resumed")
+    p.add_argument("--kimg", type=float, default=None, help="total length in thousands of images (over all sessions)")
+    p.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this much time")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--log-seconds", type=float, default=30.0, help="seconds between progress lines")
+    p.set_defaults(func=_train_gan)
     return parser
 
 
