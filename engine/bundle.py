@@ -14,10 +14,7 @@ Layout:
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from engine.atomic import replace_directory
 from engine.checkpoints import load_strict, sha256_file
 from engine.encoder import Encoder, EncoderConfig
 from engine.errors import BundleError, InputError
@@ -326,10 +324,7 @@ def save_bundle(bundle: Bundle, path: str | Path) -> BundleSpec:
     Everything is written into a temporary sibling directory first, then swapped in with renames,
     so a reader never sees a half-written bundle and a failed save leaves the old one intact.
     """
-    target = Path(path)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with replace_directory(Path(path)) as tmp:
         files: dict[str, dict[str, Tensor]] = {
             "generator.safetensors": bundle.generator.state_dict(),
             "segmenter.safetensors": bundle.segmenter.state_dict(),
@@ -349,15 +344,4 @@ def save_bundle(bundle: Bundle, path: str | Path) -> BundleSpec:
         bundle.spec.files = dict(sorted(checksums.items()))
         bundle.spec.validate()
         (tmp / "bundle.json").write_text(json.dumps(bundle.spec.to_json(), indent=1) + "\n")
-        for f in tmp.iterdir():
-            with f.open("rb") as fh:
-                os.fsync(fh.fileno())
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return bundle.spec

@@ -18,10 +18,8 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -33,6 +31,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from engine.atomic import replace_directory
 from engine.checkpoints import load_strict
 from engine.discriminator import Discriminator, DiscriminatorConfig
 from engine.errors import BundleError, CheckpointError, InputError
@@ -313,24 +312,10 @@ def _save(out_dir: Path, st: _State, cfg: GanTrainConfig) -> None:
         "metrics_tail": st.tail[-_TAIL:],
         "torch": torch.__version__,
     }
-    # Write a complete sibling directory, then swap it in: a reader sees the old or the new checkpoint, never half.
-    tmp = out_dir / f".checkpoint.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    # A reader sees the old or the new checkpoint, never half; `checkpoint.old` survives a death mid-swap.
+    with replace_directory(out_dir / "checkpoint", old_name="checkpoint.old") as tmp:
         save_file({k: _stored(k, v, cfg) for k, v in tensors.items()}, str(tmp / "state.safetensors"))
         (tmp / "state.json").write_text(json.dumps(meta, indent=1) + "\n")
-        for f in tmp.iterdir():
-            with f.open("rb") as fh:
-                os.fsync(fh.fileno())
-        current, old = out_dir / "checkpoint", out_dir / "checkpoint.old"
-        if current.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            current.rename(old)
-        tmp.rename(current)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _stored(key: str, value: Tensor, cfg: GanTrainConfig) -> Tensor:
