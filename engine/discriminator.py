@@ -18,11 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from engine.configs import config_from_dict, widths
 from engine.errors import BundleError, InputError
 from engine.layers import Blur, EqualLinear, FusedLeakyReLU
-
-# rosinality's width table (the same as the generator's): channels per resolution at channel_multiplier 1.
-_BASE_WIDTHS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
 
 
 @dataclass(frozen=True)
@@ -60,10 +58,7 @@ class DiscriminatorConfig:
     @property
     def widths(self) -> dict[int, int]:
         """Channels per resolution, 4 px up to `size`."""
-        resolutions = [2**i for i in range(2, self.log_size + 1)]
-        if self.channels is not None:
-            return dict(zip(resolutions, self.channels, strict=True))
-        return {r: _BASE_WIDTHS[r] * (self.channel_multiplier if r >= 64 else 1) for r in resolutions}
+        return widths(self.size, self.channel_multiplier, self.channels)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -73,16 +68,7 @@ class DiscriminatorConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DiscriminatorConfig:
-        known = {"size", "channel_multiplier", "channels", "blur_kernel", "stddev_group"}
-        unknown = set(d) - known
-        if unknown:
-            raise BundleError(f"unknown discriminator config keys {sorted(unknown)}; allowed: {sorted(known)}")
-        kw = dict(d)
-        if kw.get("channels") is not None:
-            kw["channels"] = tuple(int(c) for c in kw["channels"])
-        if "blur_kernel" in kw:
-            kw["blur_kernel"] = tuple(kw["blur_kernel"])
-        return cls(**kw)
+        return config_from_dict(cls, d, "discriminator")
 
 
 class EqualConv2d(nn.Module):

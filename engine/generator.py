@@ -14,11 +14,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from engine.configs import config_from_dict, widths
 from engine.errors import BundleError, InputError
 from engine.layers import ConstantInput, EqualLinear, PixelNorm, StyledConv, ToRGB
-
-# rosinality's width table: channels per resolution at channel_multiplier 1 above 32 px.
-_BASE_WIDTHS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
 
 
 @dataclass(frozen=True)
@@ -60,10 +58,7 @@ class GeneratorConfig:
     @property
     def widths(self) -> dict[int, int]:
         """Channels per resolution, 4 px up to `size`."""
-        resolutions = [2**i for i in range(2, self.log_size + 1)]
-        if self.channels is not None:
-            return dict(zip(resolutions, self.channels, strict=True))
-        return {r: _BASE_WIDTHS[r] * (self.channel_multiplier if r >= 64 else 1) for r in resolutions}
+        return widths(self.size, self.channel_multiplier, self.channels)
 
     @property
     def feature_shapes(self) -> list[tuple[int, int]]:
@@ -87,16 +82,7 @@ class GeneratorConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GeneratorConfig:
-        known = {"size", "style_dim", "n_mlp", "channel_multiplier", "channels", "blur_kernel", "lr_mlp"}
-        unknown = set(d) - known
-        if unknown:
-            raise BundleError(f"unknown generator config keys {sorted(unknown)}; allowed: {sorted(known)}")
-        kw = dict(d)
-        if kw.get("channels") is not None:
-            kw["channels"] = tuple(int(c) for c in kw["channels"])
-        if "blur_kernel" in kw:
-            kw["blur_kernel"] = tuple(kw["blur_kernel"])
-        return cls(**kw)
+        return config_from_dict(cls, d, "generator")
 
 
 @dataclass

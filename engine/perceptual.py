@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ def _check_net(net: str) -> str:
     return net
 
 
-class PerceptualLoss(nn.Module):
+class PerceptualLoss(nn.Module, ABC):
     """Base of every perceptual distance: `forward(x, y)` with x, y [N, C, H, W] in [-1, 1] -> [N] >= 0.
 
     Subclasses implement `distance`; `forward` checks the inputs first. After `freeze()` the parameters
@@ -71,13 +72,13 @@ class PerceptualLoss(nn.Module):
         """The distance itself, on checked inputs."""
         return self.compare(self.features(x), self.features(y))
 
+    @abstractmethod
     def features(self, x: Tensor) -> list[Tensor]:
         """Per-layer features, unit-normalised over channels: what `compare` reads."""
-        raise NotImplementedError
 
+    @abstractmethod
     def compare(self, fx: list[Tensor], fy: list[Tensor]) -> Tensor:
         """Distance [N] between two feature lists (fy may have batch 1 and broadcast)."""
-        raise NotImplementedError
 
     def target(self, y: Tensor) -> list[Tensor]:
         """Features of a fixed target, computed once and reused by `to_target` at every step."""
