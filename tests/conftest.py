@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import torch
 
 from engine.bundle import Bundle, BundleSpec, ClassInfo, Geometry, build_networks
@@ -80,3 +83,30 @@ def tiny_bundle() -> Bundle:
         vectors={"grow": torch.randn(8, 32, generator=gen)},
         examples=generator.sample_w_plus(2, seed=5),
     )
+
+
+# ---------------------------------------------------------------- real Redis (rq's RQTestCase convention)
+
+# A real server over a real connection; db 9 by default so a developer's db 0 is never flushed.
+REDIS_TEST_URL = os.environ.get("EDITGAN_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """The test Redis URL, flushed before and after the test."""
+    client = redis.Redis.from_url(REDIS_TEST_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:  # a failure, never a skip: the standards need the real thing
+        pytest.fail(f"no Redis at {REDIS_TEST_URL} ({exc}); start one (.ci/run does)")
+    client.flushdb()
+    yield REDIS_TEST_URL
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()

