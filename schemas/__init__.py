@@ -1,0 +1,1 @@
+"""HTTP and queue contracts plus settings: pydantic only, shared by the gateway and the workers."""

@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     editgan_gateway_device: str = Field(
         "cpu", description="Torch device of the gateway's models (synchronous vector edits): cpu, auto, cuda:N."
     )
-    editgan_threads: int | None = Field(None, ge=1, le=256, description="Torch CPU threads per process (default: torch's).")
+    editgan_threads: int | None = Field(
+        None, ge=1, le=256, description="Torch CPU threads per process (default: torch's)."
+    )
     editgan_queue: str = Field("editgan", pattern=r"^[a-z0-9_-]{1,40}$", description="RQ queue name.")
     editgan_result_ttl: int = Field(
         86_400, ge=60, description="Seconds that latents, result images and finished jobs are kept."

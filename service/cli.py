@@ -1,6 +1,10 @@
 """The `editgan` command line: the composition root of the project.
 
-Subcommands available now:
+Subcommands:
+    editgan up                                    gateway + one worker + embedded Redis on the shipped model
+    editgan serve                                 the HTTP gateway only (needs REDIS_URL)
+    editgan worker                                one RQ worker (needs REDIS_URL); SIGTERM requeues its job
+    editgan healthcheck [--worker]                container health probe: exit 0 when healthy
     editgan import-official RELEASE_DIR OUT_DIR   convert the official EditGAN release into a bundle
     editgan info BUNDLE                           print a bundle's spec summary as JSON
     editgan render BUNDLE OUT_DIR                 render samples: image, segmentation, uncertainty PNGs
@@ -15,6 +19,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from schemas.settings import Settings
 
 
 def _import_official(args: argparse.Namespace) -> int:
@@ -134,9 +142,126 @@ def _train_gan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(**overrides: object) -> Settings:
+    from schemas.settings import Settings
+
+    settings = Settings()
+    return settings.model_copy(update=overrides) if overrides else settings
+
+
+def _configure_logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = _settings()
+    _configure_logging(settings.editgan_log_level)
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.editgan_host, port=settings.editgan_port, log_level=settings.editgan_log_level)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from workers.worker import run_worker
+
+    settings = _settings()
+    _configure_logging(settings.editgan_log_level)
+    run_worker(settings, burst=args.burst, name=args.name)
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    """Embedded Redis (unless REDIS_URL is set), `--workers` worker processes, then the gateway in this one."""
+    import os
+    import subprocess
+
+    import uvicorn
+
+    from service.app import create_app
+    from service.embedded import EmbeddedRedis
+    from workers.models import bundle_dirs
+
+    settings = _settings()
+    _configure_logging(settings.editgan_log_level)
+    bundle_dirs(settings.editgan_models_dir)  # fail now, with the path, if there is no model
+    embedded = EmbeddedRedis(settings.editgan_data_dir) if settings.redis_url is None else None
+    if embedded is not None:
+        settings = settings.model_copy(update={"redis_url": embedded.url})
+        print(f"editgan: embedded Redis (append-only) in {settings.editgan_data_dir}", file=sys.stderr)
+    env = os.environ | {"REDIS_URL": str(settings.redis_url)}
+    workers = [subprocess.Popen([sys.executable, "-m", "workers"], env=env) for _ in range(args.workers)]
+    try:
+        app = create_app(settings)
+        print(f"editgan: serving on http://{settings.editgan_host}:{settings.editgan_port}", file=sys.stderr)
+        uvicorn.run(app, host=settings.editgan_host, port=settings.editgan_port, log_level=settings.editgan_log_level)
+    finally:
+        for proc in workers:
+            proc.terminate()  # SIGTERM: the worker requeues a running job and exits
+        for proc in workers:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if embedded is not None:
+            embedded.close()
+    return 0
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 when healthy: the gateway answers /healthz, or (--worker) a worker of this host is registered."""
+    import socket
+    import urllib.request
+
+    settings = _settings()
+    if args.worker:
+        from redis import Redis
+        from rq import Worker
+
+        if settings.redis_url is None:
+            print("editgan: REDIS_URL is not set", file=sys.stderr)
+            return 1
+        try:
+            with Redis.from_url(settings.redis_url, socket_timeout=3) as redis:
+                hosts = {w.hostname for w in Worker.all(connection=redis)}
+        except Exception as exc:
+            print(f"editgan: redis unreachable: {exc}", file=sys.stderr)
+            return 1
+        return 0 if socket.gethostname() in hosts else 1
+    url = args.url or f"http://127.0.0.1:{settings.editgan_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return 0 if response.status == 200 else 1
+    except OSError as exc:
+        print(f"editgan: {url}: {exc}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="editgan", description="EditGAN service and model tools")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="gateway + worker(s) + embedded Redis (unless REDIS_URL is set)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes to start (default 1)")
+    p.set_defaults(func=_up)
+
+    p = sub.add_parser("serve", help="run the HTTP gateway (settings from the environment; needs REDIS_URL)")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("worker", help="run one RQ worker with the models loaded (needs REDIS_URL)")
+    p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    p.add_argument("--name", default=None, help="worker name (default: rq's)")
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("healthcheck", help="exit 0 when the local gateway (or --worker) is healthy")
+    p.add_argument("--worker", action="store_true", help="check that a worker of this host is registered")
+    p.add_argument("--url", default=None, help="URL to probe (default: http://127.0.0.1:$EDITGAN_PORT/healthz)")
+    p.set_defaults(func=_healthcheck)
 
     p = sub.add_parser("import-official", help="convert an official EditGAN release directory into a bundle")
     p.add_argument("release_dir", type=Path, help="root of the release (holds checkpoint/, static/, experiments/)")

@@ -110,3 +110,43 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+# ---------------------------------------------------------------- a tiny model on disk (service tests)
+
+
+def save_tiny_model(path: Path, *, name: str = "tiny", steps: int = 4) -> Path:
+    """A complete tiny bundle (generator, segmenter, encoder, conv perceptual net, one shipped vector) on disk.
+
+    Random weights: the service tests check plumbing and invariants, not edit quality. `steps` becomes every
+    mode's default so that a job takes milliseconds.
+    """
+    from engine.bundle import save_bundle
+    from engine.perceptual import ConvPerceptual, ConvPerceptualConfig
+
+    torch.manual_seed(0)
+    spec = tiny_spec()
+    spec.name = name
+    conv = ConvPerceptualConfig(widths=(4, 8))
+    spec.perceptual = {"kind": "conv", "config": conv.to_dict()}
+    spec.defaults = {
+        "sample": {"truncation": 0.7},
+        "invert": {"steps": steps},
+        "edit": {"steps": steps},
+        "refine": {"steps": steps},
+    }
+    spec.vectors = {"grow": {"region": "first", "description": "shipped test vector", "scale_range": [-2.0, 2.0]}}
+    generator, segmenter, encoder = build_networks(spec)
+    generator.w_avg.copy_(generator.mean_latent(256, seed=0))
+    gen = torch.Generator().manual_seed(1)
+    bundle = Bundle(
+        spec=spec,
+        generator=generator,
+        segmenter=segmenter,
+        encoder=encoder,
+        perceptual_state=ConvPerceptual(conv).state_dict(),
+        vectors={"grow": torch.randn(8, 32, generator=gen) * 0.5},
+        examples=generator.sample_w_plus(2, seed=5),
+    )
+    save_bundle(bundle, path / name)
+    return path

@@ -1,0 +1,40 @@
+"""The one error body every 4xx/5xx answer carries, and the machine-readable codes."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorCode(StrEnum):
+    """Stable codes clients can branch on (the message is for people and may change)."""
+
+    invalid_input = "invalid_input"  # a value breaks a documented rule (engine.InputError)
+    validation_error = "validation_error"  # request shape or field constraint (pydantic)
+    unsupported_media_type = "unsupported_media_type"  # upload is not PNG, JPEG or WebP, or not decodable
+    payload_too_large = "payload_too_large"  # body or image over the configured limits
+    unknown_model = "unknown_model"
+    latent_not_found = "latent_not_found"  # never existed or expired (TTL)
+    image_not_found = "image_not_found"
+    vector_not_found = "vector_not_found"
+    vector_read_only = "vector_read_only"  # vectors shipped inside a bundle cannot be replaced or deleted
+    job_not_found = "job_not_found"
+    job_not_cancellable = "job_not_cancellable"  # already finished, failed or stopped
+    model_mismatch = "model_mismatch"  # latent or vector of another model
+    not_found = "not_found"  # unknown route
+    method_not_allowed = "method_not_allowed"
+    unavailable = "unavailable"  # Redis unreachable or no model loaded; retry later
+    cancelled = "cancelled"
+    job_failed = "job_failed"  # a job raised something other than an engine error
+    worker_lost = "worker_lost"  # the job's worker stopped refreshing its heartbeat
+    internal_error = "internal_error"
+
+
+class ErrorBody(BaseModel):
+    """`{code, message}`: the body of every error response and of a failed job's `error`."""
+
+    code: ErrorCode = Field(description="Machine-readable error code.")
+    message: str = Field(description="What went wrong and, where possible, how to fix it.")
+    detail: Any | None = Field(None, description="Structured extra information (e.g. pydantic's field errors).")

@@ -1,0 +1,97 @@
+"""The FastAPI gateway: `create_app(settings)` wires settings, Redis, models, routers and handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import torch
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from redis import Redis
+from starlette.concurrency import run_in_threadpool
+
+from engine import Bundle, EngineError
+from schemas.settings import Settings
+from service.errors import install_error_handlers
+from service.limits import BodyLimitMiddleware
+from service.metrics import MetricsMiddleware, ServiceMetrics, record_error
+from service.routes import edits, health, jobs, latents, models, vectors
+from service.state import Services
+from workers.models import load_models, resolve_device
+from workers.queue import job_queue, sweep_lost_jobs
+from workers.registry import Registry
+from workers.store import Store
+
+log = logging.getLogger("editgan.gateway")
+SWEEP_SECONDS = 5.0  # how often started jobs are checked for a lost worker
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name  # function names are unique: clean names for generated clients
+
+
+async def _sweep_forever(redis: Redis, queue_name: str) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_SECONDS)
+        try:
+            await run_in_threadpool(sweep_lost_jobs, redis, queue_name)
+        except Exception:  # Redis may be restarting: try again next round
+            log.warning("sweeping lost jobs failed", exc_info=True)
+
+
+def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) -> FastAPI:
+    """The gateway. `bundles` lets tests pass models already loaded; otherwise EDITGAN_MODELS_DIR is read."""
+    if settings.redis_url is None:
+        raise EngineError("the gateway needs REDIS_URL (`editgan up` starts an embedded Redis and sets it)")
+    redis_url = settings.redis_url
+
+    def connect() -> Redis:
+        return Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+
+    metrics = ServiceMetrics(connect, settings.editgan_queue)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.editgan_threads:
+            torch.set_num_threads(settings.editgan_threads)
+        loaded = bundles
+        if loaded is None:
+            device = resolve_device(settings.editgan_gateway_device)
+            loaded = await run_in_threadpool(load_models, settings.editgan_models_dir, device)
+        redis = connect()
+        app.state.services = Services(
+            settings=settings,
+            redis=redis,
+            store=Store(redis, settings.editgan_result_ttl),
+            registry=Registry(redis),
+            queue=job_queue(redis, settings),
+            bundles=loaded,
+        )
+        sweeper = asyncio.create_task(_sweep_forever(redis, settings.editgan_queue))
+        log.info("gateway ready: models %s", sorted(loaded))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            redis.close()
+
+    app = FastAPI(
+        title="EditGAN service",
+        version="0.1.0",
+        summary="Semantic image editing through segmentation masks (EditGAN, NeurIPS 2021).",
+        description="Embed an image (`POST /invert`), edit its segmentation (`POST /edit/optimize`), "
+        "re-apply the resulting editing vectors in real time (`POST /edit/vector`). "
+        "Long operations are jobs: poll `GET /jobs/{id}`. Errors are `{code, message}`.",
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.metrics = metrics
+    install_error_handlers(app, on_error=lambda code, status: record_error(metrics, code, status))
+    for router in (edits.router, jobs.router, models.router, vectors.router, latents.router, health.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.editgan_max_upload_bytes + 64 * 1024)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

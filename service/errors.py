@@ -1,0 +1,124 @@
+"""Every failure becomes one `{code, message}` JSON body with the right status, in one place."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine import BundleError, EngineError, InputError
+from schemas.errors import ErrorBody, ErrorCode
+from service.uploads import PayloadTooLargeError, UnsupportedMediaError
+from workers.queue import JobNotCancellableError, JobNotFoundError
+from workers.registry import ReadOnlyVectorError, VectorNotFoundError
+from workers.store import NotFoundError
+from workers.vectors import ModelMismatchError
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """Raised by routes for conditions that are not an engine or store error (unknown model, ...)."""
+
+    def __init__(self, status: int, code: ErrorCode, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def error_response(status: int, code: ErrorCode, message: str, **extra: object) -> JSONResponse:
+    body = ErrorBody(code=code, message=message, detail=extra.pop("detail", None))
+    headers = extra.pop("headers", None)
+    response = JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=status)
+    if isinstance(headers, dict):
+        response.headers.update(headers)
+    return response
+
+
+def classify(exc: Exception) -> tuple[int, ErrorCode, str]:
+    """(status, code, message) of a known exception; unknown ones are internal errors."""
+    match exc:
+        case ApiError():
+            return exc.status, exc.code, exc.message
+        case PayloadTooLargeError():
+            return 413, ErrorCode.payload_too_large, str(exc)
+        case UnsupportedMediaError():
+            return 415, ErrorCode.unsupported_media_type, str(exc)
+        case InputError():
+            return 422, ErrorCode.invalid_input, str(exc)
+        case NotFoundError():
+            code = {"latent": ErrorCode.latent_not_found, "image": ErrorCode.image_not_found}.get(exc.kind)
+            return 404, code or ErrorCode.not_found, str(exc)
+        case VectorNotFoundError():
+            return 404, ErrorCode.vector_not_found, str(exc)
+        case JobNotFoundError():
+            return 404, ErrorCode.job_not_found, str(exc)
+        case ReadOnlyVectorError():
+            return 409, ErrorCode.vector_read_only, str(exc)
+        case JobNotCancellableError():
+            return 409, ErrorCode.job_not_cancellable, str(exc)
+        case ModelMismatchError():
+            return 422, ErrorCode.model_mismatch, str(exc)
+        case redis.RedisError() | BundleError():
+            return 503, ErrorCode.unavailable, f"service unavailable: {exc}"
+        case EngineError():
+            return 422, ErrorCode.invalid_input, str(exc)
+    return 500, ErrorCode.internal_error, "internal error; the server log has the details"
+
+
+KNOWN: tuple[type[Exception], ...] = (
+    ApiError,
+    EngineError,
+    PayloadTooLargeError,
+    NotFoundError,
+    VectorNotFoundError,
+    JobNotFoundError,
+    ReadOnlyVectorError,
+    JobNotCancellableError,
+    ModelMismatchError,
+    redis.RedisError,
+)
+HTTP_CODES = {404: ErrorCode.not_found, 405: ErrorCode.method_not_allowed, 413: ErrorCode.payload_too_large}
+
+
+def install_error_handlers(app: FastAPI, on_error: object = None) -> None:
+    """Translate every exception once; `on_error(code, status)` lets metrics count them."""
+
+    def _report(code: ErrorCode, status: int) -> None:
+        if callable(on_error):
+            on_error(code.value, status)
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        status, code, message = classify(exc)
+        if status >= 500 and code == ErrorCode.internal_error:
+            log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        _report(code, status)
+        headers = exc.headers if isinstance(exc, ApiError) and exc.headers else None
+        if status == 503:
+            headers = (headers or {}) | {"Retry-After": "5"}
+        return error_response(status, code, message, headers=headers)
+
+    async def handle_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"][1:]) or "request"
+        _report(ErrorCode.validation_error, 422)
+        return error_response(422, ErrorCode.validation_error, f"{where}: {first['msg']}", detail=errors)
+
+    async def handle_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = HTTP_CODES.get(exc.status_code, ErrorCode.invalid_input)
+        _report(code, exc.status_code)
+        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+    app.add_exception_handler(RequestValidationError, handle_validation)
+    app.add_exception_handler(StarletteHTTPException, handle_http)
+    # Known classes are answered by the exception middleware; anything else reaches Starlette's
+    # server-error middleware, which answers our 500 body and re-raises for the server's log.
+    for known in KNOWN:
+        app.add_exception_handler(known, handle)
+    app.add_exception_handler(Exception, handle)

@@ -1,0 +1,137 @@
+"""`POST /invert`, `POST /edit/optimize` (jobs) and `POST /edit/vector` (synchronous, or a refine job)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import torch
+from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi.responses import JSONResponse
+
+from engine import apply_vectors
+from schemas.edits import (
+    LATENT_ID,
+    MODEL_NAME,
+    VECTOR_NAME,
+    Fit,
+    Metrics,
+    VectorEditRequest,
+    VectorEditResult,
+    VectorTerm,
+)
+from schemas.errors import ErrorCode
+from schemas.jobs import JobAccepted, JobKind
+from service.deps import ServicesDep
+from service.errors import ApiError
+from service.routes.common import ERRORS, check_steps, submit
+from service.uploads import decode_canvas, decode_mask, read_limited
+from workers.registry import ReadOnlyVectorError
+from workers.results import png_bytes, publish, rendering_arrays
+from workers.vectors import ModelMismatchError, resolve
+
+router = APIRouter(tags=["edits"], responses=ERRORS)
+
+
+@router.post("/invert", status_code=202, response_model=JobAccepted)
+def invert_image(
+    services: ServicesDep,
+    response: Response,
+    image: Annotated[UploadFile, File(description="PNG, JPEG or WebP photo to embed.")],
+    model: Annotated[str | None, Form(pattern=MODEL_NAME, description="Default: the only model served.")] = None,
+    fit: Annotated[Fit, Form(description="How another size or aspect becomes the model's canvas.")] = Fit.crop,
+    steps: Annotated[int | None, Form(ge=1, le=5000, description="Optimisation steps (model default).")] = None,
+) -> JobAccepted:
+    """Embed an image into W+ (encoder, then optimisation): a job whose result holds a latent id."""
+    bundle = services.bundle(model)
+    check_steps(steps, services)
+    data = read_limited(image, services.settings.editgan_max_upload_bytes, "image")
+    canvas = decode_canvas(data, bundle, fit.value, services.settings.editgan_max_image_pixels)
+    upload_id = services.store.put_png(png_bytes(canvas), kind="upload")
+    payload = {"model": bundle.spec.name, "upload_id": upload_id, "steps": steps}
+    return submit(services, response, JobKind.invert, bundle.spec.name, payload)
+
+
+@router.post("/edit/optimize", status_code=202, response_model=JobAccepted)
+def optimize(
+    services: ServicesDep,
+    response: Response,
+    latent_id: Annotated[str, Form(pattern=LATENT_ID, description="The latent whose segmentation was edited.")],
+    mask: Annotated[UploadFile, File(description="Edited segmentation PNG: class ids, or the model's colours.")],
+    region: Annotated[str | None, Form(description="Region name (class group); default: the classes edited.")] = None,
+    steps: Annotated[int | None, Form(ge=1, le=5000)] = None,
+    save_vector_as: Annotated[
+        str | None, Form(pattern=VECTOR_NAME, description="Registry name for the vector.")
+    ] = None,
+    description: Annotated[str, Form(max_length=500)] = "",
+) -> JobAccepted:
+    """Optimise the latent so its segmentation matches the edited mask: a job; yields an editing vector."""
+    stored = services.store.get_latent(latent_id)
+    bundle = services.bundle(stored.model)
+    check_steps(steps, services)
+    if region is not None and region not in bundle.spec.regions:
+        raise ApiError(
+            422, ErrorCode.invalid_input, f"unknown region {region!r}; the model has {sorted(bundle.spec.regions)}"
+        )
+    if save_vector_as is not None and save_vector_as in bundle.vectors:
+        raise ReadOnlyVectorError(f"{save_vector_as!r} is shipped with model {bundle.spec.name!r}; choose a new name")
+    labels = decode_mask(read_limited(mask, services.settings.editgan_max_upload_bytes, "mask"), bundle)
+    mask_id = services.store.put_png(png_bytes(labels), kind="upload")
+    payload = {
+        "model": bundle.spec.name,
+        "latent_id": latent_id,
+        "mask_id": mask_id,
+        "region": region,
+        "steps": steps,
+        "save_vector_as": save_vector_as,
+        "description": description,
+    }
+    return submit(services, response, JobKind.optimize, bundle.spec.name, payload)
+
+
+@router.post(
+    "/edit/vector",
+    response_model=VectorEditResult,
+    responses={202: {"model": JobAccepted, "description": "With `refine_steps` > 0: a refinement job."}},
+)
+def edit_with_vectors(
+    services: ServicesDep, request: VectorEditRequest, response: Response
+) -> VectorEditResult | JSONResponse:
+    """Apply editing vectors at chosen scales: real time (200) without refinement, a job (202) with it."""
+    stored = services.store.get_latent(request.latent_id)
+    bundle = services.bundle(stored.model)
+    check_steps(request.refine_steps or None, services)
+    resolved = [resolve(t.vector, bundle, services.registry, services.store) for t in request.vectors]
+    for r in resolved:
+        if r.vector.model != bundle.spec.name:
+            raise ModelMismatchError(
+                f"vector {r.ref} belongs to {r.vector.model!r}, the latent to {bundle.spec.name!r}"
+            )
+    terms = [VectorTerm(vector=r.ref, scale=t.scale) for r, t in zip(resolved, request.vectors, strict=True)]
+    if request.refine_steps > 0:
+        payload = {
+            "model": bundle.spec.name,
+            "latent_id": request.latent_id,
+            "vectors": [t.model_dump() for t in terms],
+            "refine_steps": request.refine_steps,
+            "outputs": [o.value for o in request.outputs],
+        }
+        accepted = submit(services, response, JobKind.refine, bundle.spec.name, payload)
+        return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers={"Location": accepted.location})
+
+    w = torch.from_numpy(stored.array)
+    with services.lock(bundle.spec.name):
+        start = time.perf_counter()
+        result = apply_vectors(bundle, w, [(r.vector, t.scale) for r, t in zip(resolved, request.vectors, strict=True)])
+        seconds = time.perf_counter() - start
+    latent_id = services.store.put_latent(bundle.spec.name, result.w_plus[0].cpu().numpy())
+    images = publish(
+        services.store, rendering_arrays(bundle, result.rendering, 0, request.outputs), inline=request.inline
+    )
+    return VectorEditResult(
+        latent_id=latent_id,
+        model=bundle.spec.name,
+        images=images,
+        vectors=terms,
+        metrics=Metrics(seconds=round(seconds, 4)),
+    )

@@ -1,0 +1,97 @@
+"""Safe decoding of uploads: size limits while reading, formats allowed, pixel limit before decode.
+
+Images: PNG, JPEG or WebP only (Pillow is told so, it never guesses among its other decoders).
+Masks: PNG only, either class ids (8/16-bit grey or palette indices) or a colourised mask in the model's
+palette; unknown colours are an error, never background.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import torch
+from fastapi import UploadFile
+from PIL import Image
+
+from engine import Bundle, InputError
+from engine.images import fit_to_canvas, image_to_uint8, labels_from_array, labels_from_colors, open_image
+
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+CHUNK = 1 << 16
+
+
+class PayloadTooLargeError(Exception):
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(f"{what} is larger than the limit of {limit} bytes")
+
+
+class UnsupportedMediaError(InputError):
+    code = "unsupported_media_type"
+
+
+def read_limited(upload: UploadFile, limit: int, what: str) -> bytes:
+    """Read an upload, refusing it as soon as it passes `limit` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    while chunk := upload.file.read(CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(what, limit)
+        parts.append(chunk)
+    if size == 0:
+        raise InputError(f"{what} is empty")
+    return b"".join(parts)
+
+
+def _open(data: bytes, formats: tuple[str, ...], max_pixels: int, what: str) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=formats)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise UnsupportedMediaError(f"{what} is not a readable {'/'.join(formats)} file ({exc})") from exc
+    if img.width * img.height > max_pixels:  # header only so far: nothing decoded yet
+        raise PayloadTooLargeError(f"{what} ({img.width}x{img.height} pixels)", max_pixels)
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UnsupportedMediaError(f"{what} is truncated or corrupt ({exc})") from exc
+    return img
+
+
+def decode_canvas(data: bytes, bundle: Bundle, fit: str, max_pixels: int) -> np.ndarray:
+    """An uploaded photo -> the model's canvas as uint8 [S, S, 3] (what the worker inverts)."""
+    img = open_image(_open(data, IMAGE_FORMATS, max_pixels, "image"))
+    assert bundle.spec.geometry is not None
+    canvas = fit_to_canvas(img, bundle.spec.geometry, fit)  # type: ignore[arg-type]
+    array: np.ndarray = image_to_uint8(canvas)[0]
+    return array
+
+
+def decode_mask(data: bytes, bundle: Bundle) -> np.ndarray:
+    """An edited mask PNG -> class ids uint8 [h, w] over the content box."""
+    img = _open(data, ("PNG",), 4 * bundle.spec.resolution**2, "mask")
+    assert bundle.spec.geometry is not None
+    _, _, h, w = bundle.spec.geometry.box
+    shape = (h, w)
+    if img.mode in ("L", "I", "I;16"):
+        labels = labels_from_array(np.asarray(img).astype(np.int64), len(bundle.spec.classes), shape)
+    elif img.mode == "P":  # indexed colour: the palette's colours if they are the model's, else the indices
+        try:
+            labels = _from_colours(img, bundle, shape)
+        except InputError:
+            labels = labels_from_array(np.asarray(img).astype(np.int64), len(bundle.spec.classes), shape)
+    elif img.mode in ("RGB", "RGBA"):
+        labels = _from_colours(img, bundle, shape)
+    else:
+        raise UnsupportedMediaError(f"mask PNG mode {img.mode} is neither class ids nor RGB colours")
+    return labels.numpy().astype(np.uint8)
+
+
+def _from_colours(img: Image.Image, bundle: Bundle, shape: tuple[int, int]) -> torch.Tensor:
+    rgb = np.asarray(img.convert("RGB"))
+    if rgb.shape[:2] != shape:
+        raise InputError(f"mask is {rgb.shape[:2]} (h, w), this model edits {shape}")
+    return labels_from_colors(rgb, bundle.spec.classes)

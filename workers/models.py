@@ -1,0 +1,45 @@
+"""Loading every bundle of the models directory once per process (gateway and workers alike)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from engine import Bundle, BundleError, load_bundle
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> CUDA when present, else CPU; anything else as torch reads it (cpu, cuda, cuda:1)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BundleError(f"device {name!r} was asked for but CUDA is not available")
+    return device
+
+
+def bundle_dirs(models_dir: Path) -> list[Path]:
+    """Sub-directories holding a bundle.json (or `models_dir` itself when it is one bundle)."""
+    if (models_dir / "bundle.json").is_file():
+        return [models_dir]
+    if not models_dir.is_dir():
+        raise BundleError(f"models directory {models_dir} does not exist (set EDITGAN_MODELS_DIR)")
+    return sorted(p for p in models_dir.iterdir() if (p / "bundle.json").is_file())
+
+
+def load_models(models_dir: Path, device: torch.device, *, verify: bool = True) -> dict[str, Bundle]:
+    """name -> loaded bundle for every bundle found; at least one is required."""
+    bundles: dict[str, Bundle] = {}
+    for path in bundle_dirs(models_dir):
+        bundle = load_bundle(path, device, verify=verify)
+        if bundle.spec.name in bundles:
+            raise BundleError(f"two bundles are named {bundle.spec.name!r} in {models_dir}")
+        bundles[bundle.spec.name] = bundle
+        log.info("loaded model %s from %s on %s", bundle.spec.name, path, device)
+    if not bundles:
+        raise BundleError(f"no bundle (a directory with bundle.json) in {models_dir}")
+    return bundles

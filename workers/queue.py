@@ -1,0 +1,137 @@
+"""The queue vocabulary shared by the gateway (enqueue, inspect, cancel) and the workers (sweep).
+
+Jobs travel as JSON (rq's JSONSerializer): a function path plus one payload dict of ids and numbers.
+A job's `meta` holds `kind`, `model`, `progress` and, after an engine error, `error` ({code, message}).
+A running job is stopped cooperatively: the gateway sets `stop_key(job_id)`, the worker checks it between
+optimisation steps (rq's SimpleWorker cannot kill its own job).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel
+from redis import Redis
+from rq import Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from schemas.edits import InvertResult, OptimizeEditResult, VectorEditResult
+from schemas.errors import ErrorBody, ErrorCode
+from schemas.jobs import JobInfo, JobKind, JobProgress, JobStatus
+from schemas.settings import Settings
+from workers.store import PREFIX
+
+FUNCTIONS = {
+    JobKind.invert: "workers.jobs.run_invert",
+    JobKind.optimize: "workers.jobs.run_optimize",
+    JobKind.refine: "workers.jobs.run_refine",
+}
+RESULTS: dict[JobKind, type[BaseModel]] = {
+    JobKind.invert: InvertResult,
+    JobKind.optimize: OptimizeEditResult,
+    JobKind.refine: VectorEditResult,
+}
+
+
+class JobNotFoundError(LookupError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} does not exist or has expired")
+
+
+class JobNotCancellableError(ValueError):
+    pass
+
+
+def stop_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:stop"
+
+
+def job_queue(redis: Redis, settings: Settings) -> Queue:
+    return Queue(settings.editgan_queue, connection=redis, serializer=JSONSerializer)
+
+
+def enqueue(queue: Queue, settings: Settings, kind: JobKind, model: str, payload: dict[str, Any]) -> Job:
+    """Queue one job; failures of a dying worker are retried `EDITGAN_JOB_RETRIES` times."""
+    return queue.enqueue(
+        FUNCTIONS[kind],
+        payload,
+        job_timeout=settings.editgan_job_timeout,
+        result_ttl=settings.editgan_result_ttl,
+        failure_ttl=settings.editgan_result_ttl,
+        ttl=settings.editgan_result_ttl,  # longest wait in the queue
+        retry=Retry(max=settings.editgan_job_retries) if settings.editgan_job_retries else None,
+        meta={"kind": kind.value, "model": model, "progress": JobProgress().model_dump()},
+    )
+
+
+def fetch(redis: Redis, job_id: str) -> Job:
+    try:
+        return Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+    except NoSuchJobError:
+        raise JobNotFoundError(job_id) from None
+
+
+def _error(job: Job, status: JobStatus) -> ErrorBody | None:
+    if status == JobStatus.stopped:
+        return ErrorBody(code=ErrorCode.cancelled, message="the job was stopped on request")
+    if status != JobStatus.failed:
+        return None
+    if "error" in job.meta:
+        return ErrorBody.model_validate(job.meta["error"])
+    text = job.exc_info or ""
+    if "AbandonedJobError" in text:
+        return ErrorBody(code=ErrorCode.worker_lost, message="the worker running this job stopped responding")
+    if "JobTimeoutException" in text:
+        return ErrorBody(code=ErrorCode.job_failed, message="the job ran past its time limit")
+    last = text.strip().splitlines()[-1] if text.strip() else "unknown failure"
+    return ErrorBody(code=ErrorCode.job_failed, message=last)
+
+
+def job_info(job: Job, queue: Queue) -> JobInfo:
+    """rq's view of a job in the API's words (status words are rq's own)."""
+    status = JobStatus(job.get_status(refresh=False))
+    kind = JobKind(job.meta.get("kind", "invert"))
+    result: BaseModel | None = None
+    if status == JobStatus.finished:
+        value = job.return_value()
+        if value is not None:
+            result = RESULTS[kind].model_validate(value)
+    return JobInfo(
+        job_id=job.id,
+        kind=kind,
+        model=job.meta.get("model", ""),
+        status=status,
+        progress=JobProgress.model_validate(job.meta.get("progress", {})),
+        queue_position=job.get_position() if status == JobStatus.queued else None,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        ended_at=job.ended_at,
+        result=result,
+        error=_error(job, status),
+    )
+
+
+def cancel(redis: Redis, job: Job, stop_ttl: int) -> JobStatus:
+    """Cancel a queued job now; ask a running one to stop at its next step. Returns the status to expect."""
+    status = JobStatus(job.get_status())
+    if status in (JobStatus.queued, JobStatus.deferred, JobStatus.scheduled):
+        job.cancel()
+        return JobStatus.canceled
+    if status == JobStatus.started:
+        redis.set(stop_key(job.id), b"1", ex=stop_ttl)
+        return JobStatus.stopped
+    raise JobNotCancellableError(f"job {job.id} is {status.value}: only queued or running jobs can be cancelled")
+
+
+def sweep_lost_jobs(redis: Redis, queue_name: str) -> None:
+    """Fail (or retry) started jobs whose worker stopped refreshing their heartbeat.
+
+    Workers keep each running job's entry in rq's started registry alive with a short TTL
+    (EDITGAN_HEARTBEAT_TTL); rq's own cleanup then treats expired entries as abandoned jobs. Run often
+    (the gateway every few seconds) instead of rq's 10-minute maintenance.
+    """
+    StartedJobRegistry(queue_name, connection=redis, serializer=JSONSerializer).cleanup(time.time())

@@ -1,0 +1,119 @@
+"""Short-lived data in Redis with a TTL: latents, result images, uploads and unsaved edit vectors.
+
+Tensors are stored as `.npy` bytes (float32, never pickled) in a hash beside the model they belong to;
+images as PNG bytes. Every key of the project's Redis layout that is not rq's is defined here or in
+`workers.registry`.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+from redis import Redis
+
+from engine.npyio import read_npy
+
+PREFIX = "editgan"
+
+
+class NotFoundError(LookupError):
+    """An id that never existed or whose TTL ran out."""
+
+    def __init__(self, kind: str, item_id: str) -> None:
+        super().__init__(f"{kind} {item_id!r} does not exist or has expired")
+        self.kind = kind
+        self.item_id = item_id
+
+
+def as_bytes(value: bytes | str) -> bytes:
+    """redis-py types replies as bytes or str; this project's clients never decode, so they are bytes."""
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def as_str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(16)}"  # 128 random bits: 22 characters
+
+
+def image_url(image_id: str) -> str:
+    """The gateway's URL of a stored PNG."""
+    return f"/results/{image_id}.png"
+
+
+@dataclass(frozen=True)
+class StoredArray:
+    model: str
+    array: np.ndarray  # float32
+    meta: dict[str, str]
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+class Store:
+    """Typed access to the TTL'd keys; `ttl` in seconds applies to every write."""
+
+    def __init__(self, redis: Redis, ttl: int, prefix: str = PREFIX) -> None:
+        self.redis = redis
+        self.ttl = ttl
+        self.prefix = prefix
+
+    def _key(self, kind: str, item_id: str) -> str:
+        return f"{self.prefix}:{kind}:{item_id}"
+
+    # ------------------------------------------------------------------ arrays: latents, edit vectors
+
+    def _put_array(self, kind: str, id_prefix: str, model: str, array: np.ndarray, meta: dict[str, str]) -> str:
+        item_id = new_id(id_prefix)
+        key = self._key(kind, item_id)
+        with self.redis.pipeline() as pipe:  # MULTI/EXEC: the hash and its TTL land together
+            pipe.hset(key, mapping={"model": model, "npy": _npy(array), **{f"meta:{k}": v for k, v in meta.items()}})
+            pipe.expire(key, self.ttl)
+            pipe.execute()
+        return item_id
+
+    def _get_array(self, kind: str, item_id: str) -> StoredArray:
+        raw = self.redis.hgetall(self._key(kind, item_id))
+        if not raw:
+            raise NotFoundError(kind, item_id)
+        fields = {as_str(k): as_bytes(v) for k, v in raw.items()}
+        meta = {k[5:]: v.decode() for k, v in fields.items() if k.startswith("meta:")}
+        return StoredArray(model=fields["model"].decode(), array=read_npy(fields["npy"], what=kind), meta=meta)
+
+    def put_latent(self, model: str, w_plus: np.ndarray) -> str:
+        """W+ [L, S] of `model` -> `lat_...`."""
+        return self._put_array("latent", "lat", model, w_plus, {})
+
+    def get_latent(self, latent_id: str) -> StoredArray:
+        return self._get_array("latent", latent_id)
+
+    def put_edit(self, model: str, delta: np.ndarray, classes: list[int], region: str | None) -> str:
+        """An optimisation edit's vector, usable by id until its TTL runs out -> `edv_...`."""
+        meta = {"classes": ",".join(map(str, classes)), "region": region or ""}
+        return self._put_array("edit", "edv", model, delta, meta)
+
+    def get_edit(self, edit_id: str) -> StoredArray:
+        return self._get_array("edit", edit_id)
+
+    # ------------------------------------------------------------------ PNG bytes: results and uploads
+
+    def put_png(self, png: bytes, kind: str = "image") -> str:
+        item_id = new_id("img" if kind == "image" else "upl")
+        self.redis.set(self._key(kind, item_id), png, ex=self.ttl)
+        return item_id
+
+    def get_png(self, item_id: str, kind: str = "image") -> bytes:
+        data = self.redis.get(self._key(kind, item_id))
+        if data is None:
+            raise NotFoundError(kind, item_id)
+        assert isinstance(data, bytes)
+        return data
