@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     editgan_port: int = Field(8000, ge=1, le=65535, description="Port the gateway binds.")
     editgan_log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
+    @field_validator("redis_url", "editgan_threads", "editgan_lpips_backbone", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # `REDIS_URL=` in a compose file or shell means "not set"
+
     @field_validator("editgan_models_dir", "editgan_data_dir")
     @classmethod
     def _expand(cls, path: Path) -> Path:

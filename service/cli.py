@@ -155,15 +155,36 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _exit_cleanly_on_signals() -> None:
+    """SIGTERM/SIGINT end the process with status 0 through the normal `finally` paths.
+
+    uvicorn shuts down gracefully on these signals, then re-raises them with the previous handler in place;
+    without this one that would kill the process before `editgan up` stops its worker and Redis.
+    """
+    import signal
+
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGINT, leave)
+
+
+def _run_gateway(settings: Settings) -> None:
     import uvicorn
 
     from service.app import create_app
 
+    app = create_app(settings)
+    print(f"editgan: serving on http://{settings.editgan_host}:{settings.editgan_port}", file=sys.stderr)
+    uvicorn.run(app, host=settings.editgan_host, port=settings.editgan_port, log_level=settings.editgan_log_level)
+
+
+def _serve(args: argparse.Namespace) -> int:
     settings = _settings()
     _configure_logging(settings.editgan_log_level)
-    app = create_app(settings)
-    uvicorn.run(app, host=settings.editgan_host, port=settings.editgan_port, log_level=settings.editgan_log_level)
+    _exit_cleanly_on_signals()
+    _run_gateway(settings)
     return 0
 
 
@@ -181,14 +202,12 @@ def _up(args: argparse.Namespace) -> int:
     import os
     import subprocess
 
-    import uvicorn
-
-    from service.app import create_app
     from service.embedded import EmbeddedRedis
     from workers.models import bundle_dirs
 
     settings = _settings()
     _configure_logging(settings.editgan_log_level)
+    _exit_cleanly_on_signals()
     bundle_dirs(settings.editgan_models_dir)  # fail now, with the path, if there is no model
     embedded = EmbeddedRedis(settings.editgan_data_dir) if settings.redis_url is None else None
     if embedded is not None:
@@ -197,9 +216,7 @@ def _up(args: argparse.Namespace) -> int:
     env = os.environ | {"REDIS_URL": str(settings.redis_url)}
     workers = [subprocess.Popen([sys.executable, "-m", "workers"], env=env) for _ in range(args.workers)]
     try:
-        app = create_app(settings)
-        print(f"editgan: serving on http://{settings.editgan_host}:{settings.editgan_port}", file=sys.stderr)
-        uvicorn.run(app, host=settings.editgan_host, port=settings.editgan_port, log_level=settings.editgan_log_level)
+        _run_gateway(settings)
     finally:
         for proc in workers:
             proc.terminate()  # SIGTERM: the worker requeues a running job and exits

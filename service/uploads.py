@@ -50,7 +50,9 @@ def _open(data: bytes, formats: tuple[str, ...], max_pixels: int, what: str) -> 
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=formats)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:  # Pillow's own limit, on the header
+        raise PayloadTooLargeError(f"{what} ({exc})", max_pixels) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise UnsupportedMediaError(f"{what} is not a readable {'/'.join(formats)} file ({exc})") from exc
     if img.width * img.height > max_pixels:  # header only so far: nothing decoded yet
         raise PayloadTooLargeError(f"{what} ({img.width}x{img.height} pixels)", max_pixels)

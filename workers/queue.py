@@ -82,7 +82,8 @@ def _error(job: Job, status: JobStatus) -> ErrorBody | None:
         return None
     if "error" in job.meta:
         return ErrorBody.model_validate(job.meta["error"])
-    text = job.exc_info or ""
+    latest = job.latest_result()
+    text = (latest.exc_string if latest is not None else None) or ""
     if "AbandonedJobError" in text:
         return ErrorBody(code=ErrorCode.worker_lost, message="the worker running this job stopped responding")
     if "JobTimeoutException" in text:

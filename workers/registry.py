@@ -50,7 +50,7 @@ class VectorRecord:
 
 
 def check_name(name: str) -> str:
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):  # match() would let `$` accept a trailing newline
         raise ValueError(f"vector name {name!r} must match {NAME.pattern}")
     return name
 

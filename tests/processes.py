@@ -1,0 +1,58 @@
+"""Real processes for service tests: `editgan serve|worker|up` started as children, stopped cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`editgan ARGS` as a child process with `env` added to ours; output to `log`."""
+    handle = log.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", *args],
+        env=os.environ | {"PYTHONUNBUFFERED": "1"} | env,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
+def wait_ready(base_url: str, procs: list[subprocess.Popen[bytes]], log: Path, timeout: float = 90) -> None:
+    """Until /readyz answers 200 (models loaded, Redis reachable, a worker registered)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise AssertionError(f"process exited with {p.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"service not ready after {timeout} s:\n{log.read_text()[-3000:]}")

@@ -1,0 +1,224 @@
+"""The editing endpoints over real HTTP against `editgan serve` + `editgan worker` (tiny random model)."""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from schemas.edits import IMAGE_ID, LATENT_ID
+from tests.service.conftest import Live
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def photo(seed: int = 0, size: tuple[int, int] = (40, 50)) -> bytes:
+    rng = np.random.default_rng(seed)
+    return png(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+
+
+def fetch_png(live: Live, url: str) -> np.ndarray:
+    response = live.http.get(url)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    assert "immutable" in response.headers["cache-control"]
+    return np.asarray(Image.open(io.BytesIO(response.content)))
+
+
+def fetch_latent(live: Live, latent_id: str) -> np.ndarray:
+    response = live.http.get(f"/latents/{latent_id}")
+    assert response.status_code == 200
+    return np.load(io.BytesIO(response.content), allow_pickle=False)
+
+
+def inverted(live: Live, seed: int = 0) -> dict[str, Any]:
+    response = live.http.post("/invert", files={"image": ("photo.png", photo(seed), "image/png")})
+    assert response.status_code == 202, response.text
+    info = live.wait_job(response.headers["location"])
+    assert info["status"] == "finished", info
+    result: dict[str, Any] = info["result"]
+    return result
+
+
+def test_invert_is_a_job_whose_result_holds_a_latent_and_images(live: Live) -> None:
+    response = live.http.post("/invert", files={"image": ("photo.png", photo(1), "image/png")}, data={"steps": "3"})
+    assert response.status_code == 202
+    body = response.json()
+    assert response.headers["location"] == body["location"] == f"/jobs/{body['job_id']}"
+    assert body["status"] == "queued" and body["kind"] == "invert" and body["model"] == "tiny"
+    info = live.wait_job(body["location"])
+    assert info["status"] == "finished" and info["error"] is None
+    assert info["progress"]["step"] == info["progress"]["total"] == 3
+    result = info["result"]
+    assert re.match(LATENT_ID, result["latent_id"]) and result["metrics"]["steps"] == 3
+    # content box of the tiny model: 24 x 32
+    assert fetch_png(live, result["images"]["image"]).shape == (24, 32, 3)
+    labels = fetch_png(live, result["images"]["segmentation"])
+    colours = fetch_png(live, result["images"]["segmentation_color"])
+    assert labels.shape == (24, 32) and int(labels.max()) < 5
+    palette = {c["id"]: c["color"] for c in live.http.get("/models/tiny").json()["classes"]}
+    y, x = 7, 9
+    assert "#{:02x}{:02x}{:02x}".format(*colours[y, x]) == palette[int(labels[y, x])]
+    assert fetch_latent(live, result["latent_id"]).shape == (1, 8, 32)
+
+
+def test_a_vector_edit_is_synchronous_and_adds_scale_times_the_vector(live: Live) -> None:
+    result = inverted(live)
+    w = fetch_latent(live, result["latent_id"])[0]
+    delta = np.load(io.BytesIO(live.http.get("/vectors/tiny/grow/npy").content))[0]
+    response = live.http.post(
+        "/edit/vector", json={"latent_id": result["latent_id"], "vectors": [{"vector": "grow", "scale": 1.5}]}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["vectors"] == [{"vector": "grow@0", "scale": 1.5}]
+    edited = fetch_latent(live, body["latent_id"])[0]
+    np.testing.assert_allclose(edited, w + 1.5 * delta, atol=1e-5)
+    assert fetch_png(live, body["images"]["image"]).shape == (24, 32, 3)
+
+
+def test_inline_outputs_come_back_as_data_urls(live: Live) -> None:
+    result = inverted(live)
+    body = live.http.post(
+        "/edit/vector",
+        json={"latent_id": result["latent_id"], "vectors": [{"vector": "grow"}], "outputs": ["image"], "inline": True},
+    ).json()
+    assert body["images"]["image"].startswith("data:image/png;base64,")
+    assert body["images"]["segmentation"] is None
+
+
+def test_optimize_edit_saves_a_versioned_vector_that_applies_again(live: Live) -> None:
+    result = inverted(live, seed=2)
+    labels = fetch_png(live, result["images"]["segmentation"]).copy()
+    labels[6:14, 8:20] = 1  # paint a block of class 1
+    response = live.http.post(
+        "/edit/optimize",
+        data={"latent_id": result["latent_id"], "save_vector_as": "block", "steps": "3"},
+        files={"mask": ("mask.png", png(labels.astype(np.uint8)), "image/png")},
+    )
+    assert response.status_code == 202, response.text
+    info = live.wait_job(response.headers["location"])
+    assert info["status"] == "finished", info
+    edit = info["result"]
+    assert edit["vector"]["saved_as"]["name"] == "block" and 1 in edit["vector"]["classes"]
+    region = fetch_png(live, edit["images"]["region"])
+    assert region.shape == (24, 32) and region[6:14, 8:20].min() == 255
+    # the edit's vector is the latent difference, by id and by name
+    before, after = fetch_latent(live, result["latent_id"]), fetch_latent(live, edit["latent_id"])
+    for ref in (edit["vector"]["edit_id"], f"block@{edit['vector']['saved_as']['version']}"):
+        body = live.http.post("/edit/vector", json={"latent_id": result["latent_id"], "vectors": [{"vector": ref}]})
+        assert body.status_code == 200, body.text
+        np.testing.assert_allclose(fetch_latent(live, body.json()["latent_id"]), after, atol=1e-5)
+    assert not np.allclose(before, after)
+
+
+def test_refinement_is_a_job_returning_a_vector_edit(live: Live) -> None:
+    result = inverted(live)
+    # random weights: give the vector every class, so that its region is never empty
+    delta = np.random.default_rng(0).normal(size=(1, 8, 32)).astype(np.float32) * 0.1
+    buf = io.BytesIO()
+    np.save(buf, delta)
+    saved = live.http.post("/vectors", data={"name": "every", "classes": "0,1,2,3,4"}, files={"file": buf.getvalue()})
+    assert saved.status_code == 201, saved.text
+    response = live.http.post(
+        "/edit/vector",
+        json={"latent_id": result["latent_id"], "vectors": [{"vector": "every", "scale": 0.5}], "refine_steps": 2},
+    )
+    assert response.status_code == 202 and response.json()["kind"] == "refine"
+    info = live.wait_job(response.headers["location"])
+    assert info["status"] == "finished", info
+    assert info["result"]["metrics"]["steps"] == 2 and info["result"]["vectors"][0]["vector"] == "every@1"
+    assert re.match(IMAGE_ID, info["result"]["images"]["image"].removeprefix("/results/").removesuffix(".png"))
+
+
+def _running(live: Live, location: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        info: dict[str, Any] = live.http.get(location).json()
+        if info["status"] == "started" and info["progress"]["step"] > 0:
+            return info
+        time.sleep(0.05)
+    raise AssertionError(f"job never reported progress: {info}")
+
+
+def test_cancel_a_queued_job_and_stop_a_running_one(live: Live) -> None:
+    long = live.http.post("/invert", files={"image": ("p.png", photo(3), "image/png")}, data={"steps": "3000"})
+    queued = live.http.post("/invert", files={"image": ("p.png", photo(4), "image/png")}, data={"steps": "3"})
+    running = _running(live, long.headers["location"])
+    assert 0 < running["progress"]["step"] < 3000 and running["progress"]["losses"]
+
+    cancelled = live.http.delete(queued.headers["location"])
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "canceled"
+    assert live.http.delete(long.headers["location"]).status_code == 200
+    info = live.wait_job(long.headers["location"], timeout=20)
+    assert info["status"] == "stopped" and info["error"]["code"] == "cancelled"
+    assert info["progress"]["step"] < 3000
+    again = live.http.delete(long.headers["location"])
+    assert again.status_code == 409 and again.json()["code"] == "job_not_cancellable"
+    assert live.wait_job(queued.headers["location"])["status"] == "canceled"
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "path", "status", "code"),
+    [
+        ({"files": {"image": ("x.png", b"not an image", "image/png")}}, "/invert", 415, "unsupported_media_type"),
+        ({"files": {"image": ("x.gif", b"GIF89a" + b"\0" * 40)}}, "/invert", 415, "unsupported_media_type"),
+        ({"files": {"image": ("x.png", b"\0" * 400_000, "image/png")}}, "/invert", 413, "payload_too_large"),
+        ({"files": {"image": ("x.png", photo())}, "data": {"model": "nope"}}, "/invert", 404, "unknown_model"),
+        ({"files": {"image": ("x.png", photo())}, "data": {"steps": "4000"}}, "/invert", 422, "invalid_input"),
+        ({"files": {"image": ("x.png", photo())}, "data": {"fit": "zoom"}}, "/invert", 422, "validation_error"),
+        ({"json": {"latent_id": "lat_" + "A" * 22, "vectors": [{"vector": "grow"}]}}, "/edit/vector", 404,
+         "latent_not_found"),
+        ({"json": {"latent_id": "nope", "vectors": [{"vector": "grow"}]}}, "/edit/vector", 422, "validation_error"),
+        ({"content": b"{", "headers": {"content-type": "application/json"}}, "/edit/vector", 422, "validation_error"),
+    ],
+)  # fmt: skip
+def test_bad_requests_get_a_4xx_with_code_and_message(
+    live: Live, request_kwargs: dict[str, Any], path: str, status: int, code: str
+) -> None:
+    response = live.http.post(path, **request_kwargs)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["code"] == code and isinstance(body["message"], str) and body["message"]
+
+
+def test_mask_errors_are_refused_before_queueing(live: Live) -> None:
+    result = inverted(live)
+    labels = fetch_png(live, result["images"]["segmentation"])
+
+    def post(mask: bytes, **data: str) -> dict[str, Any]:
+        response = live.http.post(
+            "/edit/optimize", data={"latent_id": result["latent_id"], **data}, files={"mask": ("m.png", mask)}
+        )
+        assert response.status_code in (404, 409, 415, 422), response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    assert post(png(labels[:10]))["code"] == "invalid_input"  # wrong size
+    too_big = labels.copy()
+    too_big[0, 0] = 9
+    assert post(png(too_big))["code"] == "invalid_input"  # class id out of range
+    colours = np.zeros((24, 32, 3), np.uint8)
+    colours[:] = (1, 2, 3)  # not in the palette: an error, never background
+    assert "palette" in post(png(colours))["message"]
+    assert post(png(labels), region="nowhere")["code"] == "invalid_input"
+    assert post(png(labels), save_vector_as="grow")["code"] == "vector_read_only"
+    assert post(png(labels), save_vector_as="Bad Name")["code"] == "validation_error"
+
+
+def test_unknown_routes_and_jobs_answer_json_errors(live: Live) -> None:
+    for path, code in (("/nowhere", "not_found"), ("/jobs/0123456789abcdef", "job_not_found")):
+        response = live.http.get(path)
+        assert response.status_code == 404 and response.json()["code"] == code
+    response = live.http.put("/invert")
+    assert response.status_code == 405 and response.json()["code"] == "method_not_allowed"
+    assert live.http.get("/results/img_" + "A" * 22 + ".png").json()["code"] == "image_not_found"

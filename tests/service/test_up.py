@@ -1,0 +1,45 @@
+"""`editgan up`: embedded Redis + worker + gateway in one command, and a registry that survives restarts."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from tests.processes import free_port, start, stop, wait_ready
+
+
+def test_up_serves_with_an_embedded_redis_whose_registry_survives_a_restart(tiny_models: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        "EDITGAN_MODELS_DIR": str(tiny_models),
+        "EDITGAN_DATA_DIR": str(tmp_path / "data"),
+        "EDITGAN_PORT": str(port),
+        "EDITGAN_THREADS": "1",
+        "REDIS_URL": "",  # unset: the embedded server is used
+    }
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "up.log"
+    delta = np.random.default_rng(0).normal(size=(1, 8, 32)).astype(np.float32)
+    buf = io.BytesIO()
+    np.save(buf, delta)
+
+    up = start(["up"], env, log)
+    try:
+        wait_ready(base, [up], log)
+        saved = httpx.post(f"{base}/vectors", data={"name": "kept", "classes": "1"}, files={"file": buf.getvalue()})
+        assert saved.status_code == 201, saved.text
+    finally:
+        assert stop(up) == 0, log.read_text()[-2000:]
+    assert (tmp_path / "data" / "appendonly.aof").is_file()
+
+    again = start(["up"], env, log)
+    try:
+        wait_ready(base, [again], log)
+        back = httpx.get(f"{base}/vectors/tiny/kept/npy")
+        assert back.status_code == 200
+        np.testing.assert_array_equal(np.load(io.BytesIO(back.content)), delta)
+    finally:
+        assert stop(again) == 0, log.read_text()[-2000:]
