@@ -8,7 +8,6 @@ palette; unknown colours are an error, never background.
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 import torch
@@ -23,8 +22,8 @@ CHUNK = 1 << 16
 
 
 class PayloadTooLargeError(Exception):
-    def __init__(self, what: str, limit: int) -> None:
-        super().__init__(f"{what} is larger than the limit of {limit} bytes")
+    def __init__(self, what: str, limit: int, unit: str = "bytes") -> None:
+        super().__init__(f"{what} is larger than the limit of {limit} {unit}")
 
 
 class UnsupportedMediaError(InputError):
@@ -47,15 +46,13 @@ def read_limited(upload: UploadFile, limit: int, what: str) -> bytes:
 
 def _open(data: bytes, formats: tuple[str, ...], max_pixels: int, what: str) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=formats)
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:  # Pillow's own limit, on the header
-        raise PayloadTooLargeError(f"{what} ({exc})", max_pixels) from exc
+        img = Image.open(io.BytesIO(data), formats=formats)
+    except Image.DecompressionBombError as exc:  # Pillow's own hard limit, raised on the header
+        raise PayloadTooLargeError(f"{what} ({exc})", max_pixels, "pixels") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise UnsupportedMediaError(f"{what} is not a readable {'/'.join(formats)} file ({exc})") from exc
     if img.width * img.height > max_pixels:  # header only so far: nothing decoded yet
-        raise PayloadTooLargeError(f"{what} ({img.width}x{img.height} pixels)", max_pixels)
+        raise PayloadTooLargeError(f"{what} ({img.width}x{img.height})", max_pixels, "pixels")
     try:
         img.load()
     except (OSError, SyntaxError, ValueError) as exc:

@@ -124,14 +124,26 @@ class Registry:
         return records
 
     def delete(self, model: str, name: str) -> int:
-        """Remove every version; returns how many there were."""
+        """Remove every version; returns how many there were.
+
+        The `latest` counter stays, so a later save of the name gets a new number and `name@1` never
+        comes to mean different data.
+        """
         key = self._key(model, name)
         with self.redis.pipeline() as pipe:
-            pipe.hkeys(key)
-            pipe.delete(key)
-            pipe.srem(self._index(model), name)
-            keys, _, _ = pipe.execute()
-        count = sum(1 for k in keys if k.endswith(b":npy"))
+            while True:
+                try:
+                    pipe.watch(key)
+                    fields = [k for k in map(as_str, pipe.hkeys(key)) if k != "latest"]
+                    pipe.multi()
+                    if fields:
+                        pipe.hdel(key, *fields)
+                    pipe.srem(self._index(model), name)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        count = sum(1 for k in fields if k.endswith(":npy"))
         if count == 0:
             raise VectorNotFoundError(model, name)
         return count
