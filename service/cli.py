@@ -259,6 +259,29 @@ def _healthcheck(args: argparse.Namespace) -> int:
         return 1
 
 
+def _train_segmenter(args: argparse.Namespace) -> int:
+    from engine.train.demo_bundle import build_demo_bundle
+    from engine.train.segmenter import SegmenterTrainConfig
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = SegmenterTrainConfig(
+        num_models=args.models, epochs=args.epochs, invert_steps=args.invert_steps, seed=args.seed
+    )
+
+    def progress(stage: str, done: int, total: int, numbers: dict[str, float]) -> None:
+        shown = {k: round(v, 4) for k, v in numbers.items()}
+        print(json.dumps({"stage": stage, "done": done, "total": total} | shown), flush=True)
+
+    record = build_demo_bundle(
+        args.gan, args.out, annotated=args.annotated, config=config, progress=progress, log=lambda m: print(m)
+    )
+    print(json.dumps(record), flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="editgan", description="EditGAN service and model tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -309,6 +332,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--log-seconds", type=float, default=30.0, help="seconds between progress lines")
     p.set_defaults(func=_train_gan)
+
+    p = train.add_parser(
+        "segmenter", help="segmentation branch from annotated images (embedded into W+), written as a bundle"
+    )
+    p.add_argument("--recipe", choices=["faces"], default="faces", help="domain of the annotated images")
+    p.add_argument("--gan", type=Path, required=True, help="GAN run directory (its EMA generator is used)")
+    p.add_argument("--out", type=Path, required=True, help="bundle directory to write (replaced atomically)")
+    p.add_argument("--annotated", type=int, default=16, help="annotated images (DatasetGAN/EditGAN: 16)")
+    p.add_argument("--models", type=int, default=10, help="ensemble members")
+    p.add_argument("--epochs", type=int, default=4, help="passes over every annotated pixel per member")
+    p.add_argument("--invert-steps", type=int, default=300, help="W+ optimisation steps per annotated image")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.set_defaults(func=_train_segmenter)
     return parser
 
 
