@@ -10,7 +10,7 @@ export MALLOC_MMAP_THRESHOLD_ := 268435456
 export MALLOC_TRIM_THRESHOLD_ := 68719476736
 export MALLOC_TOP_PAD_ := 1073741824
 
-.PHONY: install test lint
+.PHONY: install test lint up
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,3 +29,8 @@ lint: install
 
 test: lint
 	$(PY) -m pytest
+
+# The service on the embedded defaults: embedded Redis (append-only, under ~/.local/share/editgan),
+# one worker and the gateway on http://127.0.0.1:8000, serving the shipped demo model.
+up: install
+	$(VENV)/bin/editgan up
