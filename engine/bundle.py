@@ -340,6 +340,7 @@ def save_bundle(bundle: Bundle, path: str | Path) -> BundleSpec:
         checksums = {}
         for name, state in files.items():
             save_file(_tensors(state), str(tmp / name))
+            (tmp / name).chmod(0o644)  # safetensors writes 0600: other users (a container's) must read it
             checksums[name] = sha256_file(tmp / name)
         bundle.spec.files = dict(sorted(checksums.items()))
         bundle.spec.validate()

@@ -52,6 +52,20 @@ class JobAccepted(BaseModel):
     status: JobStatus
     location: str = Field(description="URL of the job, also sent as the Location header.")
 
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "job_id": "5f0c6e4b-8d2a-4a57-9a57-0d6f3f6f2c11",
+                    "kind": "invert",
+                    "model": "demo-faces",
+                    "status": "queued",
+                    "location": "/jobs/5f0c6e4b-8d2a-4a57-9a57-0d6f3f6f2c11",
+                }
+            ]
+        }
+    }
+
 
 class JobInfo(BaseModel):
     """A job's state, progress and, once terminal, its result or error."""
@@ -67,3 +81,20 @@ class JobInfo(BaseModel):
     ended_at: datetime | None = None
     result: InvertResult | OptimizeEditResult | VectorEditResult | None = None
     error: ErrorBody | None = None
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "job_id": "5f0c6e4b-8d2a-4a57-9a57-0d6f3f6f2c11",
+                    "kind": "optimize",
+                    "model": "demo-faces",
+                    "status": "started",
+                    "progress": {"stage": "optimizing", "step": 12, "total": 40, "losses": {"total": 0.41, "ce": 0.2}},
+                    "queue_position": None,
+                    "result": None,
+                    "error": None,
+                }
+            ]
+        }
+    }
