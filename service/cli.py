@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.errors import EngineError
+
 if TYPE_CHECKING:
     from schemas.settings import Settings
 
@@ -282,6 +284,27 @@ def _train_segmenter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_vectors(args: argparse.Namespace) -> int:
+    import torch
+
+    from engine.bundle import load_bundle, save_bundle
+    from engine.train.vectors import learn_face_vectors
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bundle = load_bundle(args.bundle)
+    if bundle.examples is None or bundle.examples.shape[0] == 0:
+        raise EngineError(f"{args.bundle} has no example latents to learn from (`editgan train segmenter` adds them)")
+    sources = bundle.examples[: args.sources]
+    learned = learn_face_vectors(bundle, sources, steps=args.steps, perceptual=bundle.perceptual(), log=print)
+    for name, (delta, meta) in learned.items():
+        bundle.vectors[name] = delta
+        bundle.spec.vectors[name] = meta
+    save_bundle(bundle, args.bundle)
+    print(json.dumps({name: meta["learned_from"] for name, (_, meta) in learned.items()}), flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="editgan", description="EditGAN service and model tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -346,12 +369,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_train_segmenter)
+
+    p = train.add_parser("vectors", help="learn the named editing vectors of the faces recipe into a bundle")
+    p.add_argument("--bundle", type=Path, required=True, help="bundle to add the vectors to (rewritten atomically)")
+    p.add_argument("--sources", type=int, default=4, help="example latents each vector is learned from")
+    p.add_argument("--steps", type=int, default=60, help="optimisation steps per source image")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.set_defaults(func=_train_vectors)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from engine.errors import EngineError
-
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)

@@ -1,0 +1,96 @@
+"""Segmentation-branch training and named-vector learning (tiny models, seconds)."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.bundle import Bundle
+from engine.perceptual import ConvPerceptual, ConvPerceptualConfig
+from engine.rendering import render
+from engine.segmenter import SegmenterConfig
+from engine.train import vectors as V
+from engine.train.demo_bundle import mean_iou
+from engine.train.segmenter import SegmenterTrainConfig, pixel_features, train_ensemble
+
+
+def test_pixel_features_are_the_upsampled_stack_row_by_row(tiny_bundle: Bundle) -> None:
+    w = tiny_bundle.generator.sample_w_plus(3, seed=0)
+    feats = pixel_features(tiny_bundle.generator, w, chunk=2)
+    size = tiny_bundle.generator.config.size
+    assert feats.shape == (3 * size * size, tiny_bundle.spec.segmenter.feature_dim)
+    out = tiny_bundle.generator.synthesis(w[1:2], return_features=True)
+    assert out.features is not None
+    last = out.features[-1][0, :, 5, 7]  # the full-resolution map needs no interpolation
+    row = feats[size * size + 5 * size + 7, -last.numel() :]
+    torch.testing.assert_close(row, last)
+
+
+def test_the_ensemble_learns_labels_that_the_features_determine() -> None:
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(4000, 12, generator=gen)
+    labels = (features[:, 0] > 0).long() + 2 * (features[:, 1] > 0.5).long()  # 4 classes, a function of x
+    config = SegmenterConfig(feature_channels=(8, 4), num_classes=4, out_size=8, num_models=2)
+    segmenter, stats = train_ensemble(features, labels, config, SegmenterTrainConfig(num_models=2, epochs=5, batch_size=64))
+    assert [s["member"] for s in stats] == [0, 1]
+    assert all(s["train_accuracy"] > 0.9 for s in stats)
+    shuffled = labels[torch.randperm(labels.numel(), generator=gen)]  # no relation to the features
+    _, noise = train_ensemble(features, shuffled, config, SegmenterTrainConfig(num_models=1, epochs=5, batch_size=64))
+    assert noise[0]["train_accuracy"] < min(s["train_accuracy"] for s in stats) - 0.2
+    assert not any(p.requires_grad for p in segmenter.parameters())
+
+
+def test_mean_iou_is_one_for_equal_maps_and_counts_each_present_class() -> None:
+    a = torch.tensor([[0, 0, 1, 1], [2, 2, 2, 2]])
+    assert mean_iou(a, a, 3) == 1.0
+    b = a.clone()
+    b[0, 0] = 1  # class 0: 1/2, class 1: 2/3, class 2: 1
+    assert abs(mean_iou(b, a, 3) - (0.5 + 2 / 3 + 1) / 3) < 1e-9
+
+
+def face_labels() -> torch.Tensor:
+    labels = torch.zeros(20, 20, dtype=torch.long)
+    labels[3:17, 3:17] = V.SKIN
+    labels[1:5, 3:17] = V.HAIR
+    labels[9:15, 2:4] = V.HAIR  # hair beside the face, below the eyes
+    labels[6, 6:8] = V.EYEBROWS
+    labels[8:10, 6:8] = V.LEFT_EYE
+    labels[8:10, 12:14] = V.RIGHT_EYE
+    labels[14, 8:12] = V.MOUTH
+    return labels
+
+
+def test_mask_operations_only_touch_what_they_name() -> None:
+    labels = face_labels()
+    eyes = V.enlarge_eyes(labels)
+    grown = (eyes != labels).nonzero()
+    assert grown.shape[0] > 0 and bool((labels[eyes != labels] == V.SKIN).all())
+    assert int((eyes == V.LEFT_EYE).sum()) > int((labels == V.LEFT_EYE).sum())
+    assert bool((eyes[labels == V.EYEBROWS] == V.EYEBROWS).all())  # never over the eyebrows
+
+    mouth = V.open_mouth(labels)
+    cols = (mouth == V.MOUTH).nonzero()[:, 1]
+    assert set(cols.tolist()) == set(range(8, 12)) and int((mouth == V.MOUTH).sum()) == 4 * 5
+
+    assert int((V.smile(labels) == V.MOUTH).sum()) > int((labels == V.MOUTH).sum())
+    assert not bool((V.remove_eyebrows(labels) == V.EYEBROWS).any())
+    short = V.shorter_hair(labels)
+    assert not bool((short[8:] == V.HAIR).any()) and bool((short[:8] == labels[:8]).all())
+
+
+def test_a_learned_vector_is_the_mean_offset_of_its_sources(tiny_bundle: Bundle) -> None:
+    perceptual = ConvPerceptual(ConvPerceptualConfig(widths=(4,))).eval().requires_grad_(False)
+    latents = tiny_bundle.generator.sample_w_plus(2, seed=3)
+
+    def relabel(labels: torch.Tensor) -> torch.Tensor:
+        out = labels.clone()
+        out[8:14, 10:20] = 1
+        return out
+
+    edit = V.NamedEdit(relabel, "pair", (1,), 1, "test")
+    before = [render(tiny_bundle, latents[i : i + 1]).labels[0] for i in range(2)]
+    assert all(bool((relabel(b) != b).any()) for b in before)
+    delta, stats = V.learn_vector(tiny_bundle, latents, edit, steps=3, perceptual=perceptual, log=lambda _: None)
+    assert delta.shape == latents.shape[1:] and stats["sources"] == 2 and 0.0 <= stats["reached"] <= 1.0
+    single, _ = V.learn_vector(tiny_bundle, latents[:1], edit, steps=3, perceptual=perceptual, log=lambda _: None)
+    other, _ = V.learn_vector(tiny_bundle, latents[1:], edit, steps=3, perceptual=perceptual, log=lambda _: None)
+    torch.testing.assert_close(delta, (single + other) / 2)
