@@ -47,8 +47,17 @@ def faces_spec(generator_config: Any, num_models: int) -> BundleSpec:
             "sample": {"truncation": 0.7},
             "segment": {"upsample": "bilinear"},
             "invert": {"steps": 200, "use_encoder": False, "encoder_weight": 0.0},
-            "edit": {"steps": 40, "encoder_weight": 0.0},
-            "refine": {"steps": 20},
+            # Tuned on this model (official values: ce 1, lr 0.02, nearest, dilation 3, which at 64 px reach
+            # 0-40 % of the painted pixels): 70-100 % reached with ~37 dB PSNR outside the region.
+            "edit": {
+                "steps": 40,
+                "ce_weight": 10.0,
+                "lr": 0.05,
+                "upsample": "bilinear",
+                "roi_dilation": 2,
+                "encoder_weight": 0.0,
+            },
+            "refine": {"steps": 20, "ce_weight": 10.0, "lr": 0.05, "upsample": "bilinear", "roi_dilation": 2},
         },
         version="0.1",
         description="Demo model: 64 px procedural cartoon faces (engine/domains/faces.py), trained on 2 CPU cores.",
