@@ -305,6 +305,24 @@ def _train_vectors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from engine.bundle import load_bundle
+    from engine.evaluate import EvalConfig, evaluate_bundle
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bundle = load_bundle(args.bundle)
+    config = EvalConfig(images=args.images, edit_images=args.edit_images, invert_steps=args.invert_steps)
+
+    def progress(stage: str, done: int, total: int) -> None:
+        print(f"editgan eval: {stage} {done}/{total}", file=sys.stderr, flush=True)
+
+    print(json.dumps(evaluate_bundle(bundle, config, progress=progress), indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="editgan", description="EditGAN service and model tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -345,6 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truncation", type=float, default=None, help="psi (default: the bundle's sample default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=_render)
+
+    p = sub.add_parser("eval", help="quality of a bundle on held-out procedural faces, as JSON")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--images", type=int, default=50, help="held-out images (inversion, KID, vectors)")
+    p.add_argument("--edit-images", type=int, default=10, help="images for the mask-driven optimisation edits")
+    p.add_argument("--invert-steps", type=int, default=None, help="default: the bundle's")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.set_defaults(func=_eval)
 
     train = sub.add_parser("train", help="train the networks of a bundle").add_subparsers(dest="what", required=True)
     p = train.add_parser("gan", help="train or resume a StyleGAN2 generator (checkpoints in --out)")

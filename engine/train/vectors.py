@@ -153,7 +153,7 @@ def learn_face_vectors(
                 "classes": sorted(bundle.spec.regions[edit.region]),
                 "description": edit.description,
                 "scale_range": [-2.0, 2.0],
-                "target_classes": list(edit.target_classes),
+                "target_class": list(edit.target_classes),
                 "direction": edit.direction,
                 "learned_from": {k: round(float(v), 4) for k, v in stats.items()},
             },
