@@ -27,22 +27,23 @@ BACKGROUND, SKIN, HAIR, LEFT_EYE, RIGHT_EYE, EYEBROWS, NOSE, MOUTH = range(8)
 MaskEdit = Callable[[Tensor], Tensor]  # labels [h, w] -> edited labels
 
 
-def _grow(
-    labels: Tensor, classes: list[int], into: list[int], radius: int = 1, *, vertical_only: bool = False
-) -> Tensor:
-    """Grow `classes` by `radius` px into pixels of the classes `into` (never over hair, eyes, ...)."""
+def _grow(labels: Tensor, classes: list[int], into: list[int], radius: int = 1, *, axis: str = "both") -> Tensor:
+    """Grow `classes` by `radius` px (along `axis`: both, vertical, horizontal) into pixels of the classes `into`."""
     out = labels.clone()
     for c in classes:
         mask = labels == c
-        if vertical_only:
+        if axis == "both":
+            grown = dilate(mask, radius)
+        else:
             grown = mask.clone()
             for d in range(1, radius + 1):
-                grown[d:] |= mask[:-d]
-                grown[:-d] |= mask[d:]
-        else:
-            grown = dilate(mask, radius)
-        target = grown & torch.isin(labels, torch.tensor(into))
-        out[target] = c
+                if axis == "vertical":
+                    grown[d:] |= mask[:-d]
+                    grown[:-d] |= mask[d:]
+                else:
+                    grown[:, d:] |= mask[:, :-d]
+                    grown[:, :-d] |= mask[:, d:]
+        out[grown & torch.isin(labels, torch.tensor(into))] = c
     return out
 
 
@@ -51,21 +52,20 @@ def enlarge_eyes(labels: Tensor) -> Tensor:
 
 
 def open_mouth(labels: Tensor) -> Tensor:
-    return _grow(labels, [MOUTH], [SKIN], 2, vertical_only=True)
+    return _grow(labels, [MOUTH], [SKIN], 2, axis="vertical")
 
 
 def smile(labels: Tensor) -> Tensor:
-    """Widen the mouth and lift its corners: two pixels each side, one row up at the ends."""
-    out = labels.clone()
-    rows, cols = torch.nonzero(labels == MOUTH, as_tuple=True)
+    """Widen the mouth by two pixels each side and lift its two outermost columns at each end by a row."""
+    out = _grow(labels, [MOUTH], [SKIN], 2, axis="horizontal")
+    rows, cols = torch.nonzero(out == MOUTH, as_tuple=True)
     if rows.numel() == 0:
         return out
-    top = int(rows.min())
-    for col, step in ((int(cols.min()), -1), (int(cols.max()), 1)):
-        for k in (1, 2):
-            r, c = top - (k - 1), col + step * k
-            if 0 <= r < out.shape[0] and 0 <= c < out.shape[1] and out[r, c] == SKIN:
-                out[r, c] = MOUTH
+    left, right = int(cols.min()), int(cols.max())
+    for c in (left, left + 1, right - 1, right):
+        r = int(rows[cols == c].min()) - 1
+        if r >= 0 and out[r, c] == SKIN:
+            out[r, c] = MOUTH
     return out
 
 

@@ -30,7 +30,9 @@ def test_the_ensemble_learns_labels_that_the_features_determine() -> None:
     features = torch.randn(4000, 12, generator=gen)
     labels = (features[:, 0] > 0).long() + 2 * (features[:, 1] > 0.5).long()  # 4 classes, a function of x
     config = SegmenterConfig(feature_channels=(8, 4), num_classes=4, out_size=8, num_models=2)
-    segmenter, stats = train_ensemble(features, labels, config, SegmenterTrainConfig(num_models=2, epochs=5, batch_size=64))
+    segmenter, stats = train_ensemble(
+        features, labels, config, SegmenterTrainConfig(num_models=2, epochs=5, batch_size=64)
+    )
     assert [s["member"] for s in stats] == [0, 1]
     assert all(s["train_accuracy"] > 0.9 for s in stats)
     shuffled = labels[torch.randperm(labels.numel(), generator=gen)]  # no relation to the features
@@ -71,7 +73,10 @@ def test_mask_operations_only_touch_what_they_name() -> None:
     cols = (mouth == V.MOUTH).nonzero()[:, 1]
     assert set(cols.tolist()) == set(range(8, 12)) and int((mouth == V.MOUTH).sum()) == 4 * 5
 
-    assert int((V.smile(labels) == V.MOUTH).sum()) > int((labels == V.MOUTH).sum())
+    smiling = V.smile(labels)
+    assert set((smiling == V.MOUTH).nonzero()[:, 1].tolist()) == set(range(6, 14))  # 2 px wider each side
+    assert int((smiling[13] == V.MOUTH).sum()) == 4  # corners lifted by a row
+    assert bool((labels[smiling != labels] == V.SKIN).all())
     assert not bool((V.remove_eyebrows(labels) == V.EYEBROWS).any())
     short = V.shorter_hair(labels)
     assert not bool((short[8:] == V.HAIR).any()) and bool((short[:8] == labels[:8]).all())
