@@ -7,10 +7,17 @@ linear map over space, so it commutes with a per-pixel channel projection. Each 
 its own low resolution, maps of equal resolution are summed, and only the pixels asked for are
 interpolated. The result equals the official computation up to float rounding
 (`logits_reference` keeps the literal version for tests and baselines).
+
+`segment`, the dense path behind every render, goes further for speed: all members' first layers
+run as one product, each projected map is interpolated separably (a small product down the rows,
+then one weighted gather across the columns for all resolutions at once), the later layers run
+batched over members with BatchNorm folded in, and the canvas is walked in row chunks that fit in
+cache, so that memory stays a few chunks whatever the canvas.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -268,6 +275,132 @@ class _RegionCrossEntropy(torch.autograd.Function):
         return (None, None, None, None, None, None, *grads)
 
 
+# First-layer activations (pixels * M*h1 floats) that `segment` evaluates at once. On a CPU a chunk of
+# output rows (2 MiB) and its interpolated source rows stay in cache, which measured faster than fewer,
+# larger products; elsewhere big chunks keep the number of kernel launches down.
+_CHUNK_FLOATS = {"cpu": 1 << 19}
+_CHUNK_FLOATS_DEFAULT = 1 << 26
+
+
+@dataclass(frozen=True)
+class _DenseWeights:
+    """The ensemble as `segment` evaluates it: every member at once. Derived from the parameters on each
+    call (about a millisecond for the demo model), so it can never be stale."""
+
+    first: dict[int, Tensor]  # map resolution -> [C_r, M*h1]: all members' first-layer columns for its maps
+    bias: Tensor  # [M*h1]: all members' first-layer biases
+    layers: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]  # later Linears: [M, out, in], [M, out, 1]
+
+    @staticmethod
+    def build(members: Sequence[PixelClassifier], features: Sequence[Tensor]) -> _DenseWeights:
+        """Each BatchNorm (in eval mode a fixed affine map s x + t after a ReLU) is folded into the Linear
+        after it: W (s x + t) + b = (W s) x + (W t + b)."""
+        w1 = torch.cat([m.first.weight for m in members])  # [M*h1, D]
+        spans: dict[int, list[tuple[int, int]]] = {}
+        offset = 0
+        for f in features:
+            spans.setdefault(f.shape[-1], []).append((offset, offset + f.shape[1]))
+            offset += f.shape[1]
+        first = {}
+        for r, s in spans.items():
+            adjacent = all(a == b for (_, b), (a, _) in itertools.pairwise(s))  # as in the official order
+            first[r] = (w1[:, s[0][0] : s[-1][1]] if adjacent else torch.cat([w1[:, a:b] for a, b in s], 1)).t()
+        layers = []
+        for a, b in ((2, 3), (5, 6)):  # (BatchNorm, Linear) index pairs of the official layout
+            bns = [cast(nn.BatchNorm1d, m.layers[a]) for m in members]
+            lins = [cast(nn.Linear, m.layers[b]) for m in members]
+            eps = w1.new_tensor([bn.eps for bn in bns])[:, None]
+            scale = torch.stack([bn.weight for bn in bns]) * torch.rsqrt(torch.stack([_var(bn) for bn in bns]) + eps)
+            shift = torch.stack([bn.bias for bn in bns]) - torch.stack([_mean(bn) for bn in bns]) * scale  # [M, in]
+            weight = torch.stack([lin.weight for lin in lins])  # [M, out, in]
+            bias = torch.stack([lin.bias for lin in lins])[:, :, None] + torch.bmm(weight, shift[:, :, None])
+            layers.append((weight * scale[:, None], bias))
+        return _DenseWeights(first, torch.cat([m.first.bias for m in members]), (layers[0], layers[1]))
+
+
+def _pixels_last(maps: Sequence[Tensor], rows: slice, cols: slice) -> Tensor:
+    """A window of maps [N, C_i, r, r] of one resolution as one contiguous [rows, cols, N, sum C_i]."""
+    parts = [m[:, :, rows, cols].permute(2, 3, 0, 1) for m in maps]
+    return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0].contiguous()
+
+
+class _Plan:
+    """Interpolation geometry of `segment` for one canvas, box, mode and set of map resolutions (those
+    other than the canvas's); it depends on no weight or feature value, so segmenters cache it."""
+
+    def __init__(
+        self, sizes: Sequence[int], size: int, box: tuple[int, int, int, int], mode: Upsample, like: Tensor
+    ) -> None:
+        _, left, _, width = box
+        self.sizes, self.width, self.device = tuple(sizes), width, like.device
+        self.columns = sum(sizes)  # J: the source columns of all these maps together
+        # Per resolution, vertically: the [size, r] matrix and the first and last source row of each output row.
+        self.vertical: dict[int, tuple[Tensor, list[int], list[int]]] = {}
+        self.horizontal: dict[int, list[tuple[Tensor, Tensor]]] = {}  # per tap: source column, weight [width]
+        everywhere, columns = torch.arange(size), torch.arange(left, left + width)
+        for r in sizes:
+            taps = _taps(everywhere, r, size, mode)
+            self.vertical[r] = (_interp_matrix(r, size, mode, like), taps[0][0].tolist(), taps[-1][0].tolist())
+            self.horizontal[r] = [(i.to(like.device), w.to(like)) for i, w in _taps(columns, r, size, mode)]
+        self._across: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def across(self, k: int) -> tuple[Tensor, Tensor]:
+        """The horizontal pass of k output rows as `F.embedding_bag` sums over the vertically interpolated
+        rows [k * J, X] (map by map, row-major): source indices and weights [k * width, T], T taps per
+        pixel (two per map for bilinear, one for nearest; a clamped edge tap may repeat a column)."""
+        if k not in self._across:
+            index, weight = [], []
+            y = torch.arange(k, device=self.device)[:, None]
+            offset = 0
+            for r in self.sizes:
+                for i, w in self.horizontal[r]:
+                    index.append((offset + y * r + i[None, :]).reshape(-1))
+                    weight.append(w.expand(k, -1).reshape(-1))
+                offset += k * r
+            self._across[k] = (torch.stack(index, dim=1), torch.stack(weight, dim=1))
+        return self._across[k]
+
+
+class _RowWindow:
+    """The maps of one resolution, projected by every member's first layer for the source rows that the
+    current chunk of output rows reads. Chunks go top to bottom, so the rows needed only move down: each
+    source row is projected once, in blocks of at least `ahead` rows, and a block is dropped as soon as
+    no later chunk reads it."""
+
+    def __init__(self, maps: list[Tensor], weight: Tensor, bias: Tensor | None, plan: _Plan, ahead: int) -> None:
+        self.maps, self.weight, self.bias = maps, weight, bias  # [N, C_i, r, r], [C, M*h1], [M*h1]
+        self.size = maps[0].shape[-1]
+        self.matrix, self.low, self.high = plan.vertical[self.size]
+        self.ahead = ahead
+        self.blocks: list[tuple[int, Tensor]] = []  # (first source row, projection [rows, r, N, M*h1])
+
+    def _project(self, a: int, b: int) -> Tensor:
+        x = _pixels_last(self.maps, slice(a, b), slice(None))  # [rows, r, N, C]
+        out = x.view(-1, x.shape[-1]) @ self.weight
+        if self.bias is not None:
+            out.add_(self.bias)
+        return out.view(*x.shape[:3], -1)
+
+    def interpolate(self, y0: int, y1: int, out: Tensor) -> None:
+        """Output rows y0..y1 of the projection, interpolated vertically only: out [y1 - y0, r * N * M*h1]."""
+        lo, hi = self.low[y0], self.high[y1 - 1] + 1
+        self.blocks = [(a, v) for a, v in self.blocks if a + v.shape[0] > lo]
+        end = self.blocks[-1][0] + self.blocks[-1][1].shape[0] if self.blocks else lo
+        if hi > end:
+            start = max(end, lo)
+            self.blocks.append((start, self._project(start, min(self.size, max(hi, start + self.ahead)))))
+        first = True
+        for a, v in self.blocks:  # out = matrix[y0:y1, lo:hi] @ projection[lo:hi], block by block
+            s, e = max(a, lo), min(a + v.shape[0], hi)
+            if s < e:
+                part = (self.matrix[y0:y1, s:e], v[s - a : e - a].view(e - s, -1))
+                if first:
+                    torch.mm(*part, out=out)
+                else:
+                    out.addmm_(*part)
+                first = False
+
+
 class Segmenter(nn.Module):
     """Ensemble of `PixelClassifier`s (key `models.{i}.layers.*`) with a low-memory evaluation path."""
 
@@ -434,6 +567,15 @@ class Segmenter(nn.Module):
         logits = torch.stack([m(flat.reshape(n * p, d)) for m in self.models], dim=0)
         return logits.reshape(len(self.models), n, p, -1).transpose(0, 1)
 
+    def _plan(self, sizes: tuple[int, ...], box: tuple[int, int, int, int], mode: Upsample, like: Tensor) -> _Plan:
+        key = (sizes, box, mode, like.device, like.dtype)
+        plans: dict[Any, _Plan] = self.__dict__.setdefault("_plans", {})  # not state: never saved
+        if key not in plans:
+            if len(plans) >= 8:
+                plans.clear()
+            plans[key] = _Plan(sizes, self.config.out_size, box, mode, like)
+        return plans[key]
+
     @torch.no_grad()
     def segment(
         self,
@@ -444,60 +586,85 @@ class Segmenter(nn.Module):
     ) -> Segmentation:
         """Labels and uncertainty over a rectangle of the canvas (top, left, height, width; None: all).
 
-        Dense path for display: each member's first layer is projected at every map's resolution and
-        upsampled with `F.interpolate`, one member at a time, so peak memory is N * h1 * H * W floats
-        instead of the official N * D * H * W. Returns [N, height, width] maps.
+        Dense path for display, a chunk of output rows at a time (about `_CHUNK_FLOATS` first-layer
+        activations; in train mode one chunk, so that BatchNorm sees the whole box). Per chunk, every
+        member's first layer is evaluated at once as [pixels, M*h1]: full-resolution maps by one matrix
+        product; every other map by interpolating its low-resolution projection, vertically (a small
+        product over the few source rows that the chunk reads, `_RowWindow`: each source row projected
+        once) then horizontally (one `embedding_bag` weighted sum over all resolutions: two taps per
+        resolution and pixel). The later layers run batched over members, BatchNorm folded into the
+        next Linear. Memory: a few chunks plus the projected source rows held, whatever the canvas
+        (the official stack is N * D * H * W floats). Returns [N, height, width] maps.
         """
         self._check(features)
         size = self.config.out_size
         top, left, height, width = box if box is not None else (0, 0, size, size)
         if top < 0 or left < 0 or height < 1 or width < 1 or top + height > size or left + width > size:
             raise InputError(f"box {box} does not fit a {size}x{size} canvas")
-        n = features[0].shape[0]
-        h1 = self.config.hidden_sizes[0]
-        # Coarse maps are projected for all members at once (small); full-resolution ones per member.
-        groups = [
-            (r, F.conv2d(maps, w[:, :, None, None]) if r < size else maps, w) for r, maps, w in self._groups(features)
+        weights = _DenseWeights.build(self.classifiers(), features)
+        like = features[0]
+        n, mh = like.shape[0], weights.bias.numel()
+        maps: dict[int, list[Tensor]] = {}
+        for f in features:
+            maps.setdefault(f.shape[-1], []).append(f)
+        others = tuple(sorted(r for r in maps if r != size))
+        plan = self._plan(others, (top, left, height, width), mode, like)
+        budget = _CHUNK_FLOATS.get(like.device.type, _CHUNK_FLOATS_DEFAULT)
+        # The first layer's bias rides on the coarsest projection (interpolation weights sum to one).
+        windows = [
+            _RowWindow(maps[r], weights.first[r], weights.bias if i == 0 else None, plan, budget // (r * n * mh))
+            for i, r in enumerate(others)
         ]
-        matrices = {
-            r: (
-                _interp_matrix(r, size, mode, maps)[top : top + height],
-                _interp_matrix(r, size, mode, maps)[left : left + width],
-            )
-            for r, maps, _ in groups
-            if r < size and r * (r + size) <= 64 * size  # separable matrix products beat F.interpolate here
-        }
-        sum_logits: Tensor | None = None
-        sum_probs: Tensor | None = None
-        sum_entropy: Tensor | None = None
-        for i, member in enumerate(self.classifiers()):
+        step = height if self.training else max(1, min(height, budget // (n * width * mh)))
+        rows_buffer = like.new_empty(step * plan.columns * n * mh)  # reused by every chunk
+        labels = torch.empty(n, height, width, dtype=torch.long, device=like.device)
+        uncertainty = like.new_empty(n, height, width)
+        pending: list[Tensor] = []  # member logits [M, K, pixels] of the chunks not yet summarised
+        done = top
+        for y0 in range(top, top + height, step):
+            y1 = min(y0 + step, top + height)
+            k = y1 - y0
+            # Every member's first layer at the chunk's pixels, rows then columns then images: [P, M*h1].
             h: Tensor | None = None
-            rows = slice(i * h1, (i + 1) * h1)
-            for r, maps, w in groups:
-                if r == size:
-                    part = F.conv2d(maps, w[rows, :, None, None])[:, :, top : top + height, left : left + width]
-                elif r in matrices:
-                    uy, ux = matrices[r]  # [height, r], [width, r]: interpolation is separable
-                    part = uy @ maps[:, rows] @ ux.t()
-                else:
-                    part = F.interpolate(maps[:, rows], size=(size, size), mode=mode)
-                    part = part[:, :, top : top + height, left : left + width]
-                h = part.clone() if h is None else h.add_(part)
+            if others:
+                rows = rows_buffer[: k * plan.columns * n * mh].view(-1, n * mh)  # vertically, map by map
+                offset = 0
+                for r, window in zip(others, windows, strict=True):
+                    window.interpolate(y0, y1, rows[offset : offset + k * r].view(k, -1))
+                    offset += k * r
+                index, weight = plan.across(k)
+                h = F.embedding_bag(index, rows, per_sample_weights=weight, mode="sum").view(-1, mh)
+            if size in maps:
+                x = _pixels_last(maps[size], slice(y0, y1), slice(left, left + width))
+                x = x.view(-1, x.shape[-1])
+                h = (x @ weights.first[size]).add_(weights.bias) if h is None else h.addmm_(x, weights.first[size])
             assert h is not None
-            x = (h + member.first.bias[:, None, None]).permute(0, 2, 3, 1).reshape(-1, h1)
-            logits = member.head(x).reshape(n, height * width, -1)  # [N, P, K]
-            probs = F.softmax(logits, dim=-1)
-            entropy = _entropy(probs)
-            sum_logits = logits if sum_logits is None else sum_logits.add_(logits)
-            sum_probs = probs if sum_probs is None else sum_probs.add_(probs)
-            sum_entropy = entropy if sum_entropy is None else sum_entropy.add_(entropy)
-        assert sum_logits is not None and sum_probs is not None and sum_entropy is not None
-        m = len(self.models)
-        uncertainty = _entropy(sum_probs / m) - sum_entropy / m
-        return Segmentation(
-            labels=sum_logits.argmax(-1).reshape(n, height, width),
-            uncertainty=uncertainty.reshape(n, height, width),
-        )
+            pending.append(self._dense_heads(h, weights))
+            if y1 == top + height or sum(p.numel() for p in pending) >= budget:
+                logits = torch.cat(pending, dim=2) if len(pending) > 1 else pending[0]  # [M, K, P]
+                pending = []
+                log_p = torch.log_softmax(logits, dim=1)
+                probs = log_p.exp()
+                member_entropy = (probs * log_p).sum((0, 1)).div_(-logits.shape[0])  # mean_i H(p_i)
+                mean = probs.mean(0)
+                u = (mean * mean.clamp_min(1e-12).log()).sum(0).neg_().sub_(member_entropy)
+                out = slice(done - top, y1 - top)
+                labels[:, out] = logits.sum(0).argmax(0).view(y1 - done, width, n).permute(2, 0, 1)
+                uncertainty[:, out] = u.view(y1 - done, width, n).permute(2, 0, 1)
+                done = y1
+        return Segmentation(labels=labels, uncertainty=uncertainty)
+
+    def _dense_heads(self, h: Tensor, weights: _DenseWeights) -> Tensor:
+        """First-layer outputs [P, M*h1], bias included -> member logits [M, K, P].
+
+        Pixels last: the products then have P columns rather than K (8 for the demo model).
+        """
+        members = self.classifiers()
+        x = h.relu_().view(h.shape[0], len(members), -1).permute(1, 2, 0)  # [M, h1, P], a view
+        if self.training:  # BatchNorm on batch statistics: each member's own modules
+            return torch.stack([m.layers[2:](x[i].t()).t() for i, m in enumerate(members)])
+        (w2, b2), (w3, b3) = weights.layers
+        return torch.baddbmm(b3, w3, torch.baddbmm(b2, w2, x).relu_())
 
 
 def upsample_features(features: Sequence[Tensor], size: int, mode: Upsample) -> Tensor:

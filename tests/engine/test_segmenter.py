@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import pytest
 import torch
 
+import engine.segmenter as segmenter_module
 from engine.checkpoints import strip_prefix
 from engine.errors import InputError
 from engine.generator import Generator, GeneratorConfig
@@ -84,6 +86,68 @@ def test_dense_segmentation_equals_reference(mode: str) -> None:
     assert torch.equal(seg.labels, crop.mean(1).argmax(-1))
     expected = js_uncertainty(crop.reshape(2, 3, -1, 6)).reshape(2, 48, 56)
     torch.testing.assert_close(seg.uncertainty, expected, rtol=1e-4, atol=1e-5)
+
+
+def _dense_check(s: Segmenter, features: list[torch.Tensor], mode: str, box: tuple[int, int, int, int]) -> None:
+    """`segment` over `box` equals the official computation: labels exactly, uncertainty to rounding."""
+    n, size = features[0].shape[0], s.config.out_size
+    top, left, height, width = box
+    logits = s.logits_reference(features, mode=mode).reshape(n, s.config.num_models, size, size, -1)
+    crop = logits[:, :, top : top + height, left : left + width]
+    seg = s.segment(features, box=box, mode=mode)
+    assert torch.equal(seg.labels, crop.mean(1).argmax(-1))
+    expected = js_uncertainty(crop.reshape(n, s.config.num_models, height * width, -1)).reshape(n, height, width)
+    torch.testing.assert_close(seg.uncertainty, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("budget", [1, 3 * 2 * 56 * 384 + 5])
+def test_dense_segmentation_in_chunks_equals_reference(mode: str, budget: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # budget 1: one output row per chunk, each source row projected on its own, a summary per chunk.
+    # The other: 3 rows of N * width * M*h1 = 2 * 56 * 384 activations per chunk (the last one shorter),
+    # source rows projected 5 at a time at 32 px, so that a chunk often reads two projected blocks.
+    monkeypatch.setattr(segmenter_module, "_CHUNK_FLOATS", {"cpu": budget})
+    _, s, features = _setup()
+    _dense_check(s, features, mode, (8, 4, 47, 56))
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        (3, 6, 12, 6, 12),  # no full-resolution map; equal resolutions apart in the channel order
+        (24, 24),  # full resolution only: no interpolation at all
+        (5, 24, 10),  # sizes that do not divide the canvas (bilinear and nearest taps fall anywhere)
+    ],
+)
+def test_dense_segmentation_handles_any_map_layout(mode: str, sizes: tuple[int, ...]) -> None:
+    gen = torch.Generator().manual_seed(0)
+    channels = tuple(3 + i for i in range(len(sizes)))
+    torch.manual_seed(0)
+    s = Segmenter(SegmenterConfig(channels, 5, 24, 4, hidden=(16, 8))).eval()
+    randomise_batch_norm(s)
+    features = [torch.randn(3, c, r, r, generator=gen) for c, r in zip(channels, sizes, strict=True)]
+    for box in [(0, 0, 24, 24), (5, 2, 13, 19)]:
+        _dense_check(s, features, mode, box)
+
+
+def test_dense_segmentation_in_train_mode_uses_batch_statistics() -> None:
+    _, s, features = _setup()
+    reference_logits = copy.deepcopy(s).train().logits_reference(features).reshape(2, 3, 64, 64, 6)
+    seg = copy.deepcopy(s).train().segment(features)
+    assert torch.equal(seg.labels, reference_logits.mean(1).argmax(-1))
+    expected = js_uncertainty(reference_logits.reshape(2, 3, -1, 6)).reshape(2, 64, 64)
+    torch.testing.assert_close(seg.uncertainty, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_dense_segmentation_follows_weight_changes() -> None:
+    _, s, features = _setup()
+    s.segment(features)
+    with torch.no_grad():  # through .data, which no version counter sees: nothing may be cached
+        for m in s.models:
+            m.layers[0].weight.data.mul_(-1.5)
+            m.layers[5].running_var.data.mul_(3.0)
+    _dense_check(s, features, "bilinear", (0, 0, 64, 64))
 
 
 def test_uncertainty_is_zero_when_members_agree() -> None:
