@@ -35,7 +35,7 @@ from workers.registry import ReadOnlyVectorError, VectorNotFoundError
 from workers.results import publish, rendering_arrays
 from workers.runtime import Runtime, current
 from workers.store import NotFoundError
-from workers.vectors import ModelMismatchError, resolve
+from workers.vectors import ModelMismatchError, resolve, save_vector
 
 PROGRESS_INTERVAL = 0.25  # seconds between job.meta writes; the final step is always written
 
@@ -195,14 +195,7 @@ def run_optimize(payload: dict[str, Any]) -> dict[str, Any]:
         edit_id = rt.store.put_edit(bundle.spec.name, delta, vector.classes, vector.region)
         saved = None
         if name:
-            meta = {
-                "classes": vector.classes,
-                "region": vector.region,
-                "description": vector.description,
-                "scale_range": list(vector.scale_range),
-                "created_at": vector.created_at,
-            }
-            saved = VectorRef(name=name, version=rt.registry.save(bundle.spec.name, name, delta, meta))
+            saved = VectorRef(name=name, version=save_vector(rt.registry, bundle, name, vector))
         arrays = rendering_arrays(bundle, edit.rendering, 0, _outputs(payload))
         arrays["region"] = edit.region.cpu().numpy().astype(np.uint8) * 255
         images = publish(rt.store, arrays)

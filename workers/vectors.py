@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from engine import Bundle, EditingVector
-from workers.registry import Registry, VectorNotFoundError, VectorRecord
+from workers.registry import ReadOnlyVectorError, Registry, VectorNotFoundError, VectorRecord
 from workers.store import NotFoundError, Store
 
 
@@ -77,3 +77,19 @@ def resolve(ref: str, bundle: Bundle, registry: Registry, store: Store) -> Resol
         return Resolved(bundle_vector(bundle, name), f"{name}@0")
     record = registry.get(model, name, version)
     return Resolved(record_vector(bundle, record), f"{name}@{record.version}")
+
+
+def save_vector(registry: Registry, bundle: Bundle, name: str, vector: EditingVector) -> int:
+    """Store `vector` as a new version of `name`; names shipped inside the bundle are read-only."""
+    if name in bundle.vectors:
+        raise ReadOnlyVectorError(
+            f"{name!r} is shipped with model {bundle.spec.name!r} and cannot be replaced; choose a new name"
+        )
+    meta = {
+        "classes": vector.classes,
+        "region": vector.region,
+        "description": vector.description,
+        "scale_range": list(vector.scale_range),
+        "created_at": vector.created_at,
+    }
+    return registry.save(bundle.spec.name, name, vector.delta.detach().cpu().numpy(), meta)

@@ -18,7 +18,7 @@ from service.routes.common import ERRORS
 from service.state import Services
 from service.uploads import read_limited
 from workers.registry import ReadOnlyVectorError, VectorNotFoundError, VectorRecord
-from workers.vectors import ModelMismatchError, bundle_vector
+from workers.vectors import ModelMismatchError, bundle_vector, save_vector
 
 router = APIRouter(prefix="/vectors", tags=["vectors"], responses=ERRORS)
 ModelName = Annotated[str, Path(pattern=MODEL_NAME)]
@@ -103,18 +103,7 @@ def download_vector(services: ServicesDep, model: ModelName, name: VectorName, v
 
 
 def _save(services: Services, model: str, vector: EditingVector, name: str) -> VectorRef:
-    bundle = services.bundle(model)
-    if name in bundle.vectors:
-        raise ReadOnlyVectorError(f"{name!r} is shipped with model {model!r} and cannot be replaced; choose a new name")
-    meta = {
-        "classes": vector.classes,
-        "region": vector.region,
-        "description": vector.description,
-        "scale_range": list(vector.scale_range),
-        "created_at": vector.created_at,
-    }
-    version = services.registry.save(model, name, vector.delta.detach().cpu().numpy(), meta)
-    return VectorRef(name=name, version=version)
+    return VectorRef(name=name, version=save_vector(services.registry, services.bundle(model), name, vector))
 
 
 @router.post("", status_code=201, response_model=VectorInfo)
