@@ -17,6 +17,7 @@ import torch
 
 from engine.bundle import Bundle, BundleSpec, ClassInfo, Geometry, save_bundle
 from engine.domains import faces
+from engine.generator import GeneratorConfig
 from engine.perceptual import ConvPerceptual, ConvPerceptualConfig, build_perceptual
 from engine.segmenter import Segmenter
 from engine.train.gan import export_generator
@@ -26,6 +27,7 @@ from engine.train.segmenter import (
     config_dict,
     embed,
     pixel_features,
+    segmenter_config_for,
     train_ensemble,
 )
 
@@ -33,12 +35,12 @@ ANNOTATED_SEED_OFFSET = 900_000_000  # training seeds far from those the GAN has
 PERCEPTUAL = ConvPerceptualConfig(widths=(32, 64, 128), layers_per_stage=2, learned_weights=False)
 
 
-def faces_spec(generator_config: Any, num_models: int) -> BundleSpec:
+def faces_spec(generator_config: GeneratorConfig, num_models: int) -> BundleSpec:
     classes = [ClassInfo(i, name, color) for i, (name, color) in enumerate(faces.CLASSES)]
     spec = BundleSpec(
         name="demo-faces",
         generator=generator_config,
-        segmenter=segmenter_config_for_classes(generator_config, len(classes), num_models),
+        segmenter=segmenter_config_for(generator_config, len(classes), num_models),
         classes=classes,
         regions=dict(faces.REGIONS),
         geometry=Geometry(generator_config.size),
@@ -63,17 +65,6 @@ def faces_spec(generator_config: Any, num_models: int) -> BundleSpec:
         description="Demo model: 64 px procedural cartoon faces (engine/domains/faces.py), trained on 2 CPU cores.",
     )
     return spec
-
-
-def segmenter_config_for_classes(generator_config: Any, num_classes: int, num_models: int) -> Any:
-    from engine.segmenter import SegmenterConfig
-
-    return SegmenterConfig(
-        feature_channels=tuple(c for c, _ in generator_config.feature_shapes),
-        num_classes=num_classes,
-        out_size=generator_config.size,
-        num_models=num_models,
-    )
 
 
 def mean_iou(predicted: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.bundle import Bundle, BundleSpec
+from engine.bundle import Bundle
 from engine.errors import InputError
-from engine.generator import Generator
+from engine.generator import Generator, GeneratorConfig
 from engine.inversion import invert
 from engine.perceptual import PerceptualLoss
 from engine.segmenter import Segmenter, SegmenterConfig, upsample_features
@@ -123,12 +123,12 @@ def train_ensemble(
     return segmenter.eval().requires_grad_(False), stats
 
 
-def segmenter_config_for(spec: BundleSpec, num_models: int) -> SegmenterConfig:
-    g = spec.generator
+def segmenter_config_for(generator: GeneratorConfig, num_classes: int, num_models: int) -> SegmenterConfig:
+    """The ensemble that reads every feature map of `generator` at its output size."""
     return SegmenterConfig(
-        feature_channels=tuple(c for c, _ in g.feature_shapes),
-        num_classes=len(spec.classes),
-        out_size=g.size,
+        feature_channels=tuple(c for c, _ in generator.feature_shapes),
+        num_classes=num_classes,
+        out_size=generator.size,
         num_models=num_models,
     )
 
