@@ -186,7 +186,11 @@ def optimize_edit(
         total = loss + p.encoder_weight * e
         return total, logs | scalars(encoder=e, total=total)
 
-    result = optimize_w(w0, loss_fn, steps=p.steps, lr=lambda _: p.lr, progress=progress, should_stop=should_stop)
+    # Step 0 is the unedited latent: its image term is 0, so when the image term rises faster than the
+    # cross-entropy falls it would win on total loss and the edit would silently do nothing.
+    result = optimize_w(
+        w0, loss_fn, steps=p.steps, lr=lambda _: p.lr, best_from=1, progress=progress, should_stop=should_stop
+    )
     rendering = render(bundle, result.w_plus)
     name = next((n for n, ids in bundle.spec.regions.items() if set(ids) == classes), None)
     vector = EditingVector(

@@ -32,10 +32,12 @@ def optimize_w(
     steps: int,
     lr: Callable[[int], float],
     best_key: str = "total",
+    best_from: int = 0,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> OptimResult:
-    """Adam on a copy of `w0` for `steps` updates; returns the iterate with the lowest `best_key`.
+    """Adam on a copy of `w0` for `steps` updates; returns the iterate with the lowest `best_key` among
+    w_best_from ... w_steps (an edit passes 1: returning the unchanged start would silently do nothing).
 
     Every iterate w_0 ... w_steps is evaluated once. The best one is *cloned* when measured: the official
     code keeps a `.detach()` view of the parameter, which Adam then updates in place, so it always
@@ -52,7 +54,7 @@ def optimize_w(
         with torch.set_grad_enabled(not last):  # the final iterate is only measured
             loss, logs = loss_fn(w)
         history.append(logs)
-        if logs[best_key] < best_value:
+        if step >= min(best_from, steps) and logs[best_key] < best_value:
             best_w, best_value, best_step = w.detach().clone(), logs[best_key], step
         if progress is not None:
             progress(step, steps, logs)

@@ -89,8 +89,8 @@ def test_optimize_edit_returns_a_vector_and_the_best_step(tiny_bundle: Bundle, p
     )
     assert seen == [(i, 6) for i in range(7)]
     totals = [h["total"] for h in result.history]
-    assert len(totals) == 7 and totals[result.best_step] == min(totals)
-    assert min(totals) < totals[0]
+    assert len(totals) == 7 and totals[result.best_step] == min(totals[1:])
+    assert result.best_step >= 1 and min(totals) < totals[0]
     torch.testing.assert_close(result.w_plus[0], w[0] + result.vector.delta)
     assert result.vector.source_latent is not None and torch.equal(result.vector.source_latent, w[0])
     assert result.vector.classes and result.region.any()
@@ -117,6 +117,28 @@ def test_the_best_iterate_is_a_copy_not_the_last_one() -> None:
     assert result.best_step == totals.index(min(totals)) and result.best_step < 8
     assert torch.equal(result.w_plus, iterates[result.best_step])
     assert not torch.equal(result.w_plus, iterates[-1])
+
+
+def test_an_edit_never_returns_the_unedited_start(tiny_bundle: Bundle, perceptual: PerceptualLoss) -> None:
+    # An image term so heavy that every step costs more than the start: the edit must still move.
+    w = tiny_bundle.generator.sample_w_plus(1, seed=2)
+    params = {"steps": 4, "rgb_weight": 1e6, "ce_weight": 1e-6}
+    result = optimize_edit(tiny_bundle, w, _edit_mask(tiny_bundle, w), perceptual=perceptual, params=params)
+    totals = [h["total"] for h in result.history]
+    assert totals.index(min(totals)) == 0  # the trap: the start has the lowest total
+    assert result.best_step == 1 + totals[1:].index(min(totals[1:]))
+    assert float(result.vector.delta.abs().max()) > 0
+
+
+def test_best_from_excludes_early_iterates_from_the_choice() -> None:
+    def loss_fn(w: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = w.square().sum()  # minimised at the start: every Adam step moves away from 0... or not at all
+        return loss, {"total": float(loss.detach())}
+
+    start = torch.zeros(1, 1, 2)
+    assert optimize_w(start, loss_fn, steps=3, lr=lambda k: 0.1).best_step == 0
+    assert optimize_w(start, loss_fn, steps=3, lr=lambda k: 0.1, best_from=2).best_step >= 2
+    assert optimize_w(start, loss_fn, steps=0, lr=lambda k: 0.1, best_from=1).best_step == 0
 
 
 def test_a_stop_request_ends_the_loop_within_one_step(tiny_bundle: Bundle, perceptual: PerceptualLoss) -> None:

@@ -1,0 +1,248 @@
+"""The chunked dense path behind `Segmenter.segment`: every pixel of a box, a few output rows at a time.
+
+Rendering labels every pixel, where the pixel-set path's per-pixel gathers are slow and the official
+[N, D, H, W] stack is 6.3 GB at 512 px. This module evaluates all members at once instead: their first
+layers as one product, each low-resolution projection interpolated separably (a small product down the
+rows, then one weighted gather across the columns for all resolutions), the later layers batched over
+members with BatchNorm folded in, and the canvas walked in row chunks that fit in cache, so that memory
+stays a few chunks whatever the canvas. It imports no model class (members are read through `Member`),
+so `engine.segmenter` can import it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine.segmentation_kernels import Upsample, interpolation_taps, running_mean, running_var
+
+
+class Member(Protocol):
+    """What the dense path reads of an ensemble member (`engine.segmenter.PixelClassifier`): the
+    official layout Linear, ReLU, BN, Linear, ReLU, BN, Linear."""
+
+    @property
+    def layers(self) -> nn.Sequential: ...
+
+    @property
+    def first(self) -> nn.Linear: ...
+
+
+@dataclass(frozen=True)
+class _DenseWeights:
+    """The ensemble as `segment` evaluates it: every member at once. Derived from the parameters on each
+    call (about a millisecond for the demo model), so it can never be stale."""
+
+    first: dict[int, Tensor]  # map resolution -> [C_r, M*h1]: all members' first-layer columns for its maps
+    bias: Tensor  # [M*h1]: all members' first-layer biases
+    layers: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]  # later Linears: [M, out, in], [M, out, 1]
+
+    @staticmethod
+    def build(members: Sequence[Member], features: Sequence[Tensor]) -> _DenseWeights:
+        """Each BatchNorm (in eval mode a fixed affine map s x + t after a ReLU) is folded into the Linear
+        after it: W (s x + t) + b = (W s) x + (W t + b)."""
+        w1 = torch.cat([m.first.weight for m in members])  # [M*h1, D]
+        spans: dict[int, list[tuple[int, int]]] = {}
+        offset = 0
+        for f in features:
+            spans.setdefault(f.shape[-1], []).append((offset, offset + f.shape[1]))
+            offset += f.shape[1]
+        first = {}
+        for r, s in spans.items():
+            adjacent = all(a == b for (_, b), (a, _) in itertools.pairwise(s))  # as in the official order
+            first[r] = (w1[:, s[0][0] : s[-1][1]] if adjacent else torch.cat([w1[:, a:b] for a, b in s], 1)).t()
+        layers = []
+        for a, b in ((2, 3), (5, 6)):  # (BatchNorm, Linear) index pairs of the official layout
+            bns = [cast(nn.BatchNorm1d, m.layers[a]) for m in members]
+            lins = [cast(nn.Linear, m.layers[b]) for m in members]
+            eps = w1.new_tensor([bn.eps for bn in bns])[:, None]
+            scale = torch.stack([bn.weight for bn in bns]) * torch.rsqrt(
+                torch.stack([running_var(bn) for bn in bns]) + eps
+            )
+            shift = torch.stack([bn.bias for bn in bns]) - torch.stack([running_mean(bn) for bn in bns]) * scale
+            weight = torch.stack([lin.weight for lin in lins])  # [M, out, in]
+            bias = torch.stack([lin.bias for lin in lins])[:, :, None] + torch.bmm(weight, shift[:, :, None])
+            layers.append((weight * scale[:, None], bias))
+        return _DenseWeights(first, torch.cat([m.first.bias for m in members]), (layers[0], layers[1]))
+
+
+def _interp_matrix(src: int, dst: int, mode: Upsample, like: Tensor) -> Tensor:
+    """The [dst, src] matrix of 1-D `F.interpolate` (align_corners=False) from src to dst samples."""
+    out = like.new_zeros(dst, src)
+    rows = torch.arange(dst, device=like.device)
+    for idx, weight in interpolation_taps(rows, src, dst, mode):
+        out.index_put_((rows, idx.to(like.device)), weight.to(like), accumulate=True)
+    return out
+
+
+def _pixels_last(maps: Sequence[Tensor], rows: slice, cols: slice) -> Tensor:
+    """A window of maps [N, C_i, r, r] of one resolution as one contiguous [rows, cols, N, sum C_i]."""
+    parts = [m[:, :, rows, cols].permute(2, 3, 0, 1) for m in maps]
+    return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0].contiguous()
+
+
+class DensePlan:
+    """Interpolation geometry of `segment` for one canvas, box, mode and set of map resolutions (those
+    other than the canvas's); it depends on no weight or feature value, so segmenters cache it."""
+
+    def __init__(
+        self, sizes: Sequence[int], size: int, box: tuple[int, int, int, int], mode: Upsample, like: Tensor
+    ) -> None:
+        _, left, _, width = box
+        self.sizes, self.width, self.device = tuple(sizes), width, like.device
+        self.columns = sum(sizes)  # J: the source columns of all these maps together
+        # Per resolution, vertically: the [size, r] matrix and the first and last source row of each output row.
+        self.vertical: dict[int, tuple[Tensor, list[int], list[int]]] = {}
+        self.horizontal: dict[int, list[tuple[Tensor, Tensor]]] = {}  # per tap: source column, weight [width]
+        everywhere, columns = torch.arange(size), torch.arange(left, left + width)
+        for r in sizes:
+            taps = interpolation_taps(everywhere, r, size, mode)
+            self.vertical[r] = (_interp_matrix(r, size, mode, like), taps[0][0].tolist(), taps[-1][0].tolist())
+            self.horizontal[r] = [
+                (i.to(like.device), w.to(like)) for i, w in interpolation_taps(columns, r, size, mode)
+            ]
+        self._across: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def across(self, k: int) -> tuple[Tensor, Tensor]:
+        """The horizontal pass of k output rows as `F.embedding_bag` sums over the vertically interpolated
+        rows [k * J, X] (map by map, row-major): source indices and weights [k * width, T], T taps per
+        pixel (two per map for bilinear, one for nearest; a clamped edge tap may repeat a column)."""
+        if k not in self._across:
+            index, weight = [], []
+            y = torch.arange(k, device=self.device)[:, None]
+            offset = 0
+            for r in self.sizes:
+                for i, w in self.horizontal[r]:
+                    index.append((offset + y * r + i[None, :]).reshape(-1))
+                    weight.append(w.expand(k, -1).reshape(-1))
+                offset += k * r
+            self._across[k] = (torch.stack(index, dim=1), torch.stack(weight, dim=1))
+        return self._across[k]
+
+
+class _RowWindow:
+    """The maps of one resolution, projected by every member's first layer for the source rows that the
+    current chunk of output rows reads. Chunks go top to bottom, so the rows needed only move down: each
+    source row is projected once, in blocks of at least `ahead` rows, and a block is dropped as soon as
+    no later chunk reads it."""
+
+    def __init__(self, maps: list[Tensor], weight: Tensor, bias: Tensor | None, plan: DensePlan, ahead: int) -> None:
+        self.maps, self.weight, self.bias = maps, weight, bias  # [N, C_i, r, r], [C, M*h1], [M*h1]
+        self.size = maps[0].shape[-1]
+        self.matrix, self.low, self.high = plan.vertical[self.size]
+        self.ahead = ahead
+        self.blocks: list[tuple[int, Tensor]] = []  # (first source row, projection [rows, r, N, M*h1])
+
+    def _project(self, a: int, b: int) -> Tensor:
+        x = _pixels_last(self.maps, slice(a, b), slice(None))  # [rows, r, N, C]
+        out = x.view(-1, x.shape[-1]) @ self.weight
+        if self.bias is not None:
+            out.add_(self.bias)
+        return out.view(*x.shape[:3], -1)
+
+    def interpolate(self, y0: int, y1: int, out: Tensor) -> None:
+        """Output rows y0..y1 of the projection, interpolated vertically only: out [y1 - y0, r * N * M*h1]."""
+        lo, hi = self.low[y0], self.high[y1 - 1] + 1
+        self.blocks = [(a, v) for a, v in self.blocks if a + v.shape[0] > lo]
+        end = self.blocks[-1][0] + self.blocks[-1][1].shape[0] if self.blocks else lo
+        if hi > end:
+            start = max(end, lo)
+            self.blocks.append((start, self._project(start, min(self.size, max(hi, start + self.ahead)))))
+        first = True
+        for a, v in self.blocks:  # out = matrix[y0:y1, lo:hi] @ projection[lo:hi], block by block
+            s, e = max(a, lo), min(a + v.shape[0], hi)
+            if s < e:
+                part = (self.matrix[y0:y1, s:e], v[s - a : e - a].view(e - s, -1))
+                if first:
+                    torch.mm(*part, out=out)
+                else:
+                    out.addmm_(*part)
+                first = False
+
+
+def _dense_heads(members: Sequence[Member], h: Tensor, weights: _DenseWeights, training: bool) -> Tensor:
+    """First-layer outputs [P, M*h1], bias included -> member logits [M, K, P].
+
+    Pixels last: the products then have P columns rather than K (8 for the demo model).
+    """
+    x = h.relu_().view(h.shape[0], len(members), -1).permute(1, 2, 0)  # [M, h1, P], a view
+    if training:  # BatchNorm on batch statistics: each member's own modules
+        return torch.stack([m.layers[2:](x[i].t()).t() for i, m in enumerate(members)])
+    (w2, b2), (w3, b3) = weights.layers
+    return torch.baddbmm(b3, w3, torch.baddbmm(b2, w2, x).relu_())
+
+
+def segment_in_chunks(
+    members: Sequence[Member],
+    features: Sequence[Tensor],
+    plan: DensePlan,
+    size: int,
+    box: tuple[int, int, int, int],
+    budget: int,
+    *,
+    training: bool,
+) -> tuple[Tensor, Tensor]:
+    """Labels [N, height, width] int64 and uncertainty [N, height, width] over `box` (top, left, height,
+    width) of the size x size canvas; the caller has checked features and box, and turns off autograd.
+
+    `plan` covers the maps of resolutions other than `size` (`plan.sizes`); `budget` is the number of
+    first-layer activations evaluated at once (in training mode one chunk, so that BatchNorm sees the
+    whole box).
+    """
+    top, left, height, width = box
+    weights = _DenseWeights.build(members, features)
+    like = features[0]
+    n, mh = like.shape[0], weights.bias.numel()
+    maps: dict[int, list[Tensor]] = {}
+    for f in features:
+        maps.setdefault(f.shape[-1], []).append(f)
+    others = plan.sizes
+    # The first layer's bias rides on the coarsest projection (interpolation weights sum to one).
+    windows = [
+        _RowWindow(maps[r], weights.first[r], weights.bias if i == 0 else None, plan, budget // (r * n * mh))
+        for i, r in enumerate(others)
+    ]
+    step = height if training else max(1, min(height, budget // (n * width * mh)))
+    rows_buffer = like.new_empty(step * plan.columns * n * mh)  # reused by every chunk
+    labels = torch.empty(n, height, width, dtype=torch.long, device=like.device)
+    uncertainty = like.new_empty(n, height, width)
+    pending: list[Tensor] = []  # member logits [M, K, pixels] of the chunks not yet summarised
+    done = top
+    for y0 in range(top, top + height, step):
+        y1 = min(y0 + step, top + height)
+        k = y1 - y0
+        # Every member's first layer at the chunk's pixels, rows then columns then images: [P, M*h1].
+        h: Tensor | None = None
+        if others:
+            rows = rows_buffer[: k * plan.columns * n * mh].view(-1, n * mh)  # vertically, map by map
+            offset = 0
+            for r, window in zip(others, windows, strict=True):
+                window.interpolate(y0, y1, rows[offset : offset + k * r].view(k, -1))
+                offset += k * r
+            index, weight = plan.across(k)
+            h = F.embedding_bag(index, rows, per_sample_weights=weight, mode="sum").view(-1, mh)
+        if size in maps:
+            x = _pixels_last(maps[size], slice(y0, y1), slice(left, left + width))
+            x = x.view(-1, x.shape[-1])
+            h = (x @ weights.first[size]).add_(weights.bias) if h is None else h.addmm_(x, weights.first[size])
+        assert h is not None
+        pending.append(_dense_heads(members, h, weights, training))
+        if y1 == top + height or sum(p.numel() for p in pending) >= budget:
+            logits = torch.cat(pending, dim=2) if len(pending) > 1 else pending[0]  # [M, K, P]
+            pending = []
+            log_p = torch.log_softmax(logits, dim=1)
+            probs = log_p.exp()
+            member_entropy = (probs * log_p).sum((0, 1)).div_(-logits.shape[0])  # mean_i H(p_i)
+            mean = probs.mean(0)
+            u = (mean * mean.clamp_min(1e-12).log()).sum(0).neg_().sub_(member_entropy)
+            out = slice(done - top, y1 - top)
+            labels[:, out] = logits.sum(0).argmax(0).view(y1 - done, width, n).permute(2, 0, 1)
+            uncertainty[:, out] = u.view(y1 - done, width, n).permute(2, 0, 1)
+            done = y1
+    return labels, uncertainty
