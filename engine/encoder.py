@@ -44,11 +44,16 @@ class EncoderConfig:
     coarse_rows: int = 3
     # W+ rows predicted from p3; the remaining rows come from p2
     medium_rows: int = 4
+    # width of the heads' stride-2 convs; None = style_dim (the official layout). Small bundles narrow it:
+    # at style_dim 256 the official heads alone would be 13 M parameters for a 64 px model.
+    head_channels: int | None = None
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             items = value if f.name == "blocks" else (value,)
+            if f.name == "head_channels" and value is None:
+                continue
             if f.name == "blocks" and (not isinstance(value, tuple) or len(value) != 4):
                 raise BundleError(f"encoder config: blocks must be a tuple of 4 ints, got {value!r}")
             if any(not isinstance(v, int) or isinstance(v, bool) for v in items):
@@ -56,7 +61,7 @@ class EncoderConfig:
         r = self.resolution
         if not (32 <= r <= 1024 and r & (r - 1) == 0):
             raise BundleError(f"encoder config: resolution must be a power of two in 32..1024, got {r}")
-        for name in ("style_dim", "in_channels", "base_width", "fpn_channels"):
+        for name in ("style_dim", "in_channels", "base_width", "fpn_channels", "head_width"):
             if getattr(self, name) < 1:
                 raise BundleError(f"encoder config: {name} must be >= 1, got {getattr(self, name)}")
         if min(self.blocks) < 1:
@@ -68,6 +73,11 @@ class EncoderConfig:
                 f"encoder config: n_latent={self.n_latent} leaves {self.fine_rows} fine rows after "
                 f"coarse_rows={self.coarse_rows} and medium_rows={self.medium_rows}; at least 1 is needed"
             )
+
+    @property
+    def head_width(self) -> int:
+        """Channels of every head conv."""
+        return self.style_dim if self.head_channels is None else self.head_channels
 
     @property
     def fine_rows(self) -> int:
@@ -189,14 +199,14 @@ class _FPN(nn.Module):
 class _StyleHead(nn.Module):
     """One W+ row: n x (3x3 stride-2 conv + LeakyReLU 0.01) down to 1x1, then a plain linear layer."""
 
-    def __init__(self, in_ch: int, style_dim: int, n_convs: int) -> None:
+    def __init__(self, in_ch: int, width: int, style_dim: int, n_convs: int) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         for i in range(n_convs):  # convs at even indices, activations at odd ones (the official keys)
-            layers += [nn.Conv2d(in_ch if i == 0 else style_dim, style_dim, 3, stride=2, padding=1)]
+            layers += [nn.Conv2d(in_ch if i == 0 else width, width, 3, stride=2, padding=1)]
             layers += [nn.LeakyReLU(0.01)]
         self.convs = nn.Sequential(*layers)
-        self.linear = nn.Linear(style_dim, style_dim)
+        self.linear = nn.Linear(width, style_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.linear(self.convs(x).flatten(1))  # [N, S, 1, 1] -> [N, S]
@@ -218,12 +228,12 @@ class Encoder(nn.Module):
     def __init__(self, config: EncoderConfig, *, batch_statistics: bool = False) -> None:
         super().__init__()
         self.config = config
-        c, s, r = config.fpn_channels, config.style_dim, config.resolution
+        c, h, s, r = config.fpn_channels, config.head_width, config.style_dim, config.resolution
         self.FPN_module = _FPN(config)
         # Each head halves its map down to 1x1: p4 is R/16 wide, p3 R/8, p2 R/4 (5/6/7 convs at 512 px).
-        self.course_styles = nn.ModuleList(_StyleHead(c, s, _log2(r // 16)) for _ in range(config.coarse_rows))
-        self.medium_styles = nn.ModuleList(_StyleHead(c, s, _log2(r // 8)) for _ in range(config.medium_rows))
-        self.fine_styles = nn.ModuleList(_StyleHead(c, s, _log2(r // 4)) for _ in range(config.fine_rows))
+        self.course_styles = nn.ModuleList(_StyleHead(c, h, s, _log2(r // 16)) for _ in range(config.coarse_rows))
+        self.medium_styles = nn.ModuleList(_StyleHead(c, h, s, _log2(r // 8)) for _ in range(config.medium_rows))
+        self.fine_styles = nn.ModuleList(_StyleHead(c, h, s, _log2(r // 4)) for _ in range(config.fine_rows))
         self.batch_statistics = False
         self.use_batch_statistics(batch_statistics)
 

@@ -1,8 +1,10 @@
 """Assemble the demo bundle: trained GAN + segmentation branch from 16 annotated procedural faces.
 
-The perceptual network of this version is a fixed, seeded random CNN used LPIPS-style (channel-normalised
-features): random deep features are already a usable perceptual distance. A domain-trained network replaces
-it in a later version; the spec records which one a bundle holds.
+The perceptual network is the domain-trained one of `editgan train perceptual` when given (see
+`engine.train.perceptual`), else a fixed, seeded random CNN used LPIPS-style: random deep features are
+already a usable perceptual distance, but a trained one inverts better (`editgan eval` compares them).
+With an encoder from `editgan train encoder`, the annotated images are embedded as the official code does
+(encoder, then optimisation) and the bundle's inversions start from the encoder.
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ import torch
 
 from engine.bundle import Bundle, BundleSpec, ClassInfo, Geometry, save_bundle
 from engine.domains import faces
+from engine.encoder import Encoder, EncoderConfig
+from engine.errors import BundleError
 from engine.generator import GeneratorConfig
 from engine.perceptual import ConvPerceptual, ConvPerceptualConfig, build_perceptual
 from engine.segmenter import Segmenter
-from engine.train.gan import export_generator
+from engine.train.encoder import load_trained_encoder
+from engine.train.gan import export_generator, run_source
+from engine.train.perceptual import load_trained
 from engine.train.segmenter import (
     Progress,
     SegmenterTrainConfig,
@@ -35,7 +41,13 @@ ANNOTATED_SEED_OFFSET = 900_000_000  # training seeds far from those the GAN has
 PERCEPTUAL = ConvPerceptualConfig(widths=(32, 64, 128), layers_per_stage=2, learned_weights=False)
 
 
-def faces_spec(generator_config: GeneratorConfig, num_models: int) -> BundleSpec:
+def faces_spec(
+    generator_config: GeneratorConfig,
+    num_models: int,
+    *,
+    perceptual: ConvPerceptualConfig = PERCEPTUAL,
+    encoder: EncoderConfig | None = None,
+) -> BundleSpec:
     classes = [ClassInfo(i, name, color) for i, (name, color) in enumerate(faces.CLASSES)]
     spec = BundleSpec(
         name="demo-faces",
@@ -44,11 +56,12 @@ def faces_spec(generator_config: GeneratorConfig, num_models: int) -> BundleSpec
         classes=classes,
         regions=dict(faces.REGIONS),
         geometry=Geometry(generator_config.size),
-        perceptual={"kind": "conv", "config": PERCEPTUAL.to_dict()},
+        encoder=encoder,
+        perceptual={"kind": "conv", "config": perceptual.to_dict()},
         defaults={
             "sample": {"truncation": 0.7},
             "segment": {"upsample": "bilinear"},
-            "invert": {"steps": 200, "use_encoder": False, "encoder_weight": 0.0},
+            "invert": {"steps": 200, "use_encoder": encoder is not None, "encoder_weight": 0.0},
             # Tuned on this model (official values: ce 1, lr 0.02, nearest, dilation 3, which at 64 px reach
             # 0-40 % of the painted pixels): 70-100 % reached with ~37 dB PSNR outside the region.
             "edit": {
@@ -61,7 +74,7 @@ def faces_spec(generator_config: GeneratorConfig, num_models: int) -> BundleSpec
             },
             "refine": {"steps": 20, "ce_weight": 10.0, "lr": 0.05, "upsample": "bilinear", "roi_dilation": 2},
         },
-        version="0.1",
+        version="0.2",
         description="Demo model: 64 px procedural cartoon faces (engine/domains/faces.py), trained on 2 CPU cores.",
     )
     return spec
@@ -84,18 +97,39 @@ def build_demo_bundle(
     *,
     annotated: int = 16,
     config: SegmenterTrainConfig | None = None,
+    perceptual_dir: Path | None = None,
+    encoder_dir: Path | None = None,
     progress: Progress | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train the segmentation branch for the GAN in `gan_dir` and write the bundle to `out_dir`."""
+    """Train the segmentation branch for the GAN in `gan_dir` and write the bundle to `out_dir`, with the
+    trained perceptual network in `perceptual_dir` and the encoder in `encoder_dir` when given."""
     config = config or SegmenterTrainConfig()
     start = time.perf_counter()
     generator = export_generator(gan_dir)
-    spec = faces_spec(generator.config, config.num_models)
-    torch.manual_seed(config.seed)
-    perceptual_state = ConvPerceptual(PERCEPTUAL).state_dict()
+    encoder: Encoder | None = None
+    record: dict[str, Any] = {"gan_dir": str(gan_dir), "gan": run_source(gan_dir)}
+    if encoder_dir is not None:
+        encoder, encoder_meta = load_trained_encoder(encoder_dir)
+        if encoder_meta["source"] != record["gan"]:
+            raise BundleError(f"{encoder_dir} was trained for {encoder_meta['source']!r}, not {record['gan']!r}")
+        record["encoder"] = {k: encoder_meta[k] for k in ("config", "step", "seconds")}
+    if perceptual_dir is not None:
+        trained, record["perceptual"] = load_trained(perceptual_dir)
+        perceptual_config, perceptual_state = trained.config, trained.state_dict()
+    else:
+        torch.manual_seed(config.seed)
+        perceptual_config, perceptual_state = PERCEPTUAL, ConvPerceptual(PERCEPTUAL).state_dict()
+        record["perceptual"] = "seeded random CNN (LPIPS-style, unit-normalised features, equal weights)"
+    spec = faces_spec(
+        generator.config,
+        config.num_models,
+        perceptual=perceptual_config,
+        encoder=encoder.config if encoder is not None else None,
+    )
     perceptual = build_perceptual(spec.perceptual, state_dict=perceptual_state)
-    draft = Bundle(spec=spec, generator=generator, segmenter=Segmenter(spec.segmenter).eval())
+    segmenter = Segmenter(spec.segmenter).eval()
+    draft = Bundle(spec=spec, generator=generator, segmenter=segmenter, encoder=encoder)
 
     seeds = [ANNOTATED_SEED_OFFSET + i for i in range(annotated)]
     images, labels = faces.batch(seeds, size=generator.config.size)
@@ -110,6 +144,7 @@ def build_demo_bundle(
         spec=spec,
         generator=generator,
         segmenter=segmenter,
+        encoder=encoder,
         perceptual_state=perceptual_state,
         examples=latents,
     )
@@ -118,15 +153,13 @@ def build_demo_bundle(
         assert out.features is not None
         predicted = segmenter.segment(out.features).labels
     train_miou = mean_iou(predicted, torch.from_numpy(labels.astype(np.int64)), len(spec.classes))
-    record = {
-        "gan_dir": str(gan_dir),
+    record |= {
         "annotated_seeds": [seeds[0], seeds[-1]],
         "segmenter_training": config_dict(config),
         "embedding_psnr_db": [round(p, 2) for p in psnrs],
         "members": [{k: round(v, 4) for k, v in s.items()} for s in stats],
         "annotated_miou": round(train_miou, 4),
         "seconds": round(time.perf_counter() - start, 1),
-        "perceptual": "seeded random CNN (LPIPS-style, unit-normalised features, equal weights)",
     }
     spec.provenance = record
     save_bundle(bundle, out_dir)

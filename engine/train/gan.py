@@ -491,3 +491,12 @@ def export_generator(out_dir: str | Path, *, device: str | torch.device = "cpu")
     G = Generator(GanTrainConfig.from_dict(meta["config"]).generator)
     _load_generator(G, tensors, "G_ema", str(ckpt / "state.safetensors"))
     return G.to(device).eval().requires_grad_(False)
+
+
+def run_source(out_dir: str | Path) -> str:
+    """Names the generator a checkpoint holds, for what is trained on top of it: `<dir name>@step <n>`."""
+    ckpt = _checkpoint_dir(Path(out_dir))
+    if ckpt is None:
+        raise BundleError(f"no training checkpoint in {out_dir} (expected checkpoint/state.json)")
+    meta = json.loads((ckpt / "state.json").read_text())
+    return f"{Path(out_dir).resolve().name}@step {meta['step']}"

@@ -43,3 +43,10 @@ def faces_data(step: int, batch: int) -> Tensor:
 
 
 RECIPES = {"faces": (faces_gan_config, faces_data)}
+
+
+def faces_labelled(first_seed: int, count: int) -> tuple[Tensor, Tensor]:
+    """Faces of seeds first_seed ... first_seed + count - 1 with their exact labels: [-1, 1] images, class ids."""
+    images, labels = faces.batch(range(first_seed, first_seed + count), size=FACES_SIZE)
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return x, torch.from_numpy(labels.astype(np.int64))
