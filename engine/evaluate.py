@@ -77,6 +77,7 @@ class EvalConfig:
     invert_steps: int | None = None  # None: the bundle's default
     edit_steps: int | None = None  # None: the bundle's default
     edit_images: int = 10  # inverted images that get the edits: each edit is a whole optimisation
+    ablation_images: int = 10  # of the held-out images, also inverted with pixel MSE alone (0: skip)
     vector_scale: float = 1.0  # for vectors whose metadata has no "scale"
     kid_subsets: int = 10
     kid_subset_size: int = 50  # clean-fid draws 1000 of 50k; with 50 images every subset is the whole set
@@ -240,12 +241,15 @@ def evaluate_inversion(
     *,
     steps: int | None = None,
     perceptual: PerceptualLoss | None = None,
+    mse_only: bool = False,
     progress: Progress | None = None,
 ) -> tuple[Metrics, Tensor]:
     """Invert each image, placed on a black canvas as `fit_to_canvas` does; -> (metrics, latents [N, L, S]).
 
     Metrics: PSNR of the reconstruction (mean, min), the perceptual distance (mean), and the mIoU of the
     reconstruction's segmentation against `labels` (mean of per-image mIoUs, and pooled over all pixels).
+    `mse_only` drops the perceptual term from the inversion loss (it is still measured): the ablation that
+    shows what the bundle's perceptual network adds.
     """
     targets, truth = _to_tensor(bundle, images, labels)
     perceptual = perceptual if perceptual is not None else bundle.perceptual()
@@ -256,7 +260,8 @@ def evaluate_inversion(
     for i, target in enumerate(targets):
         canvas = torch.full((1, 3, size, size), -1.0)
         canvas[0, :, top : top + h, left : left + w] = target
-        inv = invert(bundle, canvas, perceptual=perceptual, params={"steps": steps} if steps is not None else None)
+        params: dict[str, Any] = {"steps": steps} if steps is not None else {}
+        inv = invert(bundle, canvas, perceptual=perceptual, params=params | ({"lpips_weight": 0.0} if mse_only else {}))
         with torch.no_grad():
             distances.append(float(perceptual(inv.rendering.image, target[None].to(bundle.device))[0]))
         psnrs.append(inv.psnr)
@@ -424,6 +429,14 @@ def evaluate_bundle(
     inversion, latents = evaluate_inversion(
         bundle, images, labels, steps=config.invert_steps, perceptual=perceptual, progress=progress
     )
+    ablation = None
+    if config.ablation_images > 0:
+        k = config.ablation_images
+        ablation = evaluate_inversion(
+            bundle, images[:k], labels[:k], steps=config.invert_steps, perceptual=perceptual, mse_only=True
+        )[0]
+        same = evaluate_inversion(bundle, images[:k], labels[:k], steps=config.invert_steps, perceptual=perceptual)
+        ablation = {"mse_only": ablation, "with_perceptual": same[0]}
     vectors, skipped = _vector_scores(bundle, latents, config.vector_scale)
     is_faces = [c.name for c in bundle.spec.classes] == [name for name, _ in faces.CLASSES]
     plan = config.edits if config.edits is not None else FACE_EDITS if is_faces else ()
@@ -444,6 +457,7 @@ def evaluate_bundle(
         "extractor": extractor.name,
         "sampling": sampling,
         "inversion": inversion,
+        "inversion_ablation": ablation,
         "vectors": vectors,
         "vectors_skipped": skipped,
         "edits": edits,

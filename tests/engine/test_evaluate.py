@@ -208,6 +208,7 @@ def test_evaluate_bundle_runs_end_to_end_and_returns_json(tmp_path: Path) -> Non
         invert_steps=1,
         edit_steps=1,
         edit_images=1,
+        ablation_images=2,
         kid_subsets=2,
         kid_subset_size=3,
         # one edit per class: whichever classes the random segmenter shows, some edit has pixels to paint
@@ -224,3 +225,6 @@ def test_evaluate_bundle_runs_end_to_end_and_returns_json(tmp_path: Path) -> Non
     assert report["config"]["edits"] == [f"grow_c{k}" for k in range(5)]
     assert sum(e["images"] for e in report["edits"].values()) >= 1
     assert all(0 <= e["reached_mean"] <= 1 for e in report["edits"].values() if e["images"])
+    ablation = report["inversion_ablation"]
+    assert ablation["mse_only"]["images"] == ablation["with_perceptual"]["images"] == 2
+    assert ablation["mse_only"]["psnr_mean"] != ablation["with_perceptual"]["psnr_mean"]  # the two losses differ
