@@ -150,6 +150,7 @@ def train_encoder(
     config: EncoderTrainConfig | None = None,
     *,
     encoder_config: EncoderConfig | None = None,
+    init_from: Path | None = None,
     source: str = "",
     minutes: float | None = None,
     progress: Progress | None = None,
@@ -158,7 +159,9 @@ def train_encoder(
     """Train (or resume) the encoder of `generator` (frozen) in `out_dir`; -> the run's state.json contents.
 
     `source` names the generator (e.g. its GAN run and kimg); a resume from another source is refused, since
-    an encoder is only meaningful for the generator it was trained against.
+    an encoder is only meaningful for the generator it was trained against. A new run may start from the
+    weights of another run instead (an encoder of an earlier checkpoint of the same GAN: a fine-tune is much
+    shorter than training from scratch): `init_from` names that run's directory.
     """
     cfg = config or EncoderTrainConfig()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -175,9 +178,14 @@ def train_encoder(
         encoder.requires_grad_(True)
         step = int(meta["step"])
     else:
-        econf = encoder_config or demo_encoder_config(generator)
-        encoder = init_encoder(econf, generator, seed=cfg.seed)
-        meta = {"source": source, "config": dataclasses.asdict(cfg), "encoder": econf.to_dict(), "seconds": 0.0}
+        meta = {"source": source, "config": dataclasses.asdict(cfg), "seconds": 0.0, "initialised_from": None}
+        if init_from is not None:
+            encoder, earlier = load_trained_encoder(init_from)
+            encoder.requires_grad_(True)
+            meta["initialised_from"] = f"{earlier['source']} ({init_from}, step {earlier['step']})"
+        else:
+            encoder = init_encoder(encoder_config or demo_encoder_config(generator), generator, seed=cfg.seed)
+        meta["encoder"] = encoder.config.to_dict()
     optimizer = torch.optim.Adam(encoder.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     if ckpt is not None:
         optimizer.load_state_dict(torch_load(ckpt / "optimizer.pt"))  # type: ignore[arg-type]

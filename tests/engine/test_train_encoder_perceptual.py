@@ -121,6 +121,11 @@ def test_encoder_training_learns_resumes_and_refuses_another_generator(generator
     assert meta["step"] == 10 and not any(p.requires_grad for p in encoder.parameters())
     with pytest.raises(InputError, match="g@1"):
         train_encoder(generator, perceptual, real, run, cfg, source="g@2")
+    # a later checkpoint of the GAN: a new run that starts from these weights
+    tuned = train_encoder(generator, perceptual, real, tmp_path / "tuned", cfg, init_from=run, source="g@2")
+    assert tuned["step"] == 8 and tuned["initialised_from"].startswith("g@1")
+    first_line = (tmp_path / "tuned" / "metrics.jsonl").read_text().splitlines()[0]
+    assert json.loads(first_line)["step"] == 1
 
 
 def test_encoder_training_lowers_the_latent_error(generator: Generator, tmp_path: Path) -> None:

@@ -1,0 +1,104 @@
+"""The README picture: real images through every editing mode, as one PNG.
+
+One row per input image: the input, its inversion, the inversion's segmentation, a mask painted on that
+segmentation, the optimisation edit it drives, then vector edits at several scales. Tiles are enlarged with
+nearest-neighbour sampling so that 64 px pixels stay visible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+from engine.bundle import Bundle
+from engine.editing import apply_vectors, optimize_edit
+from engine.errors import InputError
+from engine.images import colorize, fit_to_canvas, image_to_uint8
+from engine.inversion import invert
+from engine.perceptual import PerceptualLoss
+from engine.rendering import render
+
+MaskOp = Callable[[Tensor], Tensor]  # labels [h, w] -> the painted labels
+
+
+@dataclass(frozen=True)
+class Column:
+    title: str
+    vector: str | None = None  # a bundle vector applied at `scale`; None: one of the fixed columns
+    scale: float = 1.0
+
+
+def _tile(array: np.ndarray, zoom: int) -> Image.Image:
+    return Image.fromarray(array).resize((array.shape[1] * zoom, array.shape[0] * zoom), Image.Resampling.NEAREST)
+
+
+def edit_figure(
+    bundle: Bundle,
+    images: Sequence[Image.Image],
+    paint: MaskOp,
+    paint_title: str,
+    vectors: Sequence[tuple[str, float]],
+    *,
+    perceptual: PerceptualLoss | None = None,
+    zoom: int = 2,
+) -> Image.Image:
+    """Rows of input | inversion | segmentation | painted mask | optimisation edit | vector edits.
+
+    `paint` edits the inversion's segmentation as a user would; `vectors` are (bundle vector, scale) pairs.
+    """
+    missing = sorted({name for name, _ in vectors} - set(bundle.vectors))
+    if missing:
+        raise InputError(f"{bundle.spec.name} has no vectors {missing}")
+    assert bundle.spec.geometry is not None
+    top, left, h, w = bundle.spec.geometry.box
+    columns = ["input", "inversion", "segmentation", paint_title, "optimised edit"]
+    columns += [f"{name} x{scale:g}" for name, scale in vectors]
+    perceptual = perceptual if perceptual is not None else bundle.perceptual()
+    rows: list[list[np.ndarray]] = []
+    for image in images:
+        canvas = fit_to_canvas(image, bundle.spec.geometry)
+        inv = invert(bundle, canvas, perceptual=perceptual)
+        labels = inv.rendering.labels[0]
+        painted = paint(labels.cpu())
+        edit = optimize_edit(bundle, inv.w_plus, painted, perceptual=perceptual)
+        row = [
+            image_to_uint8(canvas[:, :, top : top + h, left : left + w])[0],
+            image_to_uint8(inv.rendering.image)[0],
+            colorize(labels, bundle.spec.classes),
+            colorize(painted, bundle.spec.classes),
+            image_to_uint8(edit.rendering.image)[0],
+        ]
+        for name, scale in vectors:
+            edited = apply_vectors(bundle, inv.w_plus, [(bundle.vectors[name], scale)])
+            row.append(image_to_uint8(edited.rendering.image)[0])
+        rows.append(row)
+    return _grid(rows, columns, zoom)
+
+
+def _grid(rows: list[list[np.ndarray]], titles: list[str], zoom: int) -> Image.Image:
+    h, w = rows[0][0].shape[:2]
+    tw, th, gap, header = w * zoom, h * zoom, 4, 28
+    out = Image.new("RGB", (len(titles) * (tw + gap) + gap, header + len(rows) * (th + gap) + gap), "white")
+    draw = ImageDraw.Draw(out)
+    for c, title in enumerate(titles):
+        x = gap + c * (tw + gap)
+        for k, part in enumerate(title.split(" ", 1)):  # two short lines fit a 128 px column
+            draw.text((x + 2, 2 + 12 * k), part, fill="black")
+        for r, row in enumerate(rows):
+            out.paste(_tile(row[c], zoom), (x, header + gap + r * (th + gap)))
+    return out
+
+
+@torch.no_grad()
+def sample_strip(bundle: Bundle, count: int, *, seed: int = 0, zoom: int = 2) -> Image.Image:
+    """Random samples and their segmentations, two rows: what the generator and the segmenter do alone."""
+    psi = float(bundle.spec.defaults.get("sample", {}).get("truncation", 1.0))
+    out = render(bundle, bundle.generator.sample_w_plus(count, seed=seed, psi=psi))
+    images = list(image_to_uint8(out.image))
+    masks = [colorize(out.labels[i], bundle.spec.classes) for i in range(count)]
+    return _grid([images, masks], [f"sample {i}" for i in range(count)], zoom)
