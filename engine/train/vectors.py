@@ -138,21 +138,65 @@ def learn_vector(
     return torch.stack(deltas).mean(0), stats
 
 
+SCALES = (1.0, 1.5, 2.0, 3.0)  # candidate default scales, smallest first: a larger one also moves more else
+
+
+def calibrate_scale(
+    bundle: Bundle, delta: Tensor, edit: NamedEdit, latents: Tensor, *, target: float = 0.9
+) -> tuple[float, dict[str, float]]:
+    """The smallest of SCALES at which `delta` moves the edit's attribute on `target` of `latents` (images not
+    used to learn it), else the most successful one; -> (scale, success at each scale tried)."""
+    from engine.evaluate import evaluate_vector  # evaluation imports the training helpers, not the reverse
+
+    success: dict[str, float] = {}
+    for scale in SCALES:
+        scores = evaluate_vector(
+            bundle,
+            latents,
+            delta,
+            scale,
+            target_class=list(edit.target_classes),
+            direction=edit.direction,
+            classes=bundle.spec.regions[edit.region],
+        )
+        success[f"{scale:g}"] = float(scores["success"])
+        if scores["success"] >= target:
+            return scale, success
+    best = max(success, key=lambda k: success[k])
+    return float(best), success
+
+
 def learn_face_vectors(
-    bundle: Bundle, latents: Tensor, *, steps: int, perceptual: PerceptualLoss, log: Callable[[str], None] = print
+    bundle: Bundle,
+    latents: Tensor,
+    *,
+    steps: int,
+    perceptual: PerceptualLoss,
+    calibration: Tensor | None = None,
+    log: Callable[[str], None] = print,
 ) -> dict[str, tuple[Tensor, dict[str, object]]]:
-    """Every FACE_EDITS vector: name -> (delta [L, S], metadata for the bundle spec)."""
+    """Every FACE_EDITS vector: name -> (delta [L, S], metadata for the bundle spec).
+
+    With `calibration` latents [M, L, S] (not among `latents`), each mean offset is multiplied by the scale
+    `calibrate_scale` picks on them, so that scale 1, what a client asks for by default, is the calibrated edit.
+    """
     vectors: dict[str, tuple[Tensor, dict[str, object]]] = {}
     for name, edit in FACE_EDITS.items():
         delta, stats = learn_vector(bundle, latents, edit, steps=steps, perceptual=perceptual, log=log)
         log(f"{name}: {stats['sources']} sources, {stats['reached']:.2f} of the painted pixels reached")
+        scale, tried = 1.0, dict[str, float]()
+        if calibration is not None:
+            scale, tried = calibrate_scale(bundle, delta, edit, calibration)
+            log(f"{name}: default scale {scale:g} (success on {calibration.shape[0]} held-back latents: {tried})")
         vectors[name] = (
-            delta,
+            delta * scale,
             {
                 "region": edit.region,
                 "classes": sorted(bundle.spec.regions[edit.region]),
                 "description": edit.description,
                 "scale_range": [-2.0, 2.0],
+                "calibrated_multiplier": scale,
+                "calibration_success": tried,
                 "target_class": list(edit.target_classes),
                 "direction": edit.direction,
                 "learned_from": {k: round(float(v), 4) for k, v in stats.items()},

@@ -99,3 +99,18 @@ def test_a_learned_vector_is_the_mean_offset_of_its_sources(tiny_bundle: Bundle)
     single, _ = V.learn_vector(tiny_bundle, latents[:1], edit, steps=3, perceptual=perceptual, log=lambda _: None)
     other, _ = V.learn_vector(tiny_bundle, latents[1:], edit, steps=3, perceptual=perceptual, log=lambda _: None)
     torch.testing.assert_close(delta, (single + other) / 2)
+
+
+def test_the_calibrated_scale_is_the_smallest_that_transfers(tiny_bundle: Bundle) -> None:
+    latents = tiny_bundle.generator.sample_w_plus(6, seed=4)
+    delta = tiny_bundle.vectors["grow"]
+    tiny_bundle.spec.regions.setdefault("one", [1])
+    for direction in (1, -1):
+        edit = V.NamedEdit(lambda x: x, "one", (1,), direction, "test")
+        scale, tried = V.calibrate_scale(tiny_bundle, delta, edit, latents)
+        assert list(tried) == [f"{s:g}" for s in V.SCALES[: len(tried)]]
+        assert scale in V.SCALES
+        if tried[f"{scale:g}"] >= 0.9:  # stopped at the first scale that transfers
+            assert list(tried)[-1] == f"{scale:g}" and all(v < 0.9 for v in list(tried.values())[:-1])
+        else:  # none did: the best one, after trying them all
+            assert len(tried) == len(V.SCALES) and tried[f"{scale:g}"] == max(tried.values())
