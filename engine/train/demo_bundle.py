@@ -30,6 +30,7 @@ from engine.train.perceptual import load_trained
 from engine.train.segmenter import (
     Progress,
     SegmenterTrainConfig,
+    aligned_pixels,
     config_dict,
     embed,
     pixel_features,
@@ -139,6 +140,15 @@ def build_demo_bundle(
 
     features = pixel_features(generator, latents)
     targets = torch.from_numpy(labels.astype(np.int64)).reshape(-1)
+    if config.max_pixel_error is not None:
+        keep = aligned_pixels(generator, latents, canvases, config.max_pixel_error)
+        kept = {
+            name: round(float(keep[targets == k].float().mean()), 3) if bool((targets == k).any()) else None
+            for k, name in enumerate(c.name for c in spec.classes)
+        }
+        record["pixels_kept"] = {"all": round(float(keep.float().mean()), 3)} | kept
+        log(f"pixels kept for training (render within {config.max_pixel_error} of the annotation): {kept}")
+        features, targets = features[keep], targets[keep]
     segmenter, stats = train_ensemble(features, targets, spec.segmenter, config, progress=progress)
     bundle = Bundle(
         spec=spec,

@@ -37,6 +37,10 @@ class SegmenterTrainConfig:
     lr: float = 1e-3
     invert_steps: int = 300  # W+ optimisation steps per annotated image
     seed: int = 0
+    # Train only on pixels the embedding reproduces: mean |G(w) - x| over RGB, on the [0, 1] scale, at most
+    # this. Where the generator draws the annotated image differently (an eye a pixel off), the label
+    # describes something the features do not show; None keeps every pixel (the official training).
+    max_pixel_error: float | None = None
 
 
 def embed(
@@ -68,6 +72,15 @@ def pixel_features(generator: Generator, latents: Tensor, *, chunk: int = 4) -> 
             stack = upsample_features(out.features, generator.config.size, "bilinear")  # [n, D, H, W]
             rows.append(stack.permute(0, 2, 3, 1).reshape(-1, stack.shape[1]))
     return torch.cat(rows)
+
+
+def aligned_pixels(generator: Generator, latents: Tensor, images: Tensor, max_error: float) -> Tensor:
+    """[N * H * W] bool, row-aligned with `pixel_features`: where the render of W+ [N, L, S] is within
+    `max_error` (mean absolute RGB difference on the [0, 1] scale) of the annotated images [N, 3, S, S]."""
+    with torch.no_grad():
+        renders = torch.cat([generator.synthesis(w[None]).image for w in latents])
+    error = ((renders.clamp(-1, 1) - images).abs() * 0.5).mean(1)  # [N, H, W]
+    return (error <= max_error).reshape(-1)
 
 
 def _init(member: nn.Module) -> None:

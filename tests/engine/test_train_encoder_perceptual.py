@@ -144,7 +144,7 @@ def test_the_demo_bundle_takes_the_trained_perceptual_network_and_encoder(
     save_trained(tmp_path / "perceptual", network, record)
     enc_cfg = EncoderTrainConfig(total_kimg=0.008, batch_size=2)
     train_encoder(generator, network, real, tmp_path / "enc", enc_cfg, source=run_source(gan_run))
-    seg = SegmenterTrainConfig(num_models=2, epochs=1, invert_steps=2)
+    seg = SegmenterTrainConfig(num_models=2, epochs=1, invert_steps=2, max_pixel_error=1.0)
     built = build_demo_bundle(
         gan_run,
         tmp_path / "bundle",
@@ -155,6 +155,7 @@ def test_the_demo_bundle_takes_the_trained_perceptual_network_and_encoder(
         log=lambda _: None,
     )
     assert built["gan"] == run_source(gan_run) and built["encoder"]["step"] == 2
+    assert built["pixels_kept"]["all"] == 1.0  # every error on [0, 1] is <= 1
     bundle = load_bundle(tmp_path / "bundle")
     assert bundle.encoder is not None and bundle.spec.defaults["invert"]["use_encoder"] is True
     assert bundle.spec.perceptual["config"] == TINY_PERCEPTUAL.to_dict()

@@ -10,7 +10,7 @@ from engine.rendering import render
 from engine.segmenter import SegmenterConfig
 from engine.train import vectors as V
 from engine.train.demo_bundle import mean_iou
-from engine.train.segmenter import SegmenterTrainConfig, pixel_features, train_ensemble
+from engine.train.segmenter import SegmenterTrainConfig, aligned_pixels, pixel_features, train_ensemble
 
 
 def test_pixel_features_are_the_upsampled_stack_row_by_row(tiny_bundle: Bundle) -> None:
@@ -114,3 +114,16 @@ def test_the_calibrated_scale_is_the_smallest_that_transfers(tiny_bundle: Bundle
             assert list(tried)[-1] == f"{scale:g}" and all(v < 0.9 for v in list(tried.values())[:-1])
         else:  # none did: the best one, after trying them all
             assert len(tried) == len(V.SCALES) and tried[f"{scale:g}"] == max(tried.values())
+
+
+def test_aligned_pixels_drop_what_the_embedding_does_not_reproduce(tiny_bundle: Bundle) -> None:
+    g = tiny_bundle.generator
+    w = g.sample_w_plus(2, seed=5)
+    with torch.no_grad():
+        images = g.synthesis(w).image.clamp(-1, 1)
+    assert bool(aligned_pixels(g, w, images, 0.01).all())
+    changed = images.clone()
+    changed[1, :, 4:8, 10:20] = -changed[1, :, 4:8, 10:20]  # a patch the render does not show
+    keep = aligned_pixels(g, w, changed, 0.01).reshape(2, g.config.size, g.config.size)
+    big = (changed - images).abs().mean(1) * 0.5 > 0.01
+    assert torch.equal(~keep, big) and bool(big[1, 4:8, 10:20].any()) and bool(keep[0].all())
