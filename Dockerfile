@@ -40,6 +40,7 @@ COPY engine engine
 COPY schemas schemas
 COPY workers workers
 COPY service service
+COPY client client
 # A regular (not editable) install: the image holds no source tree, only the installed packages.
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv pip install --python /opt/venv/bin/python --no-deps .

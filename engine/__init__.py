@@ -8,7 +8,7 @@ The engine reads no environment variables: paths and devices are arguments.
 """
 
 from engine.bundle import Bundle, BundleSpec, ClassInfo, Geometry, load_bundle, save_bundle
-from engine.editing import EditResult, VectorEdit, apply_vectors, optimize_edit, refine
+from engine.editing import EditResult, VectorEdit, add_vectors, apply_vectors, optimize_edit, refine
 from engine.errors import BundleError, CancelledError, CheckpointError, EngineError, InputError, MissingWeightsError
 from engine.inversion import Inversion, invert
 from engine.params import EditParams, InvertParams, RefineParams
@@ -34,6 +34,7 @@ __all__ = [
     "RefineParams",
     "Rendering",
     "VectorEdit",
+    "add_vectors",
     "apply_vectors",
     "invert",
     "load_bundle",

@@ -2,7 +2,8 @@
 
 - `optimize_edit`: optimisation-based editing from an edited segmentation (official
   `run_optimization_editGAN`); yields an editing vector.
-- `apply_vectors`: vector-only editing, one generator pass for any number of vectors and latents.
+- `apply_vectors`: vector-only editing, one generator pass for any number of vectors and latents
+  (`add_vectors` is its latent arithmetic alone).
 - `refine`: vectors followed by self-supervised refinement (official `run_optimization_post_process`).
 """
 
@@ -231,11 +232,17 @@ def _deltas(bundle: Bundle, terms: Sequence[VectorTerm]) -> tuple[Tensor, set[in
     return combine(pairs), classes
 
 
-def apply_vectors(bundle: Bundle, w: Tensor, terms: Sequence[VectorTerm]) -> VectorEdit:
-    """Vector-only editing: w + sum_i scale_i * v_i for every latent in [N, L, S], one generator pass."""
+def add_vectors(bundle: Bundle, w: Tensor, terms: Sequence[VectorTerm]) -> Tensor:
+    """w + sum_i scale_i * v_i for every latent of [N, L, S] (or [L, S]), checked: the W+ that
+    `apply_vectors` renders. Split out so that a caller can batch the rendering of several edits."""
     w0 = check_w_plus(bundle, w)
     delta, _ = _deltas(bundle, terms)
-    edited = w0 + delta
+    return w0 + delta
+
+
+def apply_vectors(bundle: Bundle, w: Tensor, terms: Sequence[VectorTerm]) -> VectorEdit:
+    """Vector-only editing: w + sum_i scale_i * v_i for every latent in [N, L, S], one generator pass."""
+    edited = add_vectors(bundle, w, terms)
     return VectorEdit(w_plus=edited, rendering=render(bundle, edited))
 
 

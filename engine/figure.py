@@ -46,10 +46,11 @@ def edit_figure(
     *,
     perceptual: PerceptualLoss | None = None,
     zoom: int = 2,
-) -> Image.Image:
+) -> tuple[Image.Image, list[int]]:
     """Rows of input | inversion | segmentation | painted mask | optimisation edit | vector edits.
 
     `paint` edits the inversion's segmentation as a user would; `vectors` are (bundle vector, scale) pairs.
+    Returns the picture and the rows where `paint` changed nothing (their edit column repeats the inversion).
     """
     missing = sorted({name for name, _ in vectors} - set(bundle.vectors))
     if missing:
@@ -60,24 +61,29 @@ def edit_figure(
     columns += [f"{name} x{scale:g}" for name, scale in vectors]
     perceptual = perceptual if perceptual is not None else bundle.perceptual()
     rows: list[list[np.ndarray]] = []
-    for image in images:
+    unpainted: list[int] = []
+    for index, image in enumerate(images):
         canvas = fit_to_canvas(image, bundle.spec.geometry)
         inv = invert(bundle, canvas, perceptual=perceptual)
         labels = inv.rendering.labels[0]
         painted = paint(labels.cpu())
-        edit = optimize_edit(bundle, inv.w_plus, painted, perceptual=perceptual)
+        if bool((painted != labels.cpu()).any()):
+            edited_image = optimize_edit(bundle, inv.w_plus, painted, perceptual=perceptual).rendering.image
+        else:
+            unpainted.append(index)
+            edited_image = inv.rendering.image
         row = [
             image_to_uint8(canvas[:, :, top : top + h, left : left + w])[0],
             image_to_uint8(inv.rendering.image)[0],
             colorize(labels, bundle.spec.classes),
             colorize(painted, bundle.spec.classes),
-            image_to_uint8(edit.rendering.image)[0],
+            image_to_uint8(edited_image)[0],
         ]
         for name, scale in vectors:
             edited = apply_vectors(bundle, inv.w_plus, [(bundle.vectors[name], scale)])
             row.append(image_to_uint8(edited.rendering.image)[0])
         rows.append(row)
-    return _grid(rows, columns, zoom)
+    return _grid(rows, columns, zoom), unpainted
 
 
 def _grid(rows: list[list[np.ndarray]], titles: list[str], zoom: int) -> Image.Image:

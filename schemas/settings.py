@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The repository's `models/` directory: where the shipped demo bundle lives in a checkout and in the image.
@@ -37,6 +37,16 @@ class Settings(BaseSettings):
     editgan_device: str = Field("auto", description="Torch device for workers: auto (CUDA when present), cpu, cuda:N.")
     editgan_gateway_device: str = Field(
         "cpu", description="Torch device of the gateway's models (synchronous vector edits): cpu, auto, cuda:N."
+    )
+    editgan_batch_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="Longest wait, in ms, for concurrent synchronous vector edits of one model to share a "
+        "batched pass (only while requests overlap).",
+    )
+    editgan_max_batch: int = Field(
+        16, ge=1, le=256, description="Most vector edits in one batched pass; 1 turns micro-batching off."
     )
     editgan_threads: int | None = Field(
         None, ge=1, le=256, description="Torch CPU threads per process (default: torch's)."
@@ -73,6 +83,25 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, path: Path) -> Path:
         return path.expanduser()
+
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class ClientSettings(BaseSettings):
+    """What the client commands (`editgan invert|edit|apply|vectors`) read; the service never reads these."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    editgan_url: str = Field(DEFAULT_URL, description="Service the client commands talk to.")
+    editgan_api_key: str | None = Field(None, description="Sent as `Authorization: Bearer <key>` when set.")
+
+    @field_validator("editgan_url", "editgan_api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object, info: ValidationInfo) -> object:
+        if value != "":
+            return value
+        return DEFAULT_URL if info.field_name == "editgan_url" else None
 
 
 def env_names() -> list[str]:

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from engine import Bundle, EngineError
 from schemas.settings import Settings
+from service.batching import render_batcher
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
 from service.metrics import MetricsMiddleware, ServiceMetrics, record_error
@@ -62,6 +63,15 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
             device = resolve_device(settings.editgan_gateway_device)
             loaded = await run_in_threadpool(load_models, settings.editgan_models_dir, device)
         redis = connect()
+        batchers = {
+            name: render_batcher(
+                bundle,
+                max_batch=settings.editgan_max_batch,
+                wait_seconds=settings.editgan_batch_wait_ms / 1000,
+                on_batch=metrics.vector_batch_size.labels(model=name).observe,
+            )
+            for name, bundle in loaded.items()
+        }
         app.state.services = Services(
             settings=settings,
             redis=redis,
@@ -69,6 +79,7 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
             registry=Registry(redis),
             queue=job_queue(redis, settings),
             bundles=loaded,
+            batchers=batchers,
         )
         sweeper = asyncio.create_task(_sweep_forever(redis, settings.editgan_queue))
         log.info("gateway ready: models %s", sorted(loaded))
@@ -76,6 +87,8 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
             yield
         finally:
             sweeper.cancel()
+            for batcher in batchers.values():
+                batcher.close()
             redis.close()
 
     app = FastAPI(

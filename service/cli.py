@@ -5,10 +5,17 @@ Subcommands:
     editgan serve                                 the HTTP gateway only (needs REDIS_URL)
     editgan worker                                one RQ worker (needs REDIS_URL); SIGTERM requeues its job
     editgan healthcheck [--worker]                container health probe: exit 0 when healthy
+    editgan invert|edit|apply|vectors ...         client commands against a running service (client/cli.py)
     editgan import-official RELEASE_DIR OUT_DIR   convert the official EditGAN release into a bundle
     editgan info BUNDLE                           print a bundle's spec summary as JSON
     editgan render BUNDLE OUT_DIR                 render samples: image, segmentation, uncertainty PNGs
+    editgan bench [--only vector,jobs,...]        benchmarks: JSON on stdout, a dated row in bench/RESULTS.md
+    editgan figure BUNDLE OUT.png --images ...    the README picture: inversion, painted edit, vector edits
     editgan train gan --recipe faces --out DIR    train (or resume) the demo GAN; stops cleanly on SIGTERM
+    editgan train perceptual --out DIR            the domain-trained perceptual network
+    editgan train encoder --gan DIR --out DIR     train (or resume) the image -> W+ encoder of a GAN run
+    editgan train segmenter --gan DIR --out DIR   segmentation branch from 16 annotated images: a bundle
+    editgan train vectors --bundle DIR            learn the named editing vectors into a bundle
 """
 
 from __future__ import annotations
@@ -20,8 +27,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-from engine.errors import EngineError
 
 if TYPE_CHECKING:
     from schemas.settings import Settings
@@ -261,6 +266,83 @@ def _healthcheck(args: argparse.Namespace) -> int:
         return 1
 
 
+def _stop_flag() -> dict[str, bool]:
+    """SIGTERM/SIGINT set the flag; a training loop polls it, checkpoints and returns."""
+    import signal
+
+    stop = {"requested": False}
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop["requested"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return stop
+
+
+def _train_perceptual(args: argparse.Namespace) -> int:
+    import torch
+
+    from engine.domains import faces
+    from engine.train.demo_bundle import PERCEPTUAL
+    from engine.train.perceptual import PerceptualTrainConfig, save_trained, train_perceptual
+    from engine.train.recipes import faces_labelled
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train = PerceptualTrainConfig(steps=args.steps, batch_size=args.batch, seed=args.seed)
+
+    def progress(step: int, numbers: dict[str, float]) -> None:
+        shown = {k: round(v, 4) for k, v in numbers.items()}
+        print(json.dumps({"step": step, "total": train.steps} | shown), flush=True)
+
+    network, record = train_perceptual(PERCEPTUAL, faces_labelled, len(faces.CLASSES), train, progress=progress)
+    save_trained(args.out, network, record)
+    print(json.dumps(record), flush=True)
+    return 0
+
+
+def _train_encoder(args: argparse.Namespace) -> int:
+    import torch
+
+    from engine.perceptual import ConvPerceptual
+    from engine.train.demo_bundle import PERCEPTUAL
+    from engine.train.encoder import EncoderTrainConfig, train_encoder
+    from engine.train.gan import export_generator, run_source
+    from engine.train.perceptual import load_trained
+    from engine.train.recipes import faces_labelled
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stop = _stop_flag()
+    if args.perceptual is not None:
+        perceptual: ConvPerceptual = load_trained(args.perceptual)[0]
+    else:
+        torch.manual_seed(0)
+        perceptual = ConvPerceptual(PERCEPTUAL).freeze()
+    last = {"t": 0.0}
+
+    def progress(step: int, total: int, numbers: dict[str, float]) -> None:
+        if time.monotonic() - last["t"] >= args.log_seconds or step == total:
+            last["t"] = time.monotonic()
+            print(json.dumps({"total": total} | {k: round(v, 4) for k, v in numbers.items()}), flush=True)
+
+    result = train_encoder(
+        export_generator(args.gan),
+        perceptual,
+        lambda first, n: faces_labelled(first, n)[0],
+        args.out,
+        EncoderTrainConfig(total_kimg=args.kimg),
+        source=run_source(args.gan),
+        init_from=args.init_from,
+        minutes=args.minutes,
+        progress=progress,
+        should_stop=lambda: stop["requested"],
+    )
+    print(json.dumps({k: result[k] for k in ("source", "step", "total_steps", "seconds")}), flush=True)
+    return 0
+
+
 def _train_segmenter(args: argparse.Namespace) -> int:
     from engine.train.demo_bundle import build_demo_bundle
     from engine.train.segmenter import SegmenterTrainConfig
@@ -270,7 +352,11 @@ def _train_segmenter(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     config = SegmenterTrainConfig(
-        num_models=args.models, epochs=args.epochs, invert_steps=args.invert_steps, seed=args.seed
+        num_models=args.models,
+        epochs=args.epochs,
+        invert_steps=args.invert_steps,
+        seed=args.seed,
+        max_pixel_error=args.max_pixel_error,
     )
 
     def progress(stage: str, done: int, total: int, numbers: dict[str, float]) -> None:
@@ -278,7 +364,14 @@ def _train_segmenter(args: argparse.Namespace) -> int:
         print(json.dumps({"stage": stage, "done": done, "total": total} | shown), flush=True)
 
     record = build_demo_bundle(
-        args.gan, args.out, annotated=args.annotated, config=config, progress=progress, log=lambda m: print(m)
+        args.gan,
+        args.out,
+        annotated=args.annotated,
+        config=config,
+        perceptual_dir=args.perceptual,
+        encoder_dir=args.encoder,
+        progress=progress,
+        log=lambda m: print(m),
     )
     print(json.dumps(record), flush=True)
     return 0
@@ -288,6 +381,7 @@ def _train_vectors(args: argparse.Namespace) -> int:
     import torch
 
     from engine.bundle import load_bundle, save_bundle
+    from engine.errors import EngineError
     from engine.train.vectors import learn_face_vectors
 
     if args.threads:
@@ -296,7 +390,13 @@ def _train_vectors(args: argparse.Namespace) -> int:
     if bundle.examples is None or bundle.examples.shape[0] == 0:
         raise EngineError(f"{args.bundle} has no example latents to learn from (`editgan train segmenter` adds them)")
     sources = bundle.examples[: args.sources]
-    learned = learn_face_vectors(bundle, sources, steps=args.steps, perceptual=bundle.perceptual(), log=print)
+    # scales are calibrated on what the vectors were not learned from: the other inverted examples + samples
+    psi = float(bundle.spec.defaults.get("sample", {}).get("truncation", 1.0))
+    samples = bundle.generator.sample_w_plus(args.calibration_samples, seed=args.seed, psi=psi)
+    calibration = torch.cat([bundle.examples[args.sources :], samples])
+    learned = learn_face_vectors(
+        bundle, sources, steps=args.steps, perceptual=bundle.perceptual(), calibration=calibration, log=print
+    )
     for name, (delta, meta) in learned.items():
         bundle.vectors[name] = delta
         bundle.spec.vectors[name] = meta
@@ -323,6 +423,79 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _figure(args: argparse.Namespace) -> int:
+    import torch
+
+    from engine.bundle import load_bundle
+    from engine.errors import InputError
+    from engine.figure import edit_figure
+    from engine.images import dilate, open_image
+    from engine.train.vectors import FACE_EDITS
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bundle = load_bundle(args.bundle)
+    names = {c.name: c.id for c in bundle.spec.classes}
+    if args.paint in FACE_EDITS:
+        paint = FACE_EDITS[args.paint].operation
+    elif args.paint.startswith("grow:") and args.paint[5:] in names:
+        k = names[args.paint[5:]]
+
+        def paint(labels: torch.Tensor) -> torch.Tensor:  # the class one pixel larger, over any neighbour
+            return torch.where(dilate(labels == k, 1), torch.full_like(labels, k), labels)
+    else:
+        raise InputError(f"--paint must be one of {sorted(FACE_EDITS)} or grow:<class>, classes {sorted(names)}")
+    vectors = []
+    for term in args.vectors or [f"{name}:1" for name in sorted(bundle.vectors)]:
+        name, _, scale = term.partition(":")
+        try:
+            vectors.append((name, float(scale or 1.0)))
+        except ValueError:
+            raise InputError(f"--vectors takes NAME:SCALE terms, got {term!r}") from None
+    images = [open_image(path) for path in args.images]
+    figure, unpainted = edit_figure(bundle, images, paint, args.paint.replace("_", " "), vectors, zoom=args.zoom)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    figure.save(args.out)
+    report = {"out": str(args.out), "size": list(figure.size), "rows": len(images), "unpainted_rows": unpainted}
+    print(json.dumps(report))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from engine.errors import EngineError
+    from schemas.settings import SHIPPED_MODELS
+    from workers.models import resolve_device
+
+    # bench/ is a tool of the checkout, like tests/: not installed, not in the image. Find it beside service/.
+    checkout = Path(__file__).resolve().parents[1]
+    if not (checkout / "bench" / "__init__.py").is_file():
+        raise EngineError(f"`editgan bench` runs from a checkout of the project; there is no bench/ in {checkout}")
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    from bench.context import Context
+    from bench.results import DEFAULT_RESULTS
+    from bench.runner import parse_sections, print_report, run_bench
+
+    try:
+        sections = parse_sections(args.only)
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
+    ctx = Context(
+        quick=args.quick,
+        model=args.model or SHIPPED_MODELS / "demo-faces",
+        device=resolve_device(args.device),
+        threads=args.threads,
+        redis_url=args.redis_url,
+        workdir=Path("."),  # replaced by a scratch directory for the run
+        lpips_backbone=_settings().editgan_lpips_backbone,
+        paper_size=args.paper_size,
+        paper_steps=args.paper_steps,
+    )
+    report, ok = run_bench(ctx, sections, args.results or DEFAULT_RESULTS)
+    print_report(report)
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="editgan", description="EditGAN service and model tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -344,6 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=None, help="URL to probe (default: http://127.0.0.1:$EDITGAN_PORT/healthz)")
     p.set_defaults(func=_healthcheck)
 
+    from client.cli import add_client_commands  # invert, edit, apply, vectors: the HTTP client's commands
+
+    add_client_commands(sub)
+    parser.set_defaults(loads_engine=True)  # the client's commands set False: they start without torch
+
     p = sub.add_parser("import-official", help="convert an official EditGAN release directory into a bundle")
     p.add_argument("release_dir", type=Path, help="root of the release (holds checkpoint/, static/, experiments/)")
     p.add_argument("out_dir", type=Path, help="bundle directory to write (replaced atomically if present)")
@@ -364,6 +542,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=_render)
 
+    p = sub.add_parser("figure", help="PNG of images through inversion, a painted edit and vector edits")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("out", type=Path, help="PNG to write")
+    p.add_argument("--images", type=Path, nargs="+", required=True, help="one row per image")
+    p.add_argument("--paint", default="enlarge_eyes", help="a faces mask edit, or grow:<class name>")
+    p.add_argument("--vectors", nargs="*", default=None, help="NAME:SCALE terms (default: every vector at 1)")
+    p.add_argument("--zoom", type=int, default=2, help="pixels per model pixel")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.set_defaults(func=_figure)
+
     p = sub.add_parser("eval", help="quality of a bundle on held-out procedural faces, as JSON")
     p.add_argument("bundle", type=Path)
     p.add_argument("--images", type=int, default=50, help="held-out images (inversion, KID, vectors)")
@@ -371,6 +559,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--invert-steps", type=int, default=None, help="default: the bundle's")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("bench", help="benchmarks: JSON on stdout, a dated row appended to bench/RESULTS.md")
+    p.add_argument("--only", default="vector,jobs,naive,paper", help="sections, comma-separated (default: all)")
+    p.add_argument("--quick", action="store_true", help="smoke run: few repetitions and steps, not figures to quote")
+    p.add_argument("--model", type=Path, default=None, help="bundle directory (default: the shipped demo-faces)")
+    p.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (CUDA when present)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads, here and in the services started")
+    p.add_argument("--results", type=Path, default=None, help="file the row is appended to (default: bench/RESULTS.md)")
+    p.add_argument("--redis-url", default=None, help="Redis to use (default: an embedded one for the run)")
+    p.add_argument(
+        "--paper-size", type=int, choices=[64, 128, 256, 512], default=512, help="paper section canvas (< 512: smoke)"
+    )
+    p.add_argument("--paper-steps", type=int, default=None, help="paper section steps (default: 3, --quick 1)")
+    p.set_defaults(func=_bench)
 
     train = sub.add_parser("train", help="train the networks of a bundle").add_subparsers(dest="what", required=True)
     p = train.add_parser("gan", help="train or resume a StyleGAN2 generator (checkpoints in --out)")
@@ -382,6 +584,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-seconds", type=float, default=30.0, help="seconds between progress lines")
     p.set_defaults(func=_train_gan)
 
+    p = train.add_parser("perceptual", help="train the demo bundle's perceptual network on the domain's labels")
+    p.add_argument("--recipe", choices=["faces"], default="faces", help="domain of the training images")
+    p.add_argument("--out", type=Path, required=True, help="directory to write (replaced atomically)")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch", type=int, default=24, help="images per step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.set_defaults(func=_train_perceptual)
+
+    p = train.add_parser("encoder", help="train or resume the image -> W+ encoder of a GAN run (checkpoints in --out)")
+    p.add_argument("--recipe", choices=["faces"], default="faces", help="domain of the real images")
+    p.add_argument("--gan", type=Path, required=True, help="GAN run directory (its EMA generator is used)")
+    p.add_argument("--out", type=Path, required=True, help="run directory; an existing checkpoint is resumed")
+    p.add_argument("--perceptual", type=Path, default=None, help="`train perceptual` output (default: random CNN)")
+    p.add_argument("--kimg", type=float, default=30.0, help="total length in thousands of images (all sessions)")
+    p.add_argument("--init-from", type=Path, default=None, help="start a new run from another run's encoder")
+    p.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this much time")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--log-seconds", type=float, default=30.0, help="seconds between progress lines")
+    p.set_defaults(func=_train_encoder)
+
     p = train.add_parser(
         "segmenter", help="segmentation branch from annotated images (embedded into W+), written as a bundle"
     )
@@ -392,13 +615,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=int, default=10, help="ensemble members")
     p.add_argument("--epochs", type=int, default=4, help="passes over every annotated pixel per member")
     p.add_argument("--invert-steps", type=int, default=300, help="W+ optimisation steps per annotated image")
+    p.add_argument("--perceptual", type=Path, default=None, help="`train perceptual` output (default: random CNN)")
+    p.add_argument("--encoder", type=Path, default=None, help="`train encoder` run of the same GAN (optional)")
+    p.add_argument(
+        "--max-pixel-error",
+        type=float,
+        default=None,
+        help="train only on pixels whose embedding is this close to the annotated image (mean |RGB| on [0, 1])",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_train_segmenter)
 
     p = train.add_parser("vectors", help="learn the named editing vectors of the faces recipe into a bundle")
     p.add_argument("--bundle", type=Path, required=True, help="bundle to add the vectors to (rewritten atomically)")
-    p.add_argument("--sources", type=int, default=4, help="example latents each vector is learned from")
+    p.add_argument("--sources", type=int, default=8, help="example latents each vector is learned from")
+    p.add_argument("--calibration-samples", type=int, default=16, help="generator samples that calibrate scales")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration samples")
     p.add_argument("--steps", type=int, default=60, help="optimisation steps per source image")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_train_vectors)
@@ -407,6 +640,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.loads_engine:
+        client_code: int = args.func(args)
+        return client_code
+    from engine.errors import EngineError
+
     try:
         code: int = args.func(args)
     except EngineError as exc:

@@ -132,6 +132,13 @@ class ServiceMetrics:
             ["code", "status"],
             registry=self.registry,
         )
+        self.vector_batch_size = Histogram(
+            "editgan_vector_batch_size",
+            "Synchronous vector edits served by one batched generator + segmentation pass",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
         self.collector = QueueCollector(redis_factory, queue_name, prefix)
         self.registry.register(self.collector)
 

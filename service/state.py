@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
 from redis import Redis
 from rq import Queue
+from torch import Tensor
 
-from engine import Bundle
+from engine import Bundle, Rendering
 from schemas.errors import ErrorCode
 from schemas.settings import Settings
+from service.batching import MicroBatcher
 from service.errors import ApiError
 from workers.registry import Registry
 from workers.store import Store
@@ -24,9 +25,9 @@ class Services:
     registry: Registry
     queue: Queue
     bundles: dict[str, Bundle]
-    # One synchronous engine call per model at a time: on a CPU two would only share the same cores,
-    # and the models' buffers are shared. (Micro-batching concurrent requests is the next step.)
-    locks: dict[str, threading.Lock] = field(default_factory=dict)
+    # One per model: synchronous renders of a model run in its batcher's thread, concurrent ones in one
+    # batched pass (service/batching.py), never two engine calls of a model at once.
+    batchers: dict[str, MicroBatcher[Tensor, Rendering]] = field(default_factory=dict)
 
     def bundle(self, name: str | None) -> Bundle:
         """The named model; without a name, the only one served."""
@@ -40,5 +41,6 @@ class Services:
             raise ApiError(404, ErrorCode.unknown_model, f"unknown model {name!r}; served: {sorted(self.bundles)}")
         return self.bundles[name]
 
-    def lock(self, name: str) -> threading.Lock:
-        return self.locks.setdefault(name, threading.Lock())
+    def render(self, model: str, w_plus: Tensor) -> Rendering:
+        """Render and segment one latent [1, L, S] of a served model, batched with concurrent requests."""
+        return self.batchers[model].run(w_plus)

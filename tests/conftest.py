@@ -16,6 +16,7 @@ from engine.bundle import Bundle, BundleSpec, ClassInfo, Geometry, build_network
 from engine.encoder import EncoderConfig
 from engine.generator import GeneratorConfig
 from engine.segmenter import SegmenterConfig
+from tests.live import live, tiny_models  # noqa: F401 (one live service for tests/service and tests/client)
 
 # Copies of ../shared/reference/official_checkpoint_keys: the official networks' key names and shapes (data only).
 REFERENCE = Path(__file__).resolve().parent / "reference"

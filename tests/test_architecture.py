@@ -14,6 +14,8 @@ FORBIDDEN = {
     "engine": {"schemas", "workers", "service", "redis", "rq", "fastapi", "pydantic", "pydantic_settings", "uvicorn"},
     "schemas": {"engine", "workers", "service", "torch", "redis", "rq", "fastapi"},
     "workers": {"service", "fastapi", "uvicorn"},
+    # The client talks HTTP only: importable without torch, usable against a service on another machine.
+    "client": {"engine", "workers", "service", "torch", "redis", "rq", "fastapi", "uvicorn"},
 }
 
 

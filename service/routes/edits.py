@@ -9,7 +9,7 @@ import torch
 from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.responses import JSONResponse
 
-from engine import apply_vectors
+from engine import add_vectors
 from schemas.edits import (
     LATENT_ID,
     MODEL_NAME,
@@ -120,14 +120,13 @@ def edit_with_vectors(
         return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers={"Location": accepted.location})
 
     w = torch.from_numpy(stored.array)
-    with services.lock(bundle.spec.name):
-        start = time.perf_counter()
-        result = apply_vectors(bundle, w, [(r.vector, t.scale) for r, t in zip(resolved, request.vectors, strict=True)])
-        seconds = time.perf_counter() - start
-    latent_id = services.store.put_latent(bundle.spec.name, result.w_plus[0].cpu().numpy())
-    images = publish(
-        services.store, rendering_arrays(bundle, result.rendering, 0, request.outputs), inline=request.inline
-    )
+    start = time.perf_counter()
+    # The arithmetic (and its input checks) stays in this request; the render may share a batched pass.
+    edited = add_vectors(bundle, w, [(r.vector, t.scale) for r, t in zip(resolved, request.vectors, strict=True)])
+    rendering = services.render(bundle.spec.name, edited)
+    seconds = time.perf_counter() - start
+    latent_id = services.store.put_latent(bundle.spec.name, edited[0].cpu().numpy())
+    images = publish(services.store, rendering_arrays(bundle, rendering, 0, request.outputs), inline=request.inline)
     return VectorEditResult(
         latent_id=latent_id,
         model=bundle.spec.name,

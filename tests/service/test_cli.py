@@ -10,6 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from engine.bundle import Bundle, save_bundle
+from tests.conftest import save_tiny_model
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -36,3 +37,33 @@ def test_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     out = _run("info", str(tmp_path / "missing"))
     assert out.returncode == 2
     assert out.stderr.startswith("editgan: error:") and "bundle.json is missing" in out.stderr
+
+
+def test_figure_rows_and_columns(tmp_path: Path) -> None:
+    save_tiny_model(tmp_path)  # with its own conv perceptual network: no LPIPS backbone file needed
+    images = []
+    for k in range(2):
+        path = tmp_path / f"in{k}.png"
+        Image.new("RGB", (40, 30), (40 + 100 * k, 90, 160)).save(path)
+        images.append(str(path))
+    out = _run(
+        "figure", str(tmp_path / "tiny"), str(tmp_path / "fig.png"), "--images", *images,
+        "--paint", "grow:c1", "--vectors", "grow:0.5", "grow:2", "--zoom", "1",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    figure = Image.open(tmp_path / "fig.png")
+    # 5 fixed columns + 2 vector columns of the 32 x 24 content box, 4 px gaps, a 28 px header
+    assert figure.size == (7 * (32 + 4) + 4, 28 + 2 * (24 + 4) + 4) == tuple(json.loads(out.stdout)["size"])
+    bad = _run("figure", str(tmp_path / "tiny"), str(tmp_path / "x.png"), "--images", *images, "--paint", "nope")
+    assert bad.returncode == 2 and "--paint" in bad.stderr
+
+
+def test_train_perceptual_writes_a_loadable_network(tmp_path: Path) -> None:
+    out = _run("train", "perceptual", "--out", str(tmp_path / "p"), "--steps", "2", "--batch", "2", "--threads", "1")
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout.strip().splitlines()[-1])
+    from engine.train.perceptual import load_trained
+
+    network, saved = load_trained(tmp_path / "p")
+    assert saved == record and record["training"]["steps"] == 2
+    assert not any(p.requires_grad for p in network.parameters())

@@ -1,0 +1,130 @@
+"""Section `paper`: the job timings at the scale of the paper's car model, with random weights.
+
+The official architecture (EDITGAN.md 1.5, 2b, 2c): StyleGAN2 config-f at 512 px (16 W+ rows, 6016-d
+feature stack), the FPN ResNet-50 encoder, 10 pixel classifiers over the 32 car classes, LPIPS with the
+VGG16 architecture; the official hyperparameters (`engine.params`) with few steps. Weights are random, so
+only the times (and memory) mean anything; every figure is labelled "random weights, <device>, N steps".
+The naive loop (`bench/naive.py`) is compared too when its full-resolution stack, its gradient and the
+classifiers' activations fit comfortably in the device's free memory.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+import psutil
+import torch
+
+from bench.context import Context
+from bench.inputs import canvas, edit_input
+from bench.naive import compare, full_stack_bytes
+from bench.results import SectionResult
+from bench.timing import StepClock, gib, rss_peak, timed
+from engine import Bundle, BundleSpec, ClassInfo, Geometry, apply_vectors, invert, optimize_edit, refine
+from engine.bundle import build_networks
+from engine.encoder import EncoderConfig
+from engine.generator import GeneratorConfig
+from engine.perceptual import LPIPSLoss
+from engine.segmenter import SegmenterConfig
+
+
+def car_bundle(size: int, device: torch.device) -> Bundle:
+    """The official car architecture with seeded random weights (size < 512 only for smoke runs)."""
+    torch.manual_seed(0)
+    car = json.loads(resources.files("engine").joinpath("data/car.json").read_text())
+    g = GeneratorConfig(size=size)  # config-f: style 512, 8 mapping layers, channel multiplier 2
+    spec = BundleSpec(
+        name="car-random",
+        generator=g,
+        segmenter=SegmenterConfig(
+            feature_channels=tuple(c for c, _ in g.feature_shapes), num_classes=32, out_size=size, num_models=10
+        ),
+        encoder=EncoderConfig(resolution=size, n_latent=g.n_latent),  # ResNet-50 FPN, the official widths
+        classes=[ClassInfo(**c) for c in car["classes"]],
+        regions=car["regions"],
+        geometry=Geometry(size, top=size // 8, left=0, height=size * 3 // 4, width=size),  # rows 64:448 at 512
+        perceptual={"kind": "lpips", "net": "vgg"},
+    )
+    generator, segmenter, encoder = build_networks(spec)
+    generator.w_avg.copy_(generator.mean_latent(512, seed=0))
+    for net in (generator, segmenter, encoder):
+        assert net is not None
+        net.eval().requires_grad_(False)
+    return Bundle(
+        spec=spec,
+        generator=generator.to(device),
+        segmenter=segmenter.to(device),
+        encoder=encoder.to(device) if encoder is not None else None,
+        device=device,
+    )
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return int(psutil.virtual_memory().available)
+
+
+def _peak(device: torch.device, sampled: dict[str, int]) -> float | None:
+    if device.type == "cuda":
+        return gib(int(torch.cuda.max_memory_allocated(device)))
+    return gib(sampled["peak_bytes"])
+
+
+def run(ctx: Context) -> SectionResult:
+    steps = ctx.paper_steps or (1 if ctx.quick else 3)
+    label = f"random weights, {ctx.device.type}, {steps} steps" + (
+        f", {ctx.paper_size} px (smoke)" if ctx.paper_size != 512 else ""
+    )
+    ctx.log(f"paper: building the car architecture at {ctx.paper_size} px ({label})")
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+    out: dict[str, Any] = {"label": label, "resolution": ctx.paper_size, "steps": steps}
+    with rss_peak() as sampled:
+        bundle, seconds = timed(lambda: car_bundle(ctx.paper_size, ctx.device))
+        perceptual = LPIPSLoss("vgg").freeze().to(ctx.device)  # VGG16 architecture, random backbone
+        out |= {"build_s": round(seconds, 1), "feature_dim": bundle.spec.generator.feature_dim}
+        inputs = edit_input(bundle)
+        out["region"] = {"name": inputs.region, "classes": inputs.region_classes}
+
+        def step_timed(mode: str, call: Any) -> Any:
+            ctx.log(f"paper: {mode}")
+            clock = StepClock()
+            result, total = timed(lambda: call(clock))
+            out[mode] = {"s_per_step": round(clock.per_step, 3), "total_s": round(total, 2), "steps": steps}
+            return result
+
+        image = canvas(bundle, inputs.photo)
+        params = {"steps": steps}
+        step_timed("invert", lambda c: invert(bundle, image, perceptual=perceptual, params=params, progress=c))
+        mask = torch.from_numpy(inputs.mask.astype("int64"))
+        edit = step_timed(
+            "optimize",
+            lambda c: optimize_edit(
+                bundle, inputs.w, mask, inputs.region, perceptual=perceptual, params=params, progress=c
+            ),
+        )
+        out["optimize"]["region_pixels"] = int(edit.region.sum())
+        _, seconds = timed(lambda: apply_vectors(bundle, inputs.w, [(edit.vector, 1.0)]))
+        out["vector_edit_s"] = round(seconds, 3)  # one render + segmentation of the content box
+        step_timed(
+            "refine",
+            lambda c: refine(bundle, inputs.w, [(edit.vector, 1.0)], steps, perceptual=perceptual, progress=c),
+        )
+        # The official loop holds the stack, its gradient and the ensemble's activations at every pixel.
+        needed = 3 * full_stack_bytes(bundle)
+        if needed <= _free_bytes(ctx.device) // 2:
+            ctx.log("paper: the naive official loop")
+            out["naive"] = compare(bundle, inputs, steps=steps, reps=1, perceptual=perceptual)
+        else:
+            out["naive"] = {"skipped": f"needs about {gib(needed)} GiB, more than half the free memory"}
+    out["peak_memory_gib"] = _peak(ctx.device, sampled)
+    naive = out["naive"].get("speedup_per_step")
+    cell = (
+        f"edit {out['optimize']['s_per_step']} s/step, refine {out['refine']['s_per_step']}, "
+        f"invert {out['invert']['s_per_step']}; naive {f'{naive}x slower' if naive else 'skipped'}; "
+        f"peak {out['peak_memory_gib']} GiB ({label})"
+    )
+    return SectionResult(out, {"paper": cell})

@@ -1,0 +1,200 @@
+"""Section `vector`: synchronous vector edits.
+
+- The bare engine forward (`apply_vectors`: latent arithmetic, generator, segmentation), in this process,
+  against `POST /edit/vector` end to end through a real gateway (HTTP, Redis reads and writes, PNGs),
+  one request at a time: p50/p95/p99 and the ratio of the p50s. Both are measured in alternating rounds.
+- Throughput and latency at 1, 4 and 16 concurrent clients (threads, one keep-alive connection each).
+- Micro-batching on (the default settings) against off (`EDITGAN_MAX_BATCH=1`): two gateways on the same
+  Redis, measured in alternating rounds: the 16-client throughput gain and the single-client p50 change;
+  beside it the engine's own time per edit in batches of 1, 4 and 16, the most batching can gain.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import httpx
+
+from bench.context import Context
+from bench.inputs import latent, npy
+from bench.live import Service
+from bench.results import SectionResult
+from bench.timing import gib, ratio, repeat, summary_ms
+from engine import Bundle, apply_vectors, render
+from workers.vectors import bundle_vector
+
+CONCURRENCY = (1, 4, 16)
+
+
+def _sequential(url: str, body: dict[str, Any], n: int) -> list[float]:
+    with httpx.Client(base_url=url, timeout=120) as http:
+        for _ in range(2):  # warm-up: connection, first-call allocations
+            http.post("/edit/vector", json=body).raise_for_status()
+        out = []
+        for _ in range(n):
+            start = time.perf_counter()
+            http.post("/edit/vector", json=body).raise_for_status()
+            out.append(time.perf_counter() - start)
+        return out
+
+
+def load(url: str, body: dict[str, Any], clients: int, seconds: float) -> dict[str, Any]:
+    """`clients` closed-loop clients for `seconds`: requests/s and latency."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    ready = threading.Barrier(clients + 1)
+    stop = threading.Event()
+
+    def client(i: int) -> None:
+        with httpx.Client(base_url=url, timeout=120) as http:
+            http.post("/edit/vector", json=body)  # warm-up: the connection
+            ready.wait()
+            while not stop.is_set():
+                start = time.perf_counter()
+                response = http.post("/edit/vector", json=body)
+                if response.status_code != 200:
+                    errors[i] += 1
+                    continue
+                latencies[i].append(time.perf_counter() - start)
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    start = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start  # includes the requests in flight at the stop: all are counted
+    done = [x for per in latencies for x in per]
+    return {
+        "clients": clients,
+        "requests": len(done),
+        "errors": sum(errors),
+        "seconds": round(elapsed, 3),
+        "throughput_rps": round(len(done) / elapsed, 2),
+        "latency": summary_ms(done),
+    }
+
+
+def _batches(url: str, model: str) -> tuple[float, float]:
+    """(requests, batches) counted so far by the gateway's batch-size histogram."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+
+    def read(name: str) -> float:
+        found = re.search(rf'^editgan_vector_batch_size_{name}\{{model="{re.escape(model)}"\}} (\S+)$', text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    return read("sum"), read("count")
+
+
+@dataclass
+class Samples:
+    """Everything the section measured, in seconds (or requests/s) per sample."""
+
+    engine: list[float] = field(default_factory=list)  # apply_vectors, one edit
+    per_edit: dict[int, list[float]] = field(default_factory=lambda: {b: [] for b in CONCURRENCY})  # batched
+    http: list[float] = field(default_factory=list)  # POST /edit/vector, one at a time, batching on
+    single: dict[str, list[float]] = field(default_factory=lambda: {"on": [], "off": []})
+    loaded_rps: dict[str, list[float]] = field(default_factory=lambda: {"on": [], "off": []})  # 16 clients
+    batched: list[float] = field(default_factory=lambda: [0.0, 0.0])  # (requests, batches) at 16 clients, on
+    sweep: list[dict[str, Any]] = field(default_factory=list)
+    memory: dict[str, float | None] = field(default_factory=dict)
+
+
+def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
+    vector = bundle_vector(bundle, name)
+    w = latent(bundle)
+    rounds = 1 if ctx.quick else 3
+    n = 15 if ctx.quick else 100  # requests per round, one at a time
+    seconds = 1.5 if ctx.quick else 10.0  # per throughput measurement
+    out = Samples()
+    with Service(ctx.workdir / "vector", ctx.service_env(), ctx.redis_url) as service:
+        ctx.log("vector: starting two gateways (micro-batching on and off)")
+        gateways = {"on": service.gateway("gateway-on"), "off": service.gateway("gateway-off", EDITGAN_MAX_BATCH="1")}
+        urls = {k: g.wait() for k, g in gateways.items()}
+        with httpx.Client(base_url=urls["on"], timeout=60) as client:
+            response = client.post("/latents", files={"file": ("w.npy", npy(w[0]), "application/octet-stream")})
+            response.raise_for_status()
+        body = {"latent_id": response.json()["latent_id"], "vectors": [{"vector": name, "scale": 1.0}]}
+
+        for r in range(rounds):
+            ctx.log(f"vector: round {r + 1}/{rounds}: engine forward and HTTP, one request at a time")
+            out.engine += repeat(lambda: apply_vectors(bundle, w, [(vector, 1.0)]), n)
+            for size in CONCURRENCY:  # what one batched pass costs per edit: the ceiling of batching's gain
+                times = repeat(partial(render, bundle, w.expand(size, -1, -1)), max(3, n // size), warmup=1)
+                out.per_edit[size] += [t / size for t in times]
+            out.http += _sequential(urls["on"], body, n)
+            for key in ("off", "on"):
+                ctx.log(f"vector: round {r + 1}/{rounds}: batching {key}, 1 and 16 clients")
+                out.single[key] += _sequential(urls[key], body, n)
+                before = _batches(urls[key], bundle.spec.name)
+                out.loaded_rps[key].append(load(urls[key], body, 16, seconds)["throughput_rps"])
+                if key == "on":
+                    after = _batches(urls[key], bundle.spec.name)
+                    out.batched = [out.batched[0] + after[0] - before[0], out.batched[1] + after[1] - before[1]]
+
+        ctx.log("vector: throughput at 1, 4 and 16 clients")
+        out.sweep = [load(urls["on"], body, c, seconds) for c in CONCURRENCY]
+        out.memory = {f"gateway_{k}_gib": gib(g.process.peak_rss()) for k, g in gateways.items()}
+    return out
+
+
+def run(ctx: Context) -> SectionResult:
+    bundle = ctx.bundle()
+    if not bundle.vectors:
+        raise ValueError(f"model {bundle.spec.name} ships no editing vector to apply")
+    name = sorted(bundle.vectors)[0]
+    s = measure(ctx, bundle, name)
+
+    engine, http = summary_ms(s.engine), summary_ms(s.http)
+    single = {k: summary_ms(v) for k, v in s.single.items()}
+    loaded = {k: statistics.mean(v) for k, v in s.loaded_rps.items()}
+    ceiling = ratio(statistics.median(s.per_edit[1]), statistics.median(s.per_edit[16]))
+    batching: dict[str, Any] = {
+        "single_client": single,
+        "throughput_16_clients_rps": {k: round(v, 2) for k, v in loaded.items()},
+        "throughput_gain_16_clients": ratio(loaded["on"], loaded["off"]),
+        "target_throughput_gain": 2.0,
+        "mean_batch_16_clients": ratio(s.batched[0], s.batched[1], 2),
+        # engine time per edit alone / in a batch of 16, in this process: what batching can gain at most
+        "engine_gain_batch_16": ceiling,
+        "single_client_p50_change": _change(single["on"]["p50_ms"], single["off"]["p50_ms"]),
+        "target_single_client_p50_change": 0.10,
+    }
+    over = ratio(http["p50_ms"], engine["p50_ms"])
+    data = {
+        "vector": f"{name}@0",
+        "engine_forward": engine,
+        "engine_batched_ms_per_edit": {str(b): summary_ms(t)["p50_ms"] for b, t in s.per_edit.items()},
+        "http_end_to_end": http,
+        "http_over_engine_p50": over,
+        "target_http_over_engine_p50": 1.2,
+        "concurrency": s.sweep,
+        "batching": batching,
+        "peak_memory": s.memory,
+    }
+    rps = "/".join(f"{x['throughput_rps']:.0f}" for x in s.sweep)
+    cells = {
+        "vector": f"{over}x (HTTP p50 {http['p50_ms']:.1f}, p99 {http['p99_ms']:.1f} ms); {rps} req/s at 1/4/16",
+        "batching": f"{batching['throughput_gain_16_clients']}x at 16 clients (engine alone, batch 16 vs 1: "
+        f"{ceiling}x); 1-client p50 {_percent(batching['single_client_p50_change'])}",
+    }
+    return SectionResult(data, cells)
+
+
+def _change(new: float, old: float) -> float | None:
+    """new / old - 1: +0.05 is 5 % slower."""
+    r = ratio(new, old, 4)
+    return None if r is None else round(r - 1, 4)
+
+
+def _percent(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:+.1f} %"

@@ -1,0 +1,156 @@
+"""Micro-batching of the gateway's synchronous vector edits.
+
+Concurrent `POST /edit/vector` requests for one model that arrive within a few milliseconds share one
+batched generator + segmentation pass: one pass over N latents costs far less than N passes (per-call
+overheads, small matrix products), on a CPU and more so on a GPU. One thread per model runs the passes,
+so engine calls of a model never overlap, as the per-model lock this replaces guaranteed.
+
+The rules, all in `MicroBatcher`:
+- Order: a batch takes the oldest waiting requests, at most `max_batch` of them.
+- Bounded wait: a batch closes `wait_seconds` after its oldest request arrived, or at once when full.
+  The window only opens while requests overlap (the previous batch was shared, or several are waiting
+  already): a lone client is served at once and pays nothing for batching.
+- Error isolation: when a batched call raises, each of its requests is run again alone, so only a
+  request that fails by itself gets an error.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import torch
+from torch import Tensor
+
+from engine import Bundle, Rendering, render
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class _Pending(Generic[T, R]):
+    item: T
+    future: Future[R] = field(default_factory=Future)
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class MicroBatcher(Generic[T, R]):
+    """Runs `run_batch(items) -> results` (one result per item, in order) over requests that arrive close
+    together, in a thread of its own. `on_batch(size)` is told the size of every batch (metrics)."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[T]], list[R]],
+        *,
+        max_batch: int,
+        wait_seconds: float,
+        name: str = "batcher",
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_batch < 1 or wait_seconds < 0:
+            raise ValueError(f"max_batch must be >= 1 and wait_seconds >= 0, got {max_batch}, {wait_seconds}")
+        self.max_batch, self.wait_seconds = max_batch, wait_seconds
+        self._run_batch, self._on_batch = run_batch, on_batch
+        self._waiting: deque[_Pending[T, R]] = deque()
+        self._changed = threading.Condition()
+        self._closed = False
+        self._shared = False  # whether the previous batch held several requests (serving thread only)
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, item: T) -> Future[R]:
+        """Queue one request; its future holds the result or the request's own exception."""
+        pending: _Pending[T, R] = _Pending(item)
+        with self._changed:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            self._waiting.append(pending)
+            self._changed.notify()
+        return pending.future
+
+    def run(self, item: T) -> R:
+        """Submit and wait for the result (blocking the calling thread, a request's worker thread)."""
+        return self.submit(item).result()
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Refuse new requests, finish the waiting ones, stop the thread."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+        self._thread.join(timeout)
+
+    def _next_batch(self) -> list[_Pending[T, R]]:
+        """Block until a batch is due; [] once closed with nothing left to do."""
+        with self._changed:
+            while not self._waiting and not self._closed:
+                self._changed.wait()
+            if self._waiting and (self._shared or len(self._waiting) > 1):
+                deadline = self._waiting[0].arrived + self.wait_seconds
+                while len(self._waiting) < self.max_batch and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._changed.wait(left)
+            return [self._waiting.popleft() for _ in range(min(len(self._waiting), self.max_batch))]
+
+    def _serve(self) -> None:
+        while batch := self._next_batch():
+            self._shared = len(batch) > 1
+            if self._on_batch is not None:
+                self._on_batch(len(batch))
+            live = [p for p in batch if p.future.set_running_or_notify_cancel()]
+            if len(live) == 1:
+                self._run_alone(live[0])
+            elif live:
+                self._run_together(live)
+
+    def _results(self, items: list[T]) -> list[R]:
+        results = self._run_batch(items)
+        if len(results) != len(items):
+            raise RuntimeError(f"batch function returned {len(results)} results for {len(items)} requests")
+        return results
+
+    def _run_together(self, batch: list[_Pending[T, R]]) -> None:
+        try:
+            results = self._results([p.item for p in batch])
+        except BaseException:  # one bad request must not fail the others: each runs again alone
+            for p in batch:
+                self._run_alone(p)
+            return
+        for p, result in zip(batch, results, strict=True):
+            p.future.set_result(result)
+
+    def _run_alone(self, pending: _Pending[T, R]) -> None:
+        try:
+            result = self._results([pending.item])[0]
+        except BaseException as exc:  # delivered to the request's own thread, which re-raises it
+            pending.future.set_exception(exc)
+        else:
+            pending.future.set_result(result)
+
+
+def split_rendering(rendering: Rendering) -> list[Rendering]:
+    """A batch's rendering [N, ...] as N renderings [1, ...] (views, no copies)."""
+    return [
+        Rendering(image=rendering.image[i : i + 1], labels=rendering.labels[i : i + 1], uncertainty=u[None])
+        for i, u in enumerate(rendering.uncertainty)
+    ]
+
+
+def render_batcher(
+    bundle: Bundle, *, max_batch: int, wait_seconds: float, on_batch: Callable[[int], None] | None = None
+) -> MicroBatcher[Tensor, Rendering]:
+    """A batcher that renders and segments W+ latents [1, L, S] of `bundle`, concurrent ones in one pass."""
+
+    def render_all(latents: list[Tensor]) -> list[Rendering]:
+        return split_rendering(render(bundle, torch.cat(latents)))
+
+    return MicroBatcher(
+        render_all, max_batch=max_batch, wait_seconds=wait_seconds, name=f"render-{bundle.spec.name}", on_batch=on_batch
+    )

@@ -1,0 +1,56 @@
+"""`editgan bench` end to end as a process: real gateways, worker and embedded Redis on the tiny model.
+
+Only the shape of the report is checked, never a figure: speed is measured by the bench, not by tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.results import HEADER
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "bench", *args], capture_output=True, text=True, check=False, timeout=600
+    )
+
+
+def test_quick_vector_and_jobs_sections_print_json_and_append_a_row(tiny_models: Path, tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    args = ["--quick", "--only", "vector,jobs", "--model", str(tiny_models), "--threads", "1", "--results"]
+    out = _bench(*args, str(results))
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    assert report["run"] == "quick" and report["results_file"] == str(results)
+    assert {"cpu", "cores_logical", "torch", "threads", "gpu", "device"} <= set(report["hardware"])
+    assert report["hardware"]["threads"] == 1
+    assert set(report["sections"]) == {"vector", "jobs"}
+
+    vector = report["sections"]["vector"]
+    assert {"p50_ms", "p95_ms", "p99_ms"} <= set(vector["http_end_to_end"]) and vector["engine_forward"]["n"] > 0
+    assert vector["http_over_engine_p50"] > 0
+    assert [c["clients"] for c in vector["concurrency"]] == [1, 4, 16]
+    assert all(c["errors"] == 0 and c["requests"] > 0 for c in vector["concurrency"])
+    assert {"throughput_gain_16_clients", "single_client_p50_change"} <= set(vector["batching"])
+
+    jobs = report["sections"]["jobs"]
+    assert set(jobs["engine"]) == set(jobs["service"]) == {"invert", "optimize", "refine"}
+    assert jobs["queue_overhead"]["n"] == 6  # 2 jobs of each kind
+    assert jobs["worker_cold_start"]["to_first_result_s"] >= jobs["worker_cold_start"]["to_models_loaded_s"] > 0
+    assert jobs["peak_memory"]["gateway_gib"] > 0 and jobs["peak_memory"]["worker_gib"] > 0
+
+    text = results.read_text()
+    assert text.startswith(HEADER)
+    rows = text[len(HEADER) :].splitlines()
+    assert len(rows) == 1 and rows[0].startswith(f"| {report['date']} |") and "quick: vector,jobs" in rows[0]
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[-2:] == ["-", "-"]  # naive and paper were not run
+
+
+def test_unknown_sections_are_refused() -> None:
+    out = _bench("--only", "vector,warp")
+    assert out.returncode == 2 and "unknown bench sections ['warp']" in out.stderr

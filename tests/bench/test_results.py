@@ -1,0 +1,43 @@
+"""RESULTS.md rows and the bench's small measuring helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.results import FIGURE_COLUMNS, HEADER, append_row
+from bench.runner import parse_sections
+from bench.timing import StepClock, summary_ms
+
+
+def test_rows_are_appended_under_one_header(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "RESULTS.md"
+    append_row(path, ["a", "b | c"])
+    append_row(path, ["d", ""])
+    text = path.read_text()
+    assert text.startswith(HEADER) and text.count("# Benchmark results") == 1
+    assert text.endswith("| a | b / c |\n| d | - |\n")  # a pipe would split the cell
+
+
+def test_the_header_documents_every_column() -> None:
+    table = HEADER.split("| date | commit |", 1)[1].splitlines()[0]
+    columns = ["date", "commit", *[c.strip() for c in table.strip(" |").split("|")]]
+    assert columns[5:] == list(FIGURE_COLUMNS)
+    for column in columns:
+        assert f"\n| {column} |" in HEADER
+
+
+def test_sections_are_parsed_in_canonical_order() -> None:
+    assert parse_sections("paper, vector") == ("vector", "paper")
+    with pytest.raises(ValueError, match="unknown bench sections"):
+        parse_sections("vector,speed")
+
+
+def test_percentiles_and_step_clock() -> None:
+    figures = summary_ms([0.001 * i for i in range(1, 101)])
+    assert figures["n"] == 100 and figures["p50_ms"] == pytest.approx(50.5)
+    assert figures["p99_ms"] == pytest.approx(99.01)
+    clock = StepClock()
+    clock.stamps = [0.0, 1.0, 3.0, 4.0]  # gaps 1, 2, 1
+    assert clock.per_step == 1.0
