@@ -27,6 +27,7 @@ from schemas.edits import (
     LatentInfo,
     OptimizeEditResult,
     Output,
+    SampleResult,
     VectorEditResult,
     VectorTerm,
 )
@@ -390,6 +391,13 @@ class EditganClient:
         """`POST /latents`: store a W+ `.npy` ((L, S) or (1, L, S)) to edit it."""
         response = self._send("POST", "/latents", files={"file": _file(npy, "latent.npy")}, data=_form(model=model))
         return self._parse(LatentInfo, response)
+
+    def sample_latent(
+        self, model: str | None = None, *, seed: int | None = None, example: int | None = None
+    ) -> SampleResult:
+        """`POST /latents/sample`: a seeded random sample (or a model's example latent), stored and rendered."""
+        body = {k: v for k, v in {"model": model, "seed": seed, "example": example}.items() if v is not None}
+        return self._parse(SampleResult, self._send("POST", "/latents/sample", json=body))
 
     def download_latent(self, latent_id: str) -> LatentData:
         """`GET /latents/{id}`: float32 (1, L, S) `.npy` and its model."""

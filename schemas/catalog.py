@@ -55,6 +55,7 @@ class ModelInfo(BaseModel):
     vectors: list[str] = Field(description="Names usable in `/edit/vector` (bundle and registry).")
     has_encoder: bool
     default_steps: dict[str, int]
+    examples: int = Field(0, ge=0, description="Example latents shipped with the model (`POST /latents/sample`).")
 
 
 class ModelList(BaseModel):

@@ -130,3 +130,25 @@ class VectorEditResult(BaseModel):
 class LatentInfo(BaseModel):
     latent_id: str
     model: str
+
+
+class SampleRequest(BaseModel):
+    """A latent to edit without a photo: a seeded random sample of the generator, or one of the model's examples."""
+
+    model: str | None = Field(None, pattern=MODEL_NAME, description="Default: the only model served.")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Seed of a random sample; default: a new one.")
+    example: int | None = Field(
+        None, ge=0, le=65535, description="Index of one of the model's example latents (`examples` of the model)."
+    )
+
+    model_config = {"json_schema_extra": {"examples": [{"seed": 7}, {"example": 0}]}}
+
+
+class SampleResult(BaseModel):
+    """The stored latent and its rendering (image, segmentation, uncertainty), like an inversion's result."""
+
+    latent_id: str
+    model: str
+    seed: int | None = Field(None, description="The seed sampled (null for an example latent).")
+    example: int | None = Field(None, description="The example latent's index (null for a random sample).")
+    images: ImageLinks

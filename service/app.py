@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import torch
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
 from redis import Redis
 from starlette.concurrency import run_in_threadpool
 
@@ -19,7 +20,7 @@ from service.batching import render_batcher
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
 from service.metrics import MetricsMiddleware, ServiceMetrics, record_error
-from service.routes import edits, health, jobs, latents, models, vectors
+from service.routes import editor, edits, health, jobs, latents, models, vectors
 from service.state import Services
 from workers.models import load_models, resolve_device
 from workers.queue import job_queue, sweep_lost_jobs
@@ -105,6 +106,8 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
     install_error_handlers(app, on_error=lambda code, status: record_error(metrics, code, status))
     for router in (edits.router, jobs.router, models.router, vectors.router, latents.router, health.router):
         app.include_router(router)
+    app.include_router(editor.router)
+    app.mount("/static", StaticFiles(directory=editor.STATIC_DIR), name="static")  # the web editor's files
     app.add_middleware(BodyLimitMiddleware, limit=settings.editgan_max_upload_bytes + 64 * 1024)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -1,16 +1,24 @@
-"""Latents (`.npy` in and out) and result images (`/results/{id}.png`)."""
+"""Latents (`.npy` in and out, random samples to start from) and result images (`/results/{id}.png`)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import secrets
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, File, Form, Path, Response, UploadFile
 
+from engine import Bundle
 from engine.npyio import read_w_plus, write_npy
-from schemas.edits import IMAGE_ID, LATENT_ID, MODEL_NAME, LatentInfo
+from schemas.edits import IMAGE_ID, LATENT_ID, MODEL_NAME, LatentInfo, Output, SampleRequest, SampleResult
+from schemas.errors import ErrorCode
 from service.deps import ServicesDep
+from service.errors import ApiError
 from service.routes.common import ERRORS
 from service.uploads import read_limited
+from workers.results import publish, rendering_arrays
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 router = APIRouter(tags=["latents"], responses=ERRORS)
 
@@ -29,6 +37,34 @@ def upload_latent(
     latent_id = services.store.put_latent(bundle.spec.name, w.numpy())
     response.headers["Location"] = f"/latents/{latent_id}"
     return LatentInfo(latent_id=latent_id, model=bundle.spec.name)
+
+
+def _starting_latent(bundle: Bundle, request: SampleRequest) -> tuple[Tensor, int | None]:
+    """W+ [1, L, S]: the requested example latent, or a seeded sample at the model's truncation; and the seed."""
+    if request.example is None:
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+        psi = float(bundle.spec.defaults.get("sample", {}).get("truncation", 1.0))
+        return bundle.generator.sample_w_plus(1, seed=seed, psi=psi), seed
+    if request.seed is not None:
+        raise ApiError(422, ErrorCode.invalid_input, "give `seed` or `example`, not both")
+    examples = bundle.examples
+    count = 0 if examples is None else int(examples.shape[0])
+    if examples is None or request.example >= count:
+        message = f"example {request.example} out of range: model {bundle.spec.name!r} has {count} example latents"
+        raise ApiError(422, ErrorCode.invalid_input, message)
+    return examples[request.example : request.example + 1], None
+
+
+@router.post("/latents/sample", status_code=201, response_model=SampleResult)
+def sample_latent(services: ServicesDep, request: SampleRequest, response: Response) -> SampleResult:
+    """Start without a photo: store a random sample (or an example latent) of a model and render it."""
+    bundle = services.bundle(request.model)
+    w, seed = _starting_latent(bundle, request)
+    rendering = services.render(bundle.spec.name, w)
+    latent_id = services.store.put_latent(bundle.spec.name, w[0].cpu().numpy())
+    images = publish(services.store, rendering_arrays(bundle, rendering, 0, list(Output)))
+    response.headers["Location"] = f"/latents/{latent_id}"
+    return SampleResult(latent_id=latent_id, model=bundle.spec.name, seed=seed, example=request.example, images=images)
 
 
 @router.get(

@@ -1,0 +1,97 @@
+// The HTTP API, as the editor uses it: JSON in and out, every failure an ApiError carrying `{code, message}`.
+
+/** An error answer of the service (`{code, message}`), or a request that got no usable answer. */
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status; // HTTP status; 0 when nothing answered
+    this.code = code;
+  }
+
+  toString() {
+    return `${this.code}: ${this.message}`;
+  }
+}
+
+const TERMINAL = new Set(["finished", "failed", "stopped", "canceled"]);
+
+async function errorOf(response) {
+  const text = await response.text();
+  try {
+    const body = JSON.parse(text);
+    if (body && body.code && body.message) return new ApiError(response.status, body.code, body.message);
+  } catch {
+    // not JSON: a proxy's page, for instance
+  }
+  return new ApiError(response.status, `http_${response.status}`, text.slice(0, 200) || response.statusText);
+}
+
+/**
+ * One request. `json` is sent as a JSON body, `form` (a FormData) as multipart; answers are parsed as JSON
+ * unless `raw` is set. Throws ApiError for any non-2xx answer and for network failures.
+ */
+export async function request(method, path, { json, form, raw = false } = {}) {
+  const init = { method, headers: { Accept: "application/json" } };
+  if (json !== undefined) {
+    init.body = JSON.stringify(json);
+    init.headers["Content-Type"] = "application/json";
+  } else if (form !== undefined) {
+    init.body = form;
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (err) {
+    throw new ApiError(0, "network_error", `the service did not answer (${err.message})`);
+  }
+  if (!response.ok) throw await errorOf(response);
+  if (raw) return response;
+  return response.status === 204 ? null : response.json();
+}
+
+export const listModels = () => request("GET", "/models");
+export const listVectors = (model) => request("GET", `/vectors?model=${encodeURIComponent(model)}`);
+export const sampleLatent = (model, choice) => request("POST", "/latents/sample", { json: { model, ...choice } });
+export const cancelJob = (location) => request("DELETE", location);
+export const editWithVectors = (body) => request("POST", "/edit/vector", { json: body });
+export const saveEditVector = (editId, name, description) =>
+  request("POST", "/vectors/from-edit", { json: { edit_id: editId, name, description } });
+
+function formOf(fields) {
+  const form = new FormData();
+  for (const [key, value] of Object.entries(fields)) {
+    if (value === undefined || value === null || value === "") continue;
+    if (Array.isArray(value)) form.append(key, value[0], value[1]); // [blob, filename]
+    else form.append(key, value);
+  }
+  return form;
+}
+
+/** `POST /invert`: a job (202) whose result holds the latent and its images. */
+export const invert = (model, file, { fit, steps } = {}) =>
+  request("POST", "/invert", { form: formOf({ model, image: [file, file.name || "image.png"], fit, steps }) });
+
+/** `POST /edit/optimize`: a job (202) that optimises the latent towards the painted mask. */
+export const optimizeEdit = (latentId, maskBlob, { steps, region } = {}) => {
+  const form = formOf({ latent_id: latentId, mask: [maskBlob, "mask.png"], steps, region });
+  return request("POST", "/edit/optimize", { form });
+};
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Poll `GET /jobs/{id}` until the job is terminal; `onProgress(info)` sees every answer. Resolves with the
+ * finished job's result; rejects with an ApiError for a failed, stopped or cancelled job.
+ */
+export async function waitForJob(location, onProgress, { intervalMs = 250 } = {}) {
+  for (;;) {
+    const info = await request("GET", location);
+    onProgress(info);
+    if (TERMINAL.has(info.status)) {
+      if (info.status === "finished") return info.result;
+      if (info.error) throw new ApiError(200, info.error.code, info.error.message);
+      throw new ApiError(200, "cancelled", `the job was ${info.status}`);
+    }
+    await sleep(intervalMs);
+  }
+}

@@ -1,0 +1,369 @@
+// The editor page: wires the API (api.js) and the painter (canvas/) to the controls of index.html.
+
+import * as api from "./api.js";
+import { labelsFromPng, labelsToPngBlob } from "./canvas/labels.js";
+import { Painter } from "./canvas/painter.js";
+
+const $ = (id) => document.getElementById(id);
+const VECTOR_DEBOUNCE_MS = 150; // real-time vector edits: one request per pause of the slider
+
+const state = {
+  models: [],
+  model: null, // ModelInfo of the model in use
+  source: null, // {latentId, images}: the starting point (inversion, sample or example)
+  result: null, // {kind: "edit" | "vectors", latentId, images, editId}
+  savedVector: null, // VectorInfo of the last vector saved from an edit
+  job: null, // the running job's JobAccepted
+  vectorRequest: 0, // sequence number: answers to older real-time requests are dropped
+  vectorTimer: null,
+};
+const painter = new Painter($("mask-canvas"));
+
+// ---------------------------------------------------------------- messages
+
+function showError(err) {
+  const p = document.createElement("p");
+  p.className = "error";
+  p.textContent = err instanceof api.ApiError ? `${err.code}: ${err.message}` : `error: ${err.message || err}`;
+  const dismiss = document.createElement("button");
+  dismiss.type = "button";
+  dismiss.textContent = "Dismiss";
+  dismiss.addEventListener("click", () => p.remove());
+  p.append(dismiss);
+  $("messages").append(p);
+  console.error(err);
+}
+
+function clearErrors() {
+  $("messages").replaceChildren();
+}
+
+/** Run an event handler; any failure becomes a message on the page, never a silent one. */
+function guarded(handler) {
+  return async (event) => {
+    event?.preventDefault?.();
+    try {
+      await handler(event);
+    } catch (err) {
+      if (err.code !== "cancelled") showError(err); // a cancelled job is reported by the progress line
+    } finally {
+      refreshControls();
+    }
+  };
+}
+
+// ---------------------------------------------------------------- controls
+
+function refreshControls() {
+  const busy = state.job !== null;
+  const ready = state.model !== null;
+  const hasSource = state.source !== null;
+  for (const id of ["invert-button", "sample-button"]) $(id).disabled = busy || !ready;
+  $("example-button").disabled = busy || !ready || state.model.examples === 0;
+  $("edit-button").disabled = busy || !hasSource;
+  $("cancel-job").disabled = !busy;
+  $("undo").disabled = !painter.canUndo;
+  $("redo").disabled = !painter.canRedo;
+  $("save-button").disabled = busy || state.result?.kind !== "edit";
+  $("apply-button").disabled = busy || !hasSource || Number($("refine-steps").value) <= 0 || !terms().length;
+  $("download-mask").disabled = !hasSource;
+  for (const slider of document.querySelectorAll("#vector-list input")) slider.disabled = !hasSource;
+  setLink($("download-image"), state.result?.images.image);
+  const v = state.savedVector;
+  setLink($("download-vector"), v && `/vectors/${v.model}/${v.name}/npy?version=${v.version}`);
+  if (v) $("download-vector").download = `${v.name}@${v.version}.npy`;
+}
+
+function setLink(anchor, href) {
+  if (href) anchor.href = href;
+  else anchor.removeAttribute("href");
+  anchor.setAttribute("aria-disabled", String(!href));
+}
+
+function setZoom() {
+  document.documentElement.style.setProperty("--zoom", $("zoom").value);
+  $("zoom-value").textContent = `${$("zoom").value}x`;
+}
+
+// ---------------------------------------------------------------- jobs
+
+function showProgress(label, info) {
+  const { stage, step, total } = info.progress;
+  const percent = info.status === "finished" ? 100 : total ? Math.floor((100 * step) / total) : 0;
+  $("job-progress").value = percent;
+  const where = info.status === "queued" ? `queued (position ${info.queue_position ?? "?"})` : stage;
+  $("job-label").textContent = `${label}: ${where}, step ${step}/${total} (${percent} %)`;
+}
+
+/** Follow a job (202 answer) to its end with the progress bar, then `show` its result. */
+async function runJob(accepted, label, show) {
+  state.job = accepted;
+  setLink($("job-link"), accepted.location);
+  $("job-progress").value = 0;
+  $("job-label").textContent = `${label}: queued`;
+  refreshControls();
+  try {
+    const result = await api.waitForJob(accepted.location, (info) => showProgress(label, info));
+    await show(result);
+    $("job-label").textContent += " - done.";
+  } catch (err) {
+    $("job-label").textContent = `${label}: ${err.code === "cancelled" ? "cancelled" : "failed"}.`;
+    throw err;
+  } finally {
+    state.job = null;
+  }
+}
+
+async function cancelJob() {
+  if (state.job) await api.cancelJob(state.job.location); // the poller then sees the job stop
+}
+
+// ---------------------------------------------------------------- models, palette, vectors
+
+async function loadModels() {
+  const { models } = await api.listModels();
+  state.models = models;
+  $("model").replaceChildren(...models.map((m) => new Option(`${m.name} (${m.resolution} px)`, m.name)));
+  if (!models.length) throw new api.ApiError(0, "no_model", "the service serves no model");
+  await selectModel(models[0].name);
+}
+
+async function selectModel(name) {
+  const model = state.models.find((m) => m.name === name);
+  Object.assign(state, { model, source: null, result: null, savedVector: null });
+  const box = model.content_box;
+  $("model-info").textContent = `${model.classes.length} classes, ${box.width}x${box.height} px`;
+  document.documentElement.style.setProperty("--size", String(box.width));
+  document.documentElement.style.setProperty("--aspect", String(box.width / box.height));
+  $("invert-steps").value = model.default_steps.invert;
+  $("edit-steps").value = model.default_steps.edit;
+  const examples = Array.from({ length: model.examples }, (_, i) => new Option(`Example ${i + 1}`, String(i)));
+  $("example").replaceChildren(...examples);
+  const regions = Object.keys(model.regions).map((r) => new Option(r, r));
+  $("region").replaceChildren(new Option("the classes painted", ""), ...regions);
+  buildPalette(model.classes);
+  for (const id of ["source-image", "uncertainty-image", "before-image", "after-image"]) $(id).removeAttribute("src");
+  painter.clear();
+  $("latent-id").textContent = "none yet";
+  await loadVectors();
+}
+
+function buildPalette(classes) {
+  const items = classes.map((c) => {
+    const label = document.createElement("label");
+    const input = Object.assign(document.createElement("input"), { type: "radio", name: "class", value: c.id });
+    const chip = Object.assign(document.createElement("span"), { className: "chip" });
+    chip.style.background = c.color;
+    label.append(input, chip, ` ${c.name}`);
+    label.dataset.classId = c.id;
+    input.addEventListener("change", () => (painter.cls = c.id));
+    return label;
+  });
+  $("palette").replaceChildren(Object.assign(document.createElement("legend"), { textContent: "Class" }), ...items);
+  const first = classes.find((c) => c.id !== 0) || classes[0];
+  selectClass(first.id);
+}
+
+function selectClass(id) {
+  painter.cls = id;
+  const input = $("palette").querySelector(`input[value="${id}"]`);
+  if (input) input.checked = true;
+}
+
+async function loadVectors() {
+  const { vectors } = await api.listVectors(state.model.name);
+  const rows = vectors.map((v) => {
+    const row = Object.assign(document.createElement("div"), { className: "vector" });
+    const id = `vector-${v.name}`;
+    const label = Object.assign(document.createElement("label"), { htmlFor: id, textContent: v.name });
+    label.title = v.description || v.name;
+    const [min, max] = v.scale_range;
+    const slider = Object.assign(document.createElement("input"), { type: "range", id, min, max, step: 0.05 });
+    slider.value = 0;
+    slider.dataset.vector = v.name;
+    slider.setAttribute("aria-description", v.description || `${v.source} vector`);
+    const value = Object.assign(document.createElement("output"), { textContent: "0.00" });
+    value.htmlFor = id;
+    slider.addEventListener("input", () => {
+      value.textContent = Number(slider.value).toFixed(2);
+      scheduleVectorEdit();
+    });
+    const npy = Object.assign(document.createElement("a"), { textContent: ".npy", download: `${v.name}.npy` });
+    npy.href = `/vectors/${v.model}/${v.name}/npy`;
+    npy.setAttribute("aria-label", `Download ${v.name} as .npy`);
+    row.append(label, slider, value, npy);
+    return row;
+  });
+  $("vector-list").replaceChildren(...rows);
+}
+
+function terms() {
+  const sliders = document.querySelectorAll("#vector-list input");
+  return [...sliders]
+    .filter((s) => Number(s.value) !== 0)
+    .map((s) => ({ vector: s.dataset.vector, scale: Number(s.value) }));
+}
+
+// ---------------------------------------------------------------- the starting latent
+
+async function showSource(result) {
+  const { images } = result;
+  const labels = await labelsFromPng(images.segmentation);
+  state.source = { latentId: result.latent_id, images };
+  state.result = null;
+  state.vectorRequest++; // a real-time answer still on its way belongs to the previous latent
+  painter.load(labels, state.model.classes);
+  $("source-image").src = images.image;
+  $("uncertainty-image").src = images.uncertainty;
+  $("before-image").src = images.image;
+  $("after-image").removeAttribute("src");
+  $("after-caption").textContent = "After";
+  $("latent-id").textContent = result.latent_id;
+  for (const slider of document.querySelectorAll("#vector-list input")) slider.value = 0;
+  for (const out of document.querySelectorAll("#vector-list output")) out.textContent = "0.00";
+}
+
+async function embedUpload() {
+  const file = $("image-file").files[0];
+  if (!file) throw new api.ApiError(0, "no_file", "choose an image file first");
+  clearErrors();
+  const options = { fit: $("fit").value, steps: $("invert-steps").value };
+  const accepted = await api.invert(state.model.name, file, options);
+  await runJob(accepted, "Embedding", showSource);
+}
+
+async function loadSample(choice) {
+  clearErrors();
+  const result = await api.sampleLatent(state.model.name, choice);
+  await showSource(result);
+  $("job-label").textContent = result.seed !== null ? `Random sample, seed ${result.seed}.` : "Example loaded.";
+}
+
+// ---------------------------------------------------------------- editing
+
+function showResult(kind, result, caption) {
+  state.result = { kind, latentId: result.latent_id, images: result.images, editId: result.vector?.edit_id };
+  $("after-image").src = result.images.image;
+  $("after-caption").textContent = caption;
+}
+
+async function runEdit() {
+  if (!painter.changedPixels) {
+    throw new api.ApiError(0, "nothing_painted", "paint the segmentation first: the mask equals the model's");
+  }
+  clearErrors();
+  const mask = await labelsToPngBlob(painter.labels, state.model.classes);
+  const options = { steps: $("edit-steps").value, region: $("region").value };
+  const accepted = await api.optimizeEdit(state.source.latentId, mask, options);
+  const show = (result) => showResult("edit", result, `After (edit, ${result.metrics.steps} steps)`);
+  await runJob(accepted, "Editing", show);
+}
+
+async function saveVector() {
+  const name = $("vector-name").value.trim();
+  const info = await api.saveEditVector(state.result.editId, name, $("vector-description").value);
+  state.savedVector = info;
+  $("job-label").textContent = `Saved vector ${info.name} (version ${info.version}).`;
+  const scales = new Map(terms().map((t) => [t.vector, t.scale]));
+  await loadVectors();
+  for (const slider of document.querySelectorAll("#vector-list input")) {
+    slider.value = scales.get(slider.dataset.vector) ?? 0;
+    slider.nextElementSibling.textContent = Number(slider.value).toFixed(2);
+  }
+}
+
+function scheduleVectorEdit() {
+  refreshControls();
+  if (Number($("refine-steps").value) > 0 || !state.source) return; // refinement waits for the button
+  clearTimeout(state.vectorTimer);
+  state.vectorTimer = setTimeout(guarded(applyVectors), VECTOR_DEBOUNCE_MS);
+}
+
+async function applyVectors() {
+  const chosen = terms();
+  const seq = ++state.vectorRequest;
+  if (!chosen.length) {
+    state.result = null;
+    $("after-image").removeAttribute("src");
+    return;
+  }
+  const refineSteps = Number($("refine-steps").value);
+  const body = { latent_id: state.source.latentId, vectors: chosen, refine_steps: refineSteps };
+  const caption = `After (${chosen.map((t) => `${t.vector} ${t.scale}`).join(", ")})`;
+  if (refineSteps > 0) {
+    const accepted = await api.editWithVectors(body);
+    await runJob(accepted, "Refining", (result) => showResult("vectors", result, `${caption}, refined`));
+    return;
+  }
+  const result = await api.editWithVectors({ ...body, outputs: ["image", "segmentation"] });
+  if (seq === state.vectorRequest) showResult("vectors", result, caption); // a newer request supersedes it
+}
+
+async function downloadMask() {
+  const blob = await labelsToPngBlob(painter.labels, state.model.classes);
+  const url = URL.createObjectURL(blob);
+  const anchor = Object.assign(document.createElement("a"), { href: url, download: "mask.png" });
+  document.body.append(anchor);
+  anchor.click();
+  anchor.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+// ---------------------------------------------------------------- wiring
+
+const TOOL_KEYS = { b: "brush", f: "fill", i: "eyedropper", e: "erase" };
+
+function onKey(event) {
+  if (event.target.matches('input[type="text"], input[type="number"], input:not([type]), textarea')) return;
+  const key = event.key.toLowerCase();
+  const ctrl = event.ctrlKey || event.metaKey;
+  if (ctrl && (key === "y" || (key === "z" && event.shiftKey))) painter.redo();
+  else if (ctrl && key === "z") painter.undo();
+  else if (!ctrl && TOOL_KEYS[key]) document.querySelector(`input[name="tool"][value="${TOOL_KEYS[key]}"]`).click();
+  else return;
+  event.preventDefault();
+}
+
+function wire() {
+  $("model").addEventListener("change", guarded(() => selectModel($("model").value)));
+  $("upload-form").addEventListener("submit", guarded(embedUpload));
+  $("sample-button").addEventListener("click", guarded(() => loadSample({})));
+  $("example-button").addEventListener("click", guarded(() => loadSample({ example: Number($("example").value) })));
+  $("cancel-job").addEventListener("click", guarded(cancelJob));
+  $("edit-form").addEventListener("submit", guarded(runEdit));
+  $("save-form").addEventListener("submit", guarded(saveVector));
+  $("apply-button").addEventListener("click", guarded(applyVectors));
+  $("reset-scales").addEventListener("click", () => {
+    for (const slider of document.querySelectorAll("#vector-list input")) slider.value = 0;
+    for (const out of document.querySelectorAll("#vector-list output")) out.textContent = "0.00";
+    scheduleVectorEdit();
+  });
+  $("refine-steps").addEventListener("input", refreshControls);
+  $("download-mask").addEventListener("click", guarded(downloadMask));
+  $("undo").addEventListener("click", () => painter.undo());
+  $("redo").addEventListener("click", () => painter.redo());
+  $("reset-mask").addEventListener("click", () => painter.resetToOriginal());
+  for (const radio of document.querySelectorAll('input[name="tool"]')) {
+    radio.addEventListener("change", () => (painter.tool = radio.value));
+  }
+  $("brush-size").addEventListener("input", () => {
+    painter.size = Number($("brush-size").value);
+    $("brush-size-value").textContent = $("brush-size").value;
+  });
+  $("brush-shape").addEventListener("change", () => (painter.shape = $("brush-shape").value));
+  $("opacity").addEventListener("input", () => ($("mask-canvas").style.opacity = $("opacity").value));
+  $("zoom").addEventListener("input", setZoom);
+  painter.addEventListener("change", () => {
+    $("painted").textContent = `${painter.changedPixels} pixels painted.`;
+    refreshControls();
+  });
+  painter.addEventListener("pick", (e) => {
+    selectClass(e.detail);
+    document.querySelector('input[name="tool"][value="brush"]').click(); // back to painting with it
+  });
+  document.addEventListener("keydown", onKey);
+}
+
+wire();
+setZoom();
+guarded(loadModels)().then(() => document.body.setAttribute("data-ready", "true")); // tests wait for it

@@ -1,0 +1,56 @@
+"""Cancelling an edit from the page, and the API's `{code, message}` errors shown as readable messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+from selenium.webdriver.common.by import By
+
+from tests.web.page import EditorPage
+
+
+def test_api_errors_show_in_the_page_and_a_running_edit_can_be_cancelled(
+    page: EditorPage, api: httpx.Client, tmp_path: Path
+) -> None:
+    model: dict[str, Any] = api.get("/models").json()["models"][0]
+    page.open()
+
+    # An upload that is not an image: the gateway's 415 reaches the person as its code and message.
+    fake = tmp_path / "not-an-image.png"
+    fake.write_text("just text")
+    page.el("image-file").send_keys(str(fake))
+    page.click("invert-button")
+    message = page.wait(page.messages, what="an error message")
+    assert message.startswith("unsupported_media_type: ") and "Dismiss" in message
+    assert page.text("latent-id") == "none yet"
+    page.driver.find_element(By.CSS_SELECTOR, "#messages button").click()
+    assert page.messages() == ""
+
+    # Editing an unpainted mask is refused in the page, with a message, before anything is sent.
+    page.click("sample-button")
+    page.wait(lambda: page.text("latent-id").startswith("lat_"), what="a random sample")
+    page.click("edit-button")
+    assert page.wait(page.messages, what="a message").startswith("nothing_painted: ")
+    page.driver.find_element(By.CSS_SELECTOR, "#messages button").click()
+
+    # A long edit: the bar follows the job's own progress, and Cancel stops it at its next step.
+    page.choose_class("hair")
+    page.stroke([(20, 2), (44, 2)])
+    page.fill("edit-steps", "2000")
+    page.click("edit-button")
+    page.wait(lambda: 0 < page.progress() < 100, 120, "progress between 0 and 100 %")
+    shown = page.progress()
+    job = api.get(page.attr("job-link", "href") or "").json()
+    assert job["kind"] == "optimize" and job["status"] == "started" and job["progress"]["total"] == 2000
+    assert shown <= 100 * job["progress"]["step"] / 2000  # the page shows what the job reported, never ahead
+    page.click("cancel-job")
+    assert page.wait_job("Editing", timeout=60) == "Editing: cancelled."
+    job = api.get(page.attr("job-link", "href") or "").json()
+    assert job["status"] == "stopped" and job["error"]["code"] == "cancelled"
+    assert job["progress"]["step"] < 2000
+    assert page.attr("after-image", "src") is None and page.messages() == ""  # a cancel is not an error
+    assert page.el("edit-button").is_enabled() and not page.el("cancel-job").is_enabled()
+    page.screenshot("cancelled")
+    assert model["name"] in page.text("model")
