@@ -414,7 +414,12 @@ def _eval(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     bundle = load_bundle(args.bundle)
-    config = EvalConfig(images=args.images, edit_images=args.edit_images, invert_steps=args.invert_steps)
+    config = EvalConfig(
+        images=args.images,
+        edit_images=args.edit_images,
+        invert_steps=args.invert_steps,
+        ablation_images=args.ablation_images,
+    )
 
     def progress(stage: str, done: int, total: int) -> None:
         print(f"editgan eval: {stage} {done}/{total}", file=sys.stderr, flush=True)
@@ -557,6 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=50, help="held-out images (inversion, KID, vectors)")
     p.add_argument("--edit-images", type=int, default=10, help="images for the mask-driven optimisation edits")
     p.add_argument("--invert-steps", type=int, default=None, help="default: the bundle's")
+    p.add_argument(
+        "--ablation-images", type=int, default=10, help="images also inverted with pixel MSE alone (0: skip)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_eval)
 
