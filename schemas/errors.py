@@ -23,6 +23,12 @@ class ErrorCode(StrEnum):
     job_not_found = "job_not_found"
     job_not_cancellable = "job_not_cancellable"  # already finished, failed or stopped
     model_mismatch = "model_mismatch"  # latent or vector of another model
+    unauthorized = "unauthorized"  # API keys are on and the request carries none (401)
+    forbidden = "forbidden"  # wrong API key, or the job, latent or image belongs to another key (403)
+    rate_limited = "rate_limited"  # over EDITGAN_RATE_LIMIT; see Retry-After (429)
+    queue_full = "queue_full"  # over EDITGAN_MAX_QUEUED_JOBS or EDITGAN_MAX_QUEUED_PER_KEY; see Retry-After (429)
+    idempotency_key_reused = "idempotency_key_reused"  # same Idempotency-Key, different request (422)
+    idempotency_in_progress = "idempotency_in_progress"  # the first request with this key is still running (409)
     not_found = "not_found"  # unknown route
     method_not_allowed = "method_not_allowed"
     unavailable = "unavailable"  # Redis unreachable or no model loaded; retry later

@@ -67,6 +67,28 @@ class Settings(BaseSettings):
     editgan_max_image_pixels: int = Field(
         40_000_000, ge=4096, description="Largest accepted image (width x height), checked before decoding."
     )
+    editgan_api_keys: str | None = Field(
+        None,
+        description="API keys, comma-separated, each `secret` or `name:secret` (a name keeps ownership across "
+        "a rotation), or the path of a file with one per line. Unset: no authentication.",
+    )
+    editgan_public_reads: bool = Field(
+        True,
+        description="With keys on: GET of models, vectors and health/metrics needs no key (jobs, latents and "
+        "results always do).",
+    )
+    editgan_cors_origins: str = Field(
+        "", description="Origins allowed by CORS, comma-separated (e.g. https://app.example). Empty: CORS closed."
+    )
+    editgan_rate_limit: int = Field(
+        0, ge=0, description="Requests per minute per API key (per client address without one); 0: unlimited."
+    )
+    editgan_max_queued_jobs: int = Field(
+        1000, ge=1, description="Most jobs waiting in the queue; past it job requests get 429 and Retry-After."
+    )
+    editgan_max_queued_per_key: int = Field(
+        100, ge=1, description="Most unfinished (queued or running) jobs per API key; past it 429 and Retry-After."
+    )
     editgan_lpips_backbone: Path | None = Field(
         None, description="Torchvision VGG16/AlexNet weights for bundles that use the official LPIPS."
     )
@@ -74,7 +96,7 @@ class Settings(BaseSettings):
     editgan_port: int = Field(8000, ge=1, le=65535, description="Port the gateway binds.")
     editgan_log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
-    @field_validator("redis_url", "editgan_threads", "editgan_lpips_backbone", mode="before")
+    @field_validator("redis_url", "editgan_threads", "editgan_lpips_backbone", "editgan_api_keys", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value  # `REDIS_URL=` in a compose file or shell means "not set"

@@ -8,7 +8,8 @@ import logging
 from collections.abc import AsyncIterator
 
 import torch
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from redis import Redis
@@ -16,10 +17,13 @@ from starlette.concurrency import run_in_threadpool
 
 from engine import Bundle, EngineError
 from schemas.settings import Settings
+from service.auth import Authenticator, parse_keys
 from service.batching import render_batcher
+from service.deps import authenticate
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
 from service.metrics import MetricsMiddleware, ServiceMetrics, record_error
+from service.ratelimit import RateLimiter
 from service.routes import editor, edits, health, jobs, latents, models, vectors
 from service.state import Services
 from workers.models import load_models, resolve_device
@@ -49,6 +53,7 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
     if settings.redis_url is None:
         raise EngineError("the gateway needs REDIS_URL (`editgan up` starts an embedded Redis and sets it)")
     redis_url = settings.redis_url
+    keys = parse_keys(settings.editgan_api_keys)  # a missing key file or a short key stops start-up here
 
     def connect() -> Redis:
         return Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
@@ -101,8 +106,11 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
         "Long operations are jobs: poll `GET /jobs/{id}`. Errors are `{code, message}`.",
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
+        dependencies=[Depends(authenticate)],  # every route; /static and /docs hold no data
     )
     app.state.metrics = metrics
+    app.state.auth = Authenticator(keys, public_reads=settings.editgan_public_reads)
+    app.state.rate_limiter = RateLimiter(settings.editgan_rate_limit) if settings.editgan_rate_limit else None
     install_error_handlers(app, on_error=lambda code, status: record_error(metrics, code, status))
     for router in (edits.router, jobs.router, models.router, vectors.router, latents.router, health.router):
         app.include_router(router)
@@ -110,4 +118,14 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
     app.mount("/static", StaticFiles(directory=editor.STATIC_DIR), name="static")  # the web editor's files
     app.add_middleware(BodyLimitMiddleware, limit=settings.editgan_max_upload_bytes + 64 * 1024)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    origins = [o.strip() for o in settings.editgan_cors_origins.split(",") if o.strip()]
+    if origins:  # closed by default: browsers refuse cross-origin calls unless an origin is named
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
+            expose_headers=["Location", "Retry-After", "Idempotent-Replayed", "X-Model"],
+            allow_credentials=False,  # keys travel in headers, never cookies
+        )
     return app

@@ -607,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run directory; an existing checkpoint is resumed")
     p.add_argument("--perceptual", type=Path, default=None, help="`train perceptual` output (default: random CNN)")
     p.add_argument("--kimg", type=float, default=30.0, help="total length in thousands of images (all sessions)")
-    p.add_argument("--init-from", type=Path, default=None, help="start a new run from another run's encoder")
+    p.add_argument("--init-from", type=Path, default=None, help="start from another run's or a bundle's encoder")
     p.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this much time")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--log-seconds", type=float, default=30.0, help="seconds between progress lines")

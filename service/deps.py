@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
+from service.auth import Authenticator, Caller, presented_key
+from service.ratelimit import RateLimiter
 from service.state import Services
 
+UNLIMITED_PATHS = ("/healthz", "/readyz", "/metrics")  # probes and scrapers are not rate limited
 
-def get_services(request: Request) -> Services:
+
+def authenticate(
+    request: Request,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Caller:
+    """Who calls (401/403 when a key is needed and missing or wrong); then their rate limit (429)."""
+    auth: Authenticator = request.app.state.auth
+    client = request.client.host if request.client else "unknown"
+    caller = auth.identify(request.method, request.url.path, presented_key(authorization, x_api_key), client)
+    limiter: RateLimiter | None = request.app.state.rate_limiter
+    if limiter is not None and request.url.path not in UNLIMITED_PATHS:
+        limiter.check(request.app.state.services.redis, caller.rate_id)
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
+def get_services(request: Request, caller: CallerDep) -> Services:
+    """The gateway's services as this caller sees them: the store reads and writes as its owner."""
     services: Services = request.app.state.services
-    return services
+    return dataclasses.replace(services, store=services.store.scoped(caller.owner), owner=caller.owner)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

@@ -15,7 +15,7 @@ from schemas.errors import ErrorBody, ErrorCode
 from service.uploads import PayloadTooLargeError, UnsupportedMediaError
 from workers.queue import JobNotCancellableError, JobNotFoundError
 from workers.registry import ReadOnlyVectorError, VectorNotFoundError
-from workers.store import NotFoundError
+from workers.store import ForbiddenError, NotFoundError
 from workers.vectors import ModelMismatchError
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ def classify(exc: Exception) -> tuple[int, ErrorCode, str]:
         case NotFoundError():
             code = {"latent": ErrorCode.latent_not_found, "image": ErrorCode.image_not_found}.get(exc.kind)
             return 404, code or ErrorCode.not_found, str(exc)
+        case ForbiddenError():
+            return 403, ErrorCode.forbidden, str(exc)
         case VectorNotFoundError():
             return 404, ErrorCode.vector_not_found, str(exc)
         case JobNotFoundError():
@@ -74,6 +76,7 @@ KNOWN: tuple[type[Exception], ...] = (
     EngineError,
     PayloadTooLargeError,
     NotFoundError,
+    ForbiddenError,
     VectorNotFoundError,
     JobNotFoundError,
     ReadOnlyVectorError,

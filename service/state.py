@@ -28,6 +28,8 @@ class Services:
     # One per model: synchronous renders of a model run in its batcher's thread, concurrent ones in one
     # batched pass (service/batching.py), never two engine calls of a model at once.
     batchers: dict[str, MicroBatcher[Tensor, Rendering]] = field(default_factory=dict)
+    # The caller's owner id (service/auth.py); None with keys off. Per request, `store` is scoped to it.
+    owner: str | None = None
 
     def bundle(self, name: str | None) -> Bundle:
         """The named model; without a name, the only one served."""

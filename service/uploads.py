@@ -8,6 +8,7 @@ palette; unknown colours are an error, never background.
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import torch
@@ -42,6 +43,30 @@ def read_limited(upload: UploadFile, limit: int, what: str) -> bytes:
     if size == 0:
         raise InputError(f"{what} is empty")
     return b"".join(parts)
+
+
+def check_npy_header(data: bytes, what: str) -> None:
+    """Refuse a `.npy` whose header claims more data than the file holds, before numpy reads it: np.load
+    allocates the claimed shape first, so a 100-byte file could ask for terabytes (a MemoryError, a 500)."""
+    buf = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buf)
+    except ValueError:
+        return  # not a .npy: the engine's reader refuses it with its own message
+    try:
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(buf)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(buf)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, SyntaxError, TypeError) as exc:
+        raise InputError(f"{what}: unreadable .npy header ({exc})") from exc
+    if dtype.hasobject:
+        return  # pickled objects, not a fixed size: refused by the engine's reader (allow_pickle=False)
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed > len(data) - buf.tell():
+        raise InputError(f"{what}: the .npy header claims {claimed} bytes of data, the file holds fewer")
 
 
 def _open(data: bytes, formats: tuple[str, ...], max_pixels: int, what: str) -> Image.Image:

@@ -6,6 +6,7 @@ and the worker's shutdown flag. Engine errors are recorded as `{code, message}` 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +35,7 @@ from workers.queue import stop_key
 from workers.registry import ReadOnlyVectorError, VectorNotFoundError
 from workers.results import publish, rendering_arrays
 from workers.runtime import Runtime, current
-from workers.store import NotFoundError
+from workers.store import ForbiddenError, NotFoundError
 from workers.vectors import ModelMismatchError, resolve, save_vector
 
 PROGRESS_INTERVAL = 0.25  # seconds between job.meta writes; the final step is always written
@@ -86,14 +87,18 @@ ERRORS: dict[type[Exception], str] = {
     VectorNotFoundError: "vector_not_found",
     ReadOnlyVectorError: "vector_read_only",
     ModelMismatchError: "model_mismatch",
+    ForbiddenError: "forbidden",
 }
+HANDLED: tuple[type[Exception], ...] = (EngineError, *ERRORS)  # recorded as the job's {code, message}
 
 
 @contextmanager
-def _job_context() -> Iterator[tuple[Runtime, Job, Reporter]]:
+def _job_context(payload: dict[str, Any]) -> Iterator[tuple[Runtime, Job, Reporter]]:
     runtime, job = current(), get_current_job()
     if job is None:
         raise RuntimeError("job functions run inside an rq worker")
+    # The job reads and writes as the API key that submitted it (None: keys off).
+    runtime = dataclasses.replace(runtime, store=runtime.store.scoped(payload.get("owner")))
     reporter = Reporter(job, runtime)
     reporter.stage("loading")
     try:
@@ -102,7 +107,7 @@ def _job_context() -> Iterator[tuple[Runtime, Job, Reporter]]:
         if reporter.shutdown:
             raise ShutdownRequestedError("the worker is shutting down") from None
         raise
-    except (EngineError, NotFoundError, VectorNotFoundError, ReadOnlyVectorError, ModelMismatchError) as exc:
+    except HANDLED as exc:
         code = getattr(exc, "code", None) or ERRORS.get(type(exc), "invalid_input")
         if isinstance(exc, NotFoundError):
             code = "latent_not_found" if exc.kind == "latent" else "invalid_input"
@@ -138,7 +143,7 @@ def _steps(payload: dict[str, Any]) -> dict[str, Any]:
 
 def run_invert(payload: dict[str, Any]) -> dict[str, Any]:
     """{model, upload_id, steps?} -> InvertResult."""
-    with _job_context() as (rt, _, reporter):
+    with _job_context(payload) as (rt, _, reporter):
         bundle = _bundle(rt, payload["model"])
         canvas = torch.from_numpy(_upload(rt, payload["upload_id"]).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
         start = time.perf_counter()
@@ -168,7 +173,7 @@ def run_invert(payload: dict[str, Any]) -> dict[str, Any]:
 
 def run_optimize(payload: dict[str, Any]) -> dict[str, Any]:
     """{model, latent_id, mask_id, region?, steps?, save_vector_as?, description} -> OptimizeEditResult."""
-    with _job_context() as (rt, _, reporter):
+    with _job_context(payload) as (rt, _, reporter):
         bundle = _bundle(rt, payload["model"])
         w = _latent(rt, bundle, payload["latent_id"])
         mask = torch.from_numpy(_upload(rt, payload["mask_id"]).astype(np.int64))
@@ -213,7 +218,7 @@ def run_optimize(payload: dict[str, Any]) -> dict[str, Any]:
 
 def run_refine(payload: dict[str, Any]) -> dict[str, Any]:
     """{model, latent_id, vectors: [{vector, scale}], refine_steps, outputs} -> VectorEditResult."""
-    with _job_context() as (rt, _, reporter):
+    with _job_context(payload) as (rt, _, reporter):
         bundle = _bundle(rt, payload["model"])
         w = _latent(rt, bundle, payload["latent_id"])
         terms = [VectorTerm.model_validate(t) for t in payload["vectors"]]

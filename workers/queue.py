@@ -23,7 +23,7 @@ from schemas.edits import InvertResult, OptimizeEditResult, VectorEditResult
 from schemas.errors import ErrorBody, ErrorCode
 from schemas.jobs import JobInfo, JobKind, JobProgress, JobStatus
 from schemas.settings import Settings
-from workers.store import PREFIX
+from workers.store import PREFIX, ForbiddenError
 
 FUNCTIONS = {
     JobKind.invert: "workers.jobs.run_invert",
@@ -54,8 +54,17 @@ def job_queue(redis: Redis, settings: Settings) -> Queue:
     return Queue(settings.editgan_queue, connection=redis, serializer=JSONSerializer)
 
 
-def enqueue(queue: Queue, settings: Settings, kind: JobKind, model: str, payload: dict[str, Any]) -> Job:
-    """Queue one job; failures of a dying worker are retried `EDITGAN_JOB_RETRIES` times."""
+def enqueue(
+    queue: Queue, settings: Settings, kind: JobKind, model: str, payload: dict[str, Any], owner: str | None = None
+) -> Job:
+    """Queue one job; failures of a dying worker are retried `EDITGAN_JOB_RETRIES` times.
+
+    `owner` (API keys on) goes into the meta, so only its key reads the job, and into the payload, so the
+    worker stores the job's latents and images as that owner's.
+    """
+    meta: dict[str, Any] = {"kind": kind.value, "model": model, "progress": JobProgress().model_dump()}
+    if owner is not None:
+        meta["owner"], payload = owner, payload | {"owner": owner}
     return queue.enqueue(
         FUNCTIONS[kind],
         payload,
@@ -64,15 +73,19 @@ def enqueue(queue: Queue, settings: Settings, kind: JobKind, model: str, payload
         failure_ttl=settings.editgan_result_ttl,
         ttl=settings.editgan_result_ttl,  # longest wait in the queue
         retry=Retry(max=settings.editgan_job_retries) if settings.editgan_job_retries else None,
-        meta={"kind": kind.value, "model": model, "progress": JobProgress().model_dump()},
+        meta=meta,
     )
 
 
-def fetch(redis: Redis, job_id: str) -> Job:
+def fetch(redis: Redis, job_id: str, owner: str | None = None) -> Job:
+    """The job; ForbiddenError when it was submitted with another API key than `owner`'s."""
     try:
-        return Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+        job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
     except NoSuchJobError:
         raise JobNotFoundError(job_id) from None
+    if job.meta.get("owner") not in (None, owner):
+        raise ForbiddenError("job", job_id)
+    return job
 
 
 def _error(job: Job, status: JobStatus) -> ErrorBody | None:

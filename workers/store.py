@@ -1,8 +1,9 @@
 """Short-lived data in Redis with a TTL: latents, result images, uploads and unsaved edit vectors.
 
 Tensors are stored as `.npy` bytes (float32, never pickled) in a hash beside the model they belong to;
-images as PNG bytes. Every key of the project's Redis layout that is not rq's is defined here or in
-`workers.registry`.
+images as PNG bytes. With API keys on, every item records its owner (a hash of the key's id, never the key)
+and a store scoped to another owner refuses to read it: ids are unguessable but not secrets. Every key of
+the project's Redis layout that is not rq's is defined here or in `workers.registry`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ class NotFoundError(LookupError):
 
     def __init__(self, kind: str, item_id: str) -> None:
         super().__init__(f"{kind} {item_id!r} does not exist or has expired")
+        self.kind = kind
+        self.item_id = item_id
+
+
+class ForbiddenError(PermissionError):
+    """The item exists but belongs to another API key."""
+
+    def __init__(self, kind: str, item_id: str) -> None:
+        super().__init__(f"{kind} {item_id!r} belongs to another API key")
         self.kind = kind
         self.item_id = item_id
 
@@ -60,23 +70,38 @@ def _npy(array: np.ndarray) -> bytes:
 
 
 class Store:
-    """Typed access to the TTL'd keys; `ttl` in seconds applies to every write."""
+    """Typed access to the TTL'd keys; `ttl` in seconds applies to every write.
 
-    def __init__(self, redis: Redis, ttl: int, prefix: str = PREFIX) -> None:
+    `owner` (None: no API keys) is written with every item and must match on every read: items written
+    without an owner are readable by anyone, items with one only by a store scoped to that owner.
+    """
+
+    def __init__(self, redis: Redis, ttl: int, prefix: str = PREFIX, owner: str | None = None) -> None:
         self.redis = redis
         self.ttl = ttl
         self.prefix = prefix
+        self.owner = owner
+
+    def scoped(self, owner: str | None) -> Store:
+        """The same store, reading and writing as `owner`."""
+        return Store(self.redis, self.ttl, self.prefix, owner)
 
     def _key(self, kind: str, item_id: str) -> str:
         return f"{self.prefix}:{kind}:{item_id}"
+
+    def _check_owner(self, kind: str, item_id: str, owner: bytes | str | None) -> None:
+        if owner is not None and as_str(owner) != self.owner:
+            raise ForbiddenError(kind, item_id)
 
     # ------------------------------------------------------------------ arrays: latents, edit vectors
 
     def _put_array(self, kind: str, id_prefix: str, model: str, array: np.ndarray, meta: dict[str, str]) -> str:
         item_id = new_id(id_prefix)
         key = self._key(kind, item_id)
+        fields: dict[str, str | bytes] = {"model": model, "npy": _npy(array)}
+        fields |= {f"meta:{k}": v for k, v in meta.items()} | ({"owner": self.owner} if self.owner else {})
         with self.redis.pipeline() as pipe:  # MULTI/EXEC: the hash and its TTL land together
-            pipe.hset(key, mapping={"model": model, "npy": _npy(array), **{f"meta:{k}": v for k, v in meta.items()}})
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
             pipe.expire(key, self.ttl)
             pipe.execute()
         return item_id
@@ -86,6 +111,7 @@ class Store:
         if not raw:
             raise NotFoundError(kind, item_id)
         fields = {as_str(k): as_bytes(v) for k, v in raw.items()}
+        self._check_owner(kind, item_id, fields.get("owner"))
         meta = {k[5:]: v.decode() for k, v in fields.items() if k.startswith("meta:")}
         return StoredArray(model=fields["model"].decode(), array=read_npy(fields["npy"], what=kind), meta=meta)
 
@@ -108,12 +134,19 @@ class Store:
 
     def put_png(self, png: bytes, kind: str = "image") -> str:
         item_id = new_id("img" if kind == "image" else "upl")
-        self.redis.set(self._key(kind, item_id), png, ex=self.ttl)
+        key = self._key(kind, item_id)
+        with self.redis.pipeline() as pipe:  # the owner lands with the image, and expires with it
+            pipe.set(key, png, ex=self.ttl)
+            if self.owner:
+                pipe.set(f"{key}:owner", self.owner, ex=self.ttl)
+            pipe.execute()
         return item_id
 
     def get_png(self, item_id: str, kind: str = "image") -> bytes:
-        data = self.redis.get(self._key(kind, item_id))
+        key = self._key(kind, item_id)
+        data, owner = self.redis.mget([key, f"{key}:owner"])
         if data is None:
             raise NotFoundError(kind, item_id)
+        self._check_owner(kind, item_id, owner)
         assert isinstance(data, bytes)
         return data

@@ -142,6 +142,17 @@ def load_trained_encoder(out_dir: Path) -> tuple[Encoder, dict[str, Any]]:
     return encoder.eval().requires_grad_(False), meta
 
 
+def _bundle_encoder(bundle_dir: Path) -> Encoder:
+    from engine.bundle import load_bundle  # the bundle module is heavy and only this path needs it
+
+    bundle = load_bundle(bundle_dir)
+    if bundle.encoder is None:
+        raise BundleError(f"{bundle_dir} holds no encoder to start from")
+    encoder = Encoder(bundle.encoder.config)
+    encoder.load_state_dict(bundle.encoder.state_dict())
+    return encoder.requires_grad_(True)
+
+
 def train_encoder(
     generator: Generator,
     perceptual: PerceptualLoss,
@@ -161,7 +172,8 @@ def train_encoder(
     `source` names the generator (e.g. its GAN run and kimg); a resume from another source is refused, since
     an encoder is only meaningful for the generator it was trained against. A new run may start from the
     weights of another run instead (an encoder of an earlier checkpoint of the same GAN: a fine-tune is much
-    shorter than training from scratch): `init_from` names that run's directory.
+    shorter than training from scratch): `init_from` names that run's directory, or a bundle whose encoder to
+    start from (bundles are what is committed; run directories also hold the optimiser state).
     """
     cfg = config or EncoderTrainConfig()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -179,7 +191,10 @@ def train_encoder(
         step = int(meta["step"])
     else:
         meta = {"source": source, "config": dataclasses.asdict(cfg), "seconds": 0.0, "initialised_from": None}
-        if init_from is not None:
+        if init_from is not None and (init_from / "bundle.json").is_file():
+            encoder = _bundle_encoder(init_from)
+            meta["initialised_from"] = f"the encoder of bundle {init_from}"
+        elif init_from is not None:
             encoder, earlier = load_trained_encoder(init_from)
             encoder.requires_grad_(True)
             meta["initialised_from"] = f"{earlier['source']} ({init_from}, step {earlier['step']})"

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Response
+from fastapi import Header, Response
 from rq.job import Job
 
 from schemas.errors import ErrorBody, ErrorCode
 from schemas.jobs import JobAccepted, JobKind, JobStatus
+from service import backpressure, idempotency
 from service.errors import ApiError
+from service.idempotency import Idempotency
 from service.state import Services
 from workers.queue import enqueue
 
@@ -17,10 +19,13 @@ from workers.queue import enqueue
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in (
+        (401, "API keys are on and the request carries none."),
+        (403, "The API key is not valid, or the job, latent or image belongs to another key."),
         (404, "Unknown model, latent, vector, image or job."),
         (413, "Upload over the size or pixel limit."),
         (415, "Upload is not an accepted image format or is corrupt."),
         (422, "Invalid request or input (see `code` and `message`)."),
+        (429, "Rate limit or queue bound reached; see Retry-After."),
         (503, "Redis unreachable or models not loaded; retry later."),
     )
 }
@@ -32,10 +37,49 @@ def check_steps(steps: int | None, services: Services) -> None:
         raise ApiError(422, ErrorCode.invalid_input, f"steps must be <= {limit} (EDITGAN_MAX_STEPS), got {steps}")
 
 
-def submit(services: Services, response: Response, kind: JobKind, model: str, payload: dict[str, Any]) -> JobAccepted:
-    """Queue a job and describe it as a 202 with its Location."""
-    job: Job = enqueue(services.queue, services.settings, kind, model, payload)
-    location = f"/jobs/{job.id}"
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=idempotency.HEADER_PATTERN,
+        description="Retrying with the same key returns the job the first request created (not a second job).",
+    ),
+]
+
+
+def submit(
+    services: Services,
+    response: Response,
+    kind: JobKind,
+    model: str,
+    payload: dict[str, Any],
+    idem: Idempotency | None = None,
+) -> JobAccepted:
+    """Queue a job (within the queue bounds, once per Idempotency-Key) and describe it as a 202 with its Location."""
+    redis, owner, settings = services.redis, services.owner, services.settings
+    replay = idempotency.reserve(redis, owner, idem) if idem else None
+    if replay is not None:
+        response.headers["Idempotent-Replayed"] = "true"
+        accepted = replay
+    else:
+        try:
+            backpressure.check_room(
+                redis,
+                services.queue,
+                owner,
+                max_total=settings.editgan_max_queued_jobs,
+                max_per_key=settings.editgan_max_queued_per_key,
+            )
+            job: Job = enqueue(services.queue, settings, kind, model, payload, owner)
+            backpressure.track(redis, owner, job.id, settings.editgan_result_ttl)
+        except BaseException:
+            if idem:
+                idempotency.release(redis, owner, idem)
+            raise
+        location = f"/jobs/{job.id}"
+        accepted = JobAccepted(job_id=job.id, kind=kind, model=model, status=JobStatus.queued, location=location)
+        if idem:
+            idempotency.record(redis, owner, idem, accepted, settings.editgan_result_ttl)
     response.status_code = 202
-    response.headers["Location"] = location
-    return JobAccepted(job_id=job.id, kind=kind, model=model, status=JobStatus.queued, location=location)
+    response.headers["Location"] = accepted.location
+    return accepted

@@ -24,7 +24,8 @@ from schemas.errors import ErrorCode
 from schemas.jobs import JobAccepted, JobKind
 from service.deps import ServicesDep
 from service.errors import ApiError
-from service.routes.common import ERRORS, check_steps, submit
+from service.idempotency import Idempotency, fingerprint
+from service.routes.common import ERRORS, IdempotencyKey, check_steps, submit
 from service.uploads import decode_canvas, decode_mask, read_limited
 from workers.registry import ReadOnlyVectorError
 from workers.results import png_bytes, publish, rendering_arrays
@@ -41,15 +42,18 @@ def invert_image(
     model: Annotated[str | None, Form(pattern=MODEL_NAME, description="Default: the only model served.")] = None,
     fit: Annotated[Fit, Form(description="How another size or aspect becomes the model's canvas.")] = Fit.crop,
     steps: Annotated[int | None, Form(ge=1, le=5000, description="Optimisation steps (model default).")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted:
     """Embed an image into W+ (encoder, then optimisation): a job whose result holds a latent id."""
     bundle = services.bundle(model)
     check_steps(steps, services)
     data = read_limited(image, services.settings.editgan_max_upload_bytes, "image")
+    asked = {"route": "invert", "image": data, "model": bundle.spec.name, "fit": fit.value, "steps": steps}
+    idem = Idempotency(idempotency_key, fingerprint(**asked)) if idempotency_key else None
     canvas = decode_canvas(data, bundle, fit.value, services.settings.editgan_max_image_pixels)
     upload_id = services.store.put_png(png_bytes(canvas), kind="upload")
     payload = {"model": bundle.spec.name, "upload_id": upload_id, "steps": steps}
-    return submit(services, response, JobKind.invert, bundle.spec.name, payload)
+    return submit(services, response, JobKind.invert, bundle.spec.name, payload, idem)
 
 
 @router.post("/edit/optimize", status_code=202, response_model=JobAccepted)
@@ -64,6 +68,7 @@ def optimize(
         str | None, Form(pattern=VECTOR_NAME, description="Registry name for the vector.")
     ] = None,
     description: Annotated[str, Form(max_length=500)] = "",
+    idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted:
     """Optimise the latent so its segmentation matches the edited mask: a job; yields an editing vector."""
     stored = services.store.get_latent(latent_id)
@@ -75,7 +80,8 @@ def optimize(
         )
     if save_vector_as is not None and save_vector_as in bundle.vectors:
         raise ReadOnlyVectorError(f"{save_vector_as!r} is shipped with model {bundle.spec.name!r}; choose a new name")
-    labels = decode_mask(read_limited(mask, services.settings.editgan_max_upload_bytes, "mask"), bundle)
+    mask_data = read_limited(mask, services.settings.editgan_max_upload_bytes, "mask")
+    labels = decode_mask(mask_data, bundle)
     mask_id = services.store.put_png(png_bytes(labels), kind="upload")
     payload = {
         "model": bundle.spec.name,
@@ -86,7 +92,9 @@ def optimize(
         "save_vector_as": save_vector_as,
         "description": description,
     }
-    return submit(services, response, JobKind.optimize, bundle.spec.name, payload)
+    asked = payload | {"route": "optimize", "mask_id": None, "mask": mask_data}  # the mask's bytes, not its id
+    idem = Idempotency(idempotency_key, fingerprint(**asked)) if idempotency_key else None
+    return submit(services, response, JobKind.optimize, bundle.spec.name, payload, idem)
 
 
 @router.post(
@@ -95,7 +103,7 @@ def optimize(
     responses={202: {"model": JobAccepted, "description": "With `refine_steps` > 0: a refinement job."}},
 )
 def edit_with_vectors(
-    services: ServicesDep, request: VectorEditRequest, response: Response
+    services: ServicesDep, request: VectorEditRequest, response: Response, idempotency_key: IdempotencyKey = None
 ) -> VectorEditResult | JSONResponse:
     """Apply editing vectors at chosen scales: real time (200) without refinement, a job (202) with it."""
     stored = services.store.get_latent(request.latent_id)
@@ -116,8 +124,10 @@ def edit_with_vectors(
             "refine_steps": request.refine_steps,
             "outputs": [o.value for o in request.outputs],
         }
-        accepted = submit(services, response, JobKind.refine, bundle.spec.name, payload)
-        return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers={"Location": accepted.location})
+        idem = Idempotency(idempotency_key, fingerprint(route="refine", **payload)) if idempotency_key else None
+        accepted = submit(services, response, JobKind.refine, bundle.spec.name, payload, idem)
+        headers = {k: v for k, v in response.headers.items() if k in ("location", "idempotent-replayed")}
+        return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers=headers)
 
     w = torch.from_numpy(stored.array)
     start = time.perf_counter()

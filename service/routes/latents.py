@@ -14,7 +14,7 @@ from schemas.errors import ErrorCode
 from service.deps import ServicesDep
 from service.errors import ApiError
 from service.routes.common import ERRORS
-from service.uploads import read_limited
+from service.uploads import check_npy_header, read_limited
 from workers.results import publish, rendering_arrays
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ def upload_latent(
     """Store a W+ latent (for example one of the official release's embeddings) to edit it."""
     bundle = services.bundle(model)
     data = read_limited(file, services.settings.editgan_max_upload_bytes, "latent")
+    check_npy_header(data, "latent")
     w = read_w_plus(data, bundle.spec.n_latent, bundle.spec.generator.style_dim, what="latent")
     latent_id = services.store.put_latent(bundle.spec.name, w.numpy())
     response.headers["Location"] = f"/latents/{latent_id}"

@@ -16,7 +16,7 @@ from service.deps import ServicesDep
 from service.errors import ApiError
 from service.routes.common import ERRORS
 from service.state import Services
-from service.uploads import read_limited
+from service.uploads import check_npy_header, read_limited
 from workers.registry import ReadOnlyVectorError, VectorNotFoundError, VectorRecord
 from workers.vectors import ModelMismatchError, bundle_vector, save_vector
 
@@ -122,6 +122,7 @@ def upload_vector(
     """Store an official `.npy` vector as a new version of `name`."""
     bundle = services.bundle(model)
     data = read_limited(file, services.settings.editgan_max_upload_bytes, "vector")
+    check_npy_header(data, "vector")
     ids = [int(c) for c in classes.split(",")] if classes else None
     if region is None and not ids:
         raise ApiError(422, ErrorCode.invalid_input, "give the vector's class group: `region` or `classes`")

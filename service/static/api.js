@@ -15,6 +15,14 @@ export class ApiError extends Error {
 
 const TERMINAL = new Set(["finished", "failed", "stopped", "canceled"]);
 
+// The API key (when the service has keys on) lives in sessionStorage: it survives a reload, not the tab.
+const KEY_ITEM = "editgan.apiKey";
+export const getApiKey = () => sessionStorage.getItem(KEY_ITEM) || "";
+export function setApiKey(key) {
+  if (key) sessionStorage.setItem(KEY_ITEM, key);
+  else sessionStorage.removeItem(KEY_ITEM);
+}
+
 async function errorOf(response) {
   const text = await response.text();
   try {
@@ -32,6 +40,7 @@ async function errorOf(response) {
  */
 export async function request(method, path, { json, form, raw = false } = {}) {
   const init = { method, headers: { Accept: "application/json" } };
+  if (getApiKey()) init.headers.Authorization = `Bearer ${getApiKey()}`;
   if (json !== undefined) {
     init.body = JSON.stringify(json);
     init.headers["Content-Type"] = "application/json";
@@ -51,9 +60,27 @@ export async function request(method, path, { json, form, raw = false } = {}) {
 
 export const listModels = () => request("GET", "/models");
 export const listVectors = (model) => request("GET", `/vectors?model=${encodeURIComponent(model)}`);
-export const sampleLatent = (model, choice) => request("POST", "/latents/sample", { json: { model, ...choice } });
+
+/**
+ * With a key, result images are readable only with it, and an <img> cannot send headers: fetch each one
+ * with the key and hand the page a blob: URL instead. Without a key the URLs are used as they are.
+ */
+async function withReadableImages(result) {
+  if (!getApiKey() || !result?.images) return result;
+  const entries = Object.entries(result.images).filter(([, url]) => url && !url.startsWith("data:"));
+  await Promise.all(
+    entries.map(async ([name, url]) => {
+      const response = await request("GET", url, { raw: true });
+      result.images[name] = URL.createObjectURL(await response.blob());
+    }),
+  );
+  return result;
+}
+
+export const sampleLatent = (model, choice) =>
+  request("POST", "/latents/sample", { json: { model, ...choice } }).then(withReadableImages);
 export const cancelJob = (location) => request("DELETE", location);
-export const editWithVectors = (body) => request("POST", "/edit/vector", { json: body });
+export const editWithVectors = (body) => request("POST", "/edit/vector", { json: body }).then(withReadableImages);
 export const saveEditVector = (editId, name, description) =>
   request("POST", "/vectors/from-edit", { json: { edit_id: editId, name, description } });
 
@@ -88,7 +115,7 @@ export async function waitForJob(location, onProgress, { intervalMs = 250 } = {}
     const info = await request("GET", location);
     onProgress(info);
     if (TERMINAL.has(info.status)) {
-      if (info.status === "finished") return info.result;
+      if (info.status === "finished") return withReadableImages(info.result);
       if (info.error) throw new ApiError(200, info.error.code, info.error.message);
       throw new ApiError(200, "cancelled", `the job was ${info.status}`);
     }

@@ -95,6 +95,26 @@ function showProgress(label, info) {
   $("job-label").textContent = `${label}: ${where}, step ${step}/${total} (${percent} %)`;
 }
 
+/**
+ * "job details": with a key, GET /jobs/{id} needs it too and a plain link sends none (401). Fetch the job with
+ * the key and open its JSON in the new tab as a blob: URL. Without a key the link is followed as it is.
+ */
+async function openJobDetails(event) {
+  const href = $("job-link").getAttribute("href");
+  if (!href || !api.getApiKey()) return;
+  event.preventDefault();
+  const tab = window.open("", "_blank"); // opened now: after the await, the click no longer allows a new tab
+  try {
+    const info = await api.request("GET", href);
+    const url = URL.createObjectURL(new Blob([JSON.stringify(info, null, 2)], { type: "application/json" }));
+    if (tab) tab.location.href = url;
+    else window.open(url, "_blank");
+  } catch (err) {
+    tab?.close();
+    showError(err);
+  }
+}
+
 /** Follow a job (202 answer) to its end with the progress bar, then `show` its result. */
 async function runJob(accepted, label, show) {
   state.job = accepted;
@@ -314,7 +334,7 @@ async function downloadMask() {
 const TOOL_KEYS = { b: "brush", f: "fill", i: "eyedropper", e: "erase" };
 
 function onKey(event) {
-  if (event.target.matches('input[type="text"], input[type="number"], input:not([type]), textarea')) return;
+  if (event.target.matches('input[type="text"], input[type="password"], input[type="number"], input:not([type]), textarea')) return;
   const key = event.key.toLowerCase();
   const ctrl = event.ctrlKey || event.metaKey;
   if (ctrl && (key === "y" || (key === "z" && event.shiftKey))) painter.redo();
@@ -325,6 +345,9 @@ function onKey(event) {
 }
 
 function wire() {
+  $("api-key").value = api.getApiKey();
+  $("api-key").addEventListener("change", () => api.setApiKey($("api-key").value.trim()));
+  $("job-link").addEventListener("click", openJobDetails);
   $("model").addEventListener("change", guarded(() => selectModel($("model").value)));
   $("upload-form").addEventListener("submit", guarded(embedUpload));
   $("sample-button").addEventListener("click", guarded(() => loadSample({})));

@@ -162,6 +162,9 @@ def test_the_demo_bundle_takes_the_trained_perceptual_network_and_encoder(
     x = real(9, 2)
     torch.testing.assert_close(bundle.perceptual()(x[:1], x[1:]), network(x[:1], x[1:]))
     assert bundle.examples is not None and bundle.examples.shape[0] == 2
+    # a committed bundle is enough to continue the encoder's training against a later GAN checkpoint
+    again = train_encoder(generator, network, real, tmp_path / "again", enc_cfg, init_from=tmp_path / "bundle")
+    assert again["initialised_from"] == f"the encoder of bundle {tmp_path / 'bundle'}" and again["step"] == 2
 
     train_encoder(generator, network, real, tmp_path / "other", enc_cfg, source="another run@step 1")
     with pytest.raises(BundleError, match="another run"):

@@ -14,7 +14,7 @@ from PIL import Image
 
 from engine import InputError
 from schemas.edits import EDIT_ID, IMAGE_ID, LATENT_ID
-from workers.store import PREFIX, NotFoundError, Store, image_url
+from workers.store import PREFIX, ForbiddenError, NotFoundError, Store, image_url
 
 TTL = 300
 UPLOAD_ID = IMAGE_ID.replace("img_", "upl_")  # uploads share the image ids' alphabet and length
@@ -257,3 +257,18 @@ def test_expiring_one_key_leaves_the_others(store: Store, redis_client: redis.Re
         store.get_latent(gone)
     assert info.value.kind == "latent"
     assert store.get_latent(kept).array.tobytes() == awkward_array(1).tobytes()
+
+
+def test_an_owned_item_is_readable_only_through_a_store_scoped_to_its_owner(redis_client: redis.Redis) -> None:
+    base = Store(redis_client, ttl=60)
+    alice, bob = base.scoped("owner-a"), base.scoped("owner-b")
+    latent_id, image_id = alice.put_latent("tiny", awkward_array(0)), alice.put_png(png_bytes(0))
+    edit_id = alice.put_edit("tiny", awkward_array(1), [1], None)
+    assert alice.get_png(image_id) == png_bytes(0) and alice.get_latent(latent_id).model == "tiny"
+    for store in (bob, base):  # another owner, and no owner at all
+        for method, item_id in (("get_latent", latent_id), ("get_edit", edit_id), ("get_png", image_id)):
+            with pytest.raises(ForbiddenError):
+                getattr(store, method)(item_id)
+    public = base.put_png(png_bytes(1))  # written with keys off: anyone reads it
+    assert bob.get_png(public) == base.get_png(public)
+    assert redis_client.ttl(f"{PREFIX}:image:{image_id}:owner") > 0  # the owner expires with the image
