@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 
-from tests.processes import free_port, start, stop, wait_ready
+from tests.processes import free_port, service_env, start, stop, wait_ready
 
 # Its own db: the session-long worker must not see the per-test flushes of db 9.
 LIVE_REDIS_URL = os.environ.get("EDITGAN_TEST_LIVE_REDIS_URL", "redis://127.0.0.1:6379/10")
@@ -55,15 +55,9 @@ def live(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     client = redis.Redis.from_url(LIVE_REDIS_URL)
     client.flushdb()
     port = free_port()
-    env = {
-        "REDIS_URL": LIVE_REDIS_URL,
-        "EDITGAN_MODELS_DIR": str(tiny_models),
-        "EDITGAN_PORT": str(port),
-        "EDITGAN_THREADS": "1",
-        "EDITGAN_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
-        "EDITGAN_MAX_STEPS": "3000",
-        "EDITGAN_LOG_LEVEL": "warning",
-    }
+    env = service_env(
+        LIVE_REDIS_URL, tiny_models, port, EDITGAN_MAX_UPLOAD_BYTES=str(MAX_UPLOAD), EDITGAN_MAX_STEPS="3000"
+    )
     log = tmp_path_factory.mktemp("live") / "service.log"
     procs = [start(["serve"], env, log), start(["worker"], env, log)]
     base_url = f"http://127.0.0.1:{port}"

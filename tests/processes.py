@@ -42,15 +42,30 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
     return int(proc.returncode)
 
 
-def wait_ready(base_url: str, procs: list[subprocess.Popen[bytes]], log: Path, timeout: float = 90) -> None:
-    """Until /readyz answers 200 (models loaded, Redis reachable, a worker registered)."""
+def service_env(redis_url: str, models_dir: Path, port: int, **settings: str) -> dict[str, str]:
+    """The environment of a test gateway or worker: its Redis, models and port, one thread, quiet logs."""
+    base = {
+        "REDIS_URL": redis_url,
+        "EDITGAN_MODELS_DIR": str(models_dir),
+        "EDITGAN_PORT": str(port),
+        "EDITGAN_THREADS": "1",
+        "EDITGAN_LOG_LEVEL": "warning",
+    }
+    return base | settings
+
+
+def wait_ready(
+    base_url: str, procs: list[subprocess.Popen[bytes]], log: Path, timeout: float = 90, *, path: str = "/readyz"
+) -> None:
+    """Until `path` answers 200: /readyz (models loaded, Redis reachable, a worker registered), or /healthz
+    for a gateway that runs without a worker (its /readyz stays 503)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for p in procs:
             if p.poll() is not None:
                 raise AssertionError(f"process exited with {p.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{base_url}{path}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

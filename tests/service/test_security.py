@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from PIL import Image
 from rq import Queue
 
 from service.auth import owner_of
-from tests.processes import free_port, start, stop
+from tests.processes import free_port, service_env, start, stop, wait_ready
 
 SECURE_REDIS_URL = os.environ.get("EDITGAN_TEST_SECURE_REDIS_URL", "redis://127.0.0.1:6379/11")
 KEYS = {name: f"{name}-secret-{'x' * 20}" for name in ("alice", "bob", "carol", "dave", "erin")}
@@ -41,31 +40,22 @@ def secure(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     client = redis.Redis.from_url(SECURE_REDIS_URL)
     client.flushdb()
     port = free_port()
-    env = {
-        "REDIS_URL": SECURE_REDIS_URL,
-        "EDITGAN_MODELS_DIR": str(tiny_models),
-        "EDITGAN_PORT": str(port),
-        "EDITGAN_THREADS": "1",
-        "EDITGAN_LOG_LEVEL": "warning",
-        "EDITGAN_API_KEYS": ",".join(f"{name}:{secret}" for name, secret in KEYS.items()),
-        "EDITGAN_CORS_ORIGINS": ORIGIN,
-        "EDITGAN_RATE_LIMIT": str(RATE),
-        "EDITGAN_MAX_QUEUED_PER_KEY": "2",
-        "EDITGAN_MAX_QUEUED_JOBS": "3",
-    }
+    env = service_env(
+        SECURE_REDIS_URL,
+        tiny_models,
+        port,
+        EDITGAN_API_KEYS=",".join(f"{name}:{secret}" for name, secret in KEYS.items()),
+        EDITGAN_CORS_ORIGINS=ORIGIN,
+        EDITGAN_RATE_LIMIT=str(RATE),
+        EDITGAN_MAX_QUEUED_PER_KEY="2",
+        EDITGAN_MAX_QUEUED_JOBS="3",
+    )
     log = tmp_path_factory.mktemp("secure") / "gateway.log"
     gateway = start(["serve"], env, log)
     base_url = f"http://127.0.0.1:{port}"
     try:
+        wait_ready(base_url, [gateway], log, path="/healthz")  # no worker: /readyz stays 503
         with httpx.Client(base_url=base_url, timeout=30) as http:
-            for _ in range(300):  # no worker, so /readyz stays 503: wait for /healthz
-                assert gateway.poll() is None, log.read_text()[-3000:]
-                try:
-                    if http.get("/healthz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.3)
             yield http, client
     finally:
         stop(gateway)

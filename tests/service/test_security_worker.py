@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from service.auth import owner_of
-from tests.processes import free_port, start, stop, wait_ready
+from tests.processes import free_port, service_env, start, stop, wait_ready
 from tests.service.test_security import KEYS, auth, error, png
 from workers.queue import fetch
 
@@ -57,15 +57,13 @@ def stack(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     client = redis.Redis.from_url(WORKER_REDIS_URL)
     client.flushdb()
     port = free_port()
-    env = {
-        "REDIS_URL": WORKER_REDIS_URL,
-        "EDITGAN_MODELS_DIR": str(tiny_models),
-        "EDITGAN_PORT": str(port),
-        "EDITGAN_THREADS": "1",
-        "EDITGAN_LOG_LEVEL": "warning",
-        "EDITGAN_MAX_STEPS": "5000",
-        "EDITGAN_API_KEYS": ",".join(f"{name}:{secret}" for name, secret in KEYS.items()),
-    }
+    env = service_env(
+        WORKER_REDIS_URL,
+        tiny_models,
+        port,
+        EDITGAN_MAX_STEPS="5000",
+        EDITGAN_API_KEYS=",".join(f"{name}:{secret}" for name, secret in KEYS.items()),
+    )
     log = tmp_path_factory.mktemp("secure-worker") / "service.log"
     gateway, worker = start(["serve"], env, log), start(["worker"], env, log)
     base_url = f"http://127.0.0.1:{port}"

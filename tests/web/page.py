@@ -78,11 +78,11 @@ class EditorPage:
     def wait_job(self, label: str, timeout: float = 180, on_poll: Callable[[], object] | None = None) -> str:
         """Until the progress line says the job `label` ("Editing", ...) is over; returns that line."""
 
-        def over() -> str | None:
+        def over() -> str:  # "" (falsy) until the job is over
             if on_poll is not None:
                 on_poll()
             line = self.text("job-label")
-            return line if line.startswith(label) and line.endswith(("done.", "cancelled.", "failed.")) else None
+            return line if line.startswith(label) and line.endswith(("done.", "cancelled.", "failed.")) else ""
 
         return self.wait(over, timeout, f"{label} to end")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import redis
 from PIL import Image
 from selenium.webdriver.common.by import By
 
-from tests.processes import free_port, start, stop
+from tests.processes import free_port, service_env, start, stop, wait_ready
 from tests.web.page import EditorPage
 
 KEY = "web-secret-" + "k" * 20
@@ -28,26 +27,12 @@ def editor_url(chromium: tuple[str, str], tiny_models: Path, tmp_path_factory: p
     client = redis.Redis.from_url(KEY_REDIS_URL)
     client.flushdb()
     port = free_port()
-    env = {
-        "REDIS_URL": KEY_REDIS_URL,
-        "EDITGAN_MODELS_DIR": str(tiny_models),
-        "EDITGAN_PORT": str(port),
-        "EDITGAN_THREADS": "1",
-        "EDITGAN_LOG_LEVEL": "warning",
-        "EDITGAN_API_KEYS": f"web:{KEY}",
-    }
+    env = service_env(KEY_REDIS_URL, tiny_models, port, EDITGAN_API_KEYS=f"web:{KEY}")
     log = tmp_path_factory.mktemp("web-keys") / "gateway.log"
     gateway = start(["serve"], env, log)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):  # no worker: /readyz stays 503, so wait for /healthz
-            assert gateway.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+        wait_ready(base_url, [gateway], log, path="/healthz")  # no worker: /readyz stays 503
         yield base_url
     finally:
         stop(gateway)
