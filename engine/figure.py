@@ -8,10 +8,8 @@ nearest-neighbour sampling so that 64 px pixels stay visible.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
@@ -21,16 +19,8 @@ from engine.errors import InputError
 from engine.images import colorize, fit_to_canvas, image_to_uint8
 from engine.inversion import invert
 from engine.perceptual import PerceptualLoss
-from engine.rendering import render
 
 MaskOp = Callable[[Tensor], Tensor]  # labels [h, w] -> the painted labels
-
-
-@dataclass(frozen=True)
-class Column:
-    title: str
-    vector: str | None = None  # a bundle vector applied at `scale`; None: one of the fixed columns
-    scale: float = 1.0
 
 
 def _tile(array: np.ndarray, zoom: int) -> Image.Image:
@@ -98,13 +88,3 @@ def _grid(rows: list[list[np.ndarray]], titles: list[str], zoom: int) -> Image.I
         for r, row in enumerate(rows):
             out.paste(_tile(row[c], zoom), (x, header + gap + r * (th + gap)))
     return out
-
-
-@torch.no_grad()
-def sample_strip(bundle: Bundle, count: int, *, seed: int = 0, zoom: int = 2) -> Image.Image:
-    """Random samples and their segmentations, two rows: what the generator and the segmenter do alone."""
-    psi = float(bundle.spec.defaults.get("sample", {}).get("truncation", 1.0))
-    out = render(bundle, bundle.generator.sample_w_plus(count, seed=seed, psi=psi))
-    images = list(image_to_uint8(out.image))
-    masks = [colorize(out.labels[i], bundle.spec.classes) for i in range(count)]
-    return _grid([images, masks], [f"sample {i}" for i in range(count)], zoom)
