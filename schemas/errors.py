@@ -32,6 +32,7 @@ class ErrorCode(StrEnum):
     not_found = "not_found"  # unknown route
     method_not_allowed = "method_not_allowed"
     unavailable = "unavailable"  # Redis unreachable or no model loaded; retry later
+    storage_unavailable = "storage_unavailable"  # Redis refuses writes (disk full, read-only, out of memory)
     cancelled = "cancelled"
     job_failed = "job_failed"  # a job raised something other than an engine error
     worker_lost = "worker_lost"  # the job's worker stopped refreshing its heartbeat

@@ -38,6 +38,26 @@ def error_response(status: int, code: ErrorCode, message: str, **extra: object) 
     return response
 
 
+# Redis answers these when it cannot keep a write: its disk is full or unwritable (MISCONF), it is a read-only
+# replica (READONLY) or at maxmemory with noeviction (OOM). Nothing of the request was stored; reads still work.
+WRITE_REFUSALS = ("MISCONF", "READONLY", "OOM")
+STORAGE_MESSAGE = "storage refuses writes (disk full, read-only or out of memory); nothing was stored; reads work: "
+
+
+def redis_reason(exc: Exception) -> str:
+    """Redis's own words: redis-py prefixes a pipeline's error with the command, whose arguments may be
+    megabytes of binary data that have no place in a response."""
+    message = str(exc)
+    _, marker, reason = message.rpartition("caused error: ")
+    return (reason if marker else message)[:300]
+
+
+def refuses_writes(exc: Exception) -> bool:
+    if isinstance(exc, (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError)):
+        return True
+    return redis_reason(exc).startswith(WRITE_REFUSALS)
+
+
 def classify(exc: Exception) -> tuple[int, ErrorCode, str]:
     """(status, code, message) of a known exception; unknown ones are internal errors."""
     match exc:
@@ -64,7 +84,11 @@ def classify(exc: Exception) -> tuple[int, ErrorCode, str]:
             return 409, ErrorCode.job_not_cancellable, str(exc)
         case ModelMismatchError():
             return 422, ErrorCode.model_mismatch, str(exc)
-        case redis.RedisError() | BundleError():
+        case redis.ResponseError() if refuses_writes(exc):
+            return 503, ErrorCode.storage_unavailable, STORAGE_MESSAGE + redis_reason(exc)
+        case redis.RedisError():
+            return 503, ErrorCode.unavailable, f"service unavailable: {redis_reason(exc)}"
+        case BundleError():
             return 503, ErrorCode.unavailable, f"service unavailable: {exc}"
         case EngineError():
             return 422, ErrorCode.invalid_input, str(exc)

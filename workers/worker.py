@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 from redis import Redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 from rq import SimpleWorker
 from rq.executions import Execution
 from rq.job import Job, JobStatus
@@ -137,11 +139,21 @@ def build_runtime(settings: Settings, redis: Redis) -> Runtime:
     )
 
 
+def worker_redis(url: str) -> Redis:
+    """A connection that rides out a Redis restart or failover of up to about a minute.
+
+    A worker's writes finish minutes of engine work (results, progress, the job's status), so it waits for
+    Redis to come back instead of failing the job; the gateway, which answers people, fails fast with 503.
+    """
+    retry = Retry(ExponentialWithJitterBackoff(base=0.25, cap=4), retries=20)
+    return Redis.from_url(url, retry=retry, socket_connect_timeout=2, health_check_interval=30)
+
+
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> None:
     """Load every bundle, then work the queue until SIGTERM (or until it is empty with `burst`)."""
     if settings.redis_url is None:
         raise EngineError("the worker needs REDIS_URL (`editgan up` sets it for the worker it starts)")
-    redis = Redis.from_url(settings.redis_url)
+    redis = worker_redis(settings.redis_url)
     runtime = build_runtime(settings, redis)
     install(runtime)
     queue = job_queue(redis, settings)

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from redis import Redis
+from redis.exceptions import ResponseError
 from rq import Worker
 
 from service.deps import ServicesDep
+from service.errors import refuses_writes
+from workers.store import PREFIX
+
+PROBE_KEY = f"{PREFIX}:probe:writes"
 
 router = APIRouter(tags=["health"])
 
@@ -19,16 +25,32 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "Not ready; `checks` says why."}})
 def readyz(services: ServicesDep) -> JSONResponse:
-    """Readiness: models loaded, Redis reachable, at least one live worker on the queue."""
+    """Readiness: models loaded, Redis reachable, at least one live worker on the queue.
+
+    `checks.writes` is false while Redis refuses writes (disk full, read-only replica, out of memory): the
+    status is then `degraded` but still 200: reads keep working, and as every gateway shares the one Redis,
+    taking them all out of rotation would only turn a partial outage into a full one.
+    """
     checks: dict[str, bool | int] = {"models": bool(services.bundles)}
     try:
         checks["redis"] = bool(services.redis.ping())
         checks["workers"] = Worker.count(connection=services.redis, queue=services.queue)
+        checks["writes"] = _writes_accepted(services.redis)
     except Exception:  # any Redis failure means not ready, never a 500
-        checks["redis"], checks["workers"] = False, 0
+        checks["redis"], checks["workers"], checks["writes"] = False, 0, False
     ready = bool(checks["models"] and checks["redis"] and checks["workers"])
-    body = {"status": "ready" if ready else "not_ready", "checks": checks}
-    return JSONResponse(body, status_code=200 if ready else 503)
+    status = "not_ready" if not ready else "ready" if checks["writes"] else "degraded"
+    return JSONResponse({"status": status, "checks": checks}, status_code=200 if ready else 503)
+
+
+def _writes_accepted(redis: Redis) -> bool:
+    try:
+        redis.set(PROBE_KEY, "1", ex=60)
+    except ResponseError as exc:
+        if refuses_writes(exc):
+            return False
+        raise
+    return True
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
