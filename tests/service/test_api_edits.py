@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import re
+import select
+import socket
 import time
 from typing import Any
 
@@ -189,6 +192,41 @@ def test_bad_requests_get_a_4xx_with_code_and_message(
     assert response.status_code == status, response.text
     body = response.json()
     assert body["code"] == code and isinstance(body["message"], str) and body["message"]
+
+
+def test_a_chunked_body_without_length_is_refused_while_it_streams(live: Live) -> None:
+    """No Content-Length to check up front: the limit must hold on the bytes as they arrive. The body is
+    never finished (no last chunk), so a 413 proves the gateway refused it mid-stream, unread."""
+    from tests.live import MAX_UPLOAD
+
+    host, port = live.base_url.removeprefix("http://").split(":")
+    head = (
+        f"POST /invert HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+    )
+    preamble = b'--b\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n\r\n'
+    chunks = [preamble] + [b"\0" * 65536] * ((2 * MAX_UPLOAD) // 65536 + 4)
+    reply = b""
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode())
+        for chunk in chunks:  # stop sending as soon as the answer arrives
+            if select.select([sock], [], [], 0)[0]:
+                break
+            try:
+                sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            except OSError:
+                break
+        else:
+            select.select([sock], [], [], 30)
+        while not reply.rstrip().endswith(b"}"):
+            data = sock.recv(65536)
+            if not data:
+                break
+            reply += data
+    status_line, _, rest = reply.partition(b"\r\n")
+    assert b" 413 " in status_line, reply[:300]
+    body = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert body["code"] == "payload_too_large" and "limit" in body["message"]
 
 
 def test_mask_errors_are_refused_before_queueing(live: Live) -> None:
