@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 
 import httpx
+import torch
 
 from bench.context import Context
 from bench.inputs import latent, npy
@@ -27,6 +28,7 @@ from bench.live import Service
 from bench.results import SectionResult
 from bench.timing import gib, ratio, repeat, summary_ms
 from engine import Bundle, apply_vectors, render
+from schemas.settings import Settings
 from workers.vectors import bundle_vector
 
 CONCURRENCY = (1, 4, 16)
@@ -102,6 +104,8 @@ class Samples:
     engine: list[float] = field(default_factory=list)  # apply_vectors, one edit
     per_edit: dict[int, list[float]] = field(default_factory=lambda: {b: [] for b in CONCURRENCY})  # batched
     http: list[float] = field(default_factory=list)  # POST /edit/vector, one at a time, batching on
+    preview_http: list[float] = field(default_factory=list)  # the same with `preview: true`
+    preview_engine: list[float] = field(default_factory=list)  # render by the preview's members
     single: dict[str, list[float]] = field(default_factory=lambda: {"on": [], "off": []})
     loaded_rps: dict[str, list[float]] = field(default_factory=lambda: {"on": [], "off": []})  # 16 clients
     batched: list[float] = field(default_factory=lambda: [0.0, 0.0])  # (requests, batches) at 16 clients, on
@@ -132,6 +136,8 @@ def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
                 times = repeat(partial(render, bundle, w.expand(size, -1, -1)), max(3, n // size), warmup=1)
                 out.per_edit[size] += [t / size for t in times]
             out.http += _sequential(urls["on"], body, n)
+            out.preview_http += _sequential(urls["on"], body | {"preview": True}, n)
+            out.preview_engine += repeat(lambda: render(bundle, w, members=preview_members(bundle)), n)
             for key in ("off", "on"):
                 ctx.log(f"vector: round {r + 1}/{rounds}: batching {key}, 1 and 16 clients")
                 out.single[key] += _sequential(urls[key], body, n)
@@ -145,6 +151,27 @@ def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
         out.sweep = [load(urls["on"], body, c, seconds) for c in CONCURRENCY]
         out.memory = {f"gateway_{k}_gib": gib(g.process.peak_rss()) for k, g in gateways.items()}
     return out
+
+
+def preview_members(bundle: Bundle) -> int:
+    return min(Settings().editgan_preview_members or 10**6, len(bundle.segmenter.classifiers()))
+
+
+def preview_quality(bundle: Bundle, samples: int = 32) -> dict[str, float]:
+    """How far a preview's labels are from the whole ensemble's, on truncated samples of the generator:
+    the share of equal pixels and the mean over classes of the IoU between the two label maps."""
+    psi = float(bundle.spec.defaults.get("sample", {}).get("truncation", 0.7))
+    with torch.no_grad():
+        w = bundle.generator.sample_w_plus(samples, seed=1, psi=psi)
+        full = render(bundle, w).labels
+        fast = render(bundle, w, members=preview_members(bundle)).labels
+    ious = [
+        float(((full == c) & (fast == c)).sum() / union)
+        for c in range(len(bundle.spec.classes))
+        if (union := ((full == c) | (fast == c)).sum()) > 0
+    ]
+    agreement = float((full == fast).float().mean())
+    return {"pixel_agreement": round(agreement, 4), "class_iou": round(statistics.mean(ious), 4)}
 
 
 def run(ctx: Context) -> SectionResult:
@@ -170,6 +197,7 @@ def run(ctx: Context) -> SectionResult:
         "target_single_client_p50_change": 0.10,
     }
     over = ratio(http["p50_ms"], engine["p50_ms"])
+    preview = summary_ms(s.preview_http)
     data = {
         "vector": f"{name}@0",
         "engine_forward": engine,
@@ -177,13 +205,22 @@ def run(ctx: Context) -> SectionResult:
         "http_end_to_end": http,
         "http_over_engine_p50": over,
         "target_http_over_engine_p50": 1.2,
+        "target_http_p50_ms": 20.0,
+        "preview": {
+            "members": preview_members(bundle),
+            "of": len(bundle.segmenter.classifiers()),
+            "engine_forward": summary_ms(s.preview_engine),
+            "http_end_to_end": preview,
+            "labels_vs_whole_ensemble": preview_quality(bundle),
+        },
         "concurrency": s.sweep,
         "batching": batching,
         "peak_memory": s.memory,
     }
     rps = "/".join(f"{x['throughput_rps']:.0f}" for x in s.sweep)
     cells = {
-        "vector": f"{over}x (HTTP p50 {http['p50_ms']:.1f}, p99 {http['p99_ms']:.1f} ms); {rps} req/s at 1/4/16",
+        "vector": f"{over}x (HTTP p50 {http['p50_ms']:.1f}, p99 {http['p99_ms']:.1f} ms; preview p50 "
+        f"{preview['p50_ms']:.1f} ms); {rps} req/s at 1/4/16",
         "batching": f"{batching['throughput_gain_16_clients']}x at 16 clients (engine alone, batch 16 vs 1: "
         f"{ceiling}x); 1-client p50 {_percent(batching['single_client_p50_change'])}",
     }

@@ -243,12 +243,14 @@ class EditganClient:
         refine_steps: int,
         outputs: Sequence[Output | str] | None,
         inline: bool,
+        preview: bool = False,
     ) -> httpx.Response:
         body: dict[str, Any] = {
             "latent_id": latent_id,
             "vectors": [_term(t) for t in vectors],
             "refine_steps": refine_steps,
             "inline": inline,
+            "preview": preview,
         }
         if outputs is not None:
             body["outputs"] = [str(o) for o in outputs]
@@ -261,9 +263,11 @@ class EditganClient:
         *,
         outputs: Sequence[Output | str] | None = None,
         inline: bool = False,
+        preview: bool = False,
     ) -> VectorEditResult:
-        """`POST /edit/vector` without refinement: answered at once (200) by the gateway."""
-        return self._parse(VectorEditResult, self._vector_edit(latent_id, vectors, 0, outputs, inline))
+        """`POST /edit/vector` without refinement: answered at once (200) by the gateway; `preview` segments
+        by a few ensemble members (faster, for interactive use)."""
+        return self._parse(VectorEditResult, self._vector_edit(latent_id, vectors, 0, outputs, inline, preview))
 
     def refine_with_vectors(
         self,

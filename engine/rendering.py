@@ -22,8 +22,11 @@ class Rendering:
 
 
 @torch.no_grad()
-def render(bundle: Bundle, w_plus: Tensor, *, upsample: Upsample | None = None) -> Rendering:
-    """Render W+ [N, L, S] (or [L, S]) and segment it, on the bundle's device."""
+def render(
+    bundle: Bundle, w_plus: Tensor, *, upsample: Upsample | None = None, members: int | None = None
+) -> Rendering:
+    """Render W+ [N, L, S] (or [L, S]) and segment it, on the bundle's device: by the whole ensemble, or
+    by its first `members` classifiers (a preview: the same image, labels at a fraction of the cost)."""
     if w_plus.ndim == 2:
         w_plus = w_plus.unsqueeze(0)
     shape = (bundle.spec.n_latent, bundle.spec.generator.style_dim)
@@ -34,6 +37,6 @@ def render(bundle: Bundle, w_plus: Tensor, *, upsample: Upsample | None = None) 
     mode: Upsample = upsample or bundle.spec.defaults.get("segment", {}).get("upsample", "bilinear")
     out = bundle.generator.synthesis(w_plus.to(bundle.device), return_features=True)
     assert out.features is not None
-    seg = bundle.segmenter.segment(out.features, box=(top, left, height, width), mode=mode)
+    seg = bundle.segmenter.segment(out.features, box=(top, left, height, width), mode=mode, members=members)
     image = out.image[:, :, top : top + height, left : left + width]
     return Rendering(image=image, labels=seg.labels, uncertainty=seg.uncertainty)

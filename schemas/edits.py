@@ -64,6 +64,12 @@ class VectorEditRequest(BaseModel):
     refine_steps: int = Field(0, ge=0, le=5000, description="0: vector only (real time, 200); > 0: a job (202).")
     outputs: list[Output] = Field(default_factory=lambda: list(Output), description="Which PNGs to produce.")
     inline: bool = Field(False, description="Return PNGs as data: URLs in the body instead of result URLs.")
+    preview: bool = Field(
+        False,
+        description="Segment by a few ensemble members (EDITGAN_PREVIEW_MEMBERS) for interactive use, e.g. "
+        "while a slider moves: the same image, labels that may differ on a few pixels, about half the time. "
+        "Real-time edits only; refinement always uses the whole ensemble.",
+    )
 
     model_config = {
         "json_schema_extra": {
@@ -125,6 +131,7 @@ class VectorEditResult(BaseModel):
     images: ImageLinks
     vectors: list[VectorTerm] = Field(description="The terms applied, with versions resolved.")
     metrics: Metrics
+    segmentation_members: int | None = Field(None, description="Ensemble members behind the labels.")
 
 
 class LatentInfo(BaseModel):

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
         description="Longest wait, in ms, for concurrent synchronous vector edits of one model to share a "
         "batched pass (only while requests overlap).",
     )
+    editgan_preview_members: int = Field(
+        3,
+        ge=0,
+        le=64,
+        description="Ensemble members behind the labels of a preview vector edit (`preview: true`, the web "
+        "editor's slider drags); 0: all of them.",
+    )
     editgan_max_batch: int = Field(
         16, ge=1, le=256, description="Most vector edits in one batched pass; 1 turns micro-batching off."
     )

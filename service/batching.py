@@ -143,13 +143,23 @@ def split_rendering(rendering: Rendering) -> list[Rendering]:
     ]
 
 
+RenderRequest = tuple[Tensor, int | None]  # a W+ latent [1, L, S] and the ensemble members to segment it by
+
+
 def render_batcher(
     bundle: Bundle, *, max_batch: int, wait_seconds: float, on_batch: Callable[[int], None] | None = None
-) -> MicroBatcher[Tensor, Rendering]:
-    """A batcher that renders and segments W+ latents [1, L, S] of `bundle`, concurrent ones in one pass."""
+) -> MicroBatcher[RenderRequest, Rendering]:
+    """A batcher that renders and segments W+ latents of `bundle`, concurrent ones in one pass (one per
+    member count: previews and full renders arriving together are two passes)."""
 
-    def render_all(latents: list[Tensor]) -> list[Rendering]:
-        return split_rendering(render(bundle, torch.cat(latents)))
+    def render_all(requests: list[RenderRequest]) -> list[Rendering]:
+        results: list[Rendering | None] = [None] * len(requests)
+        for members in dict.fromkeys(m for _, m in requests):
+            index = [i for i, (_, m) in enumerate(requests) if m == members]
+            batch = render(bundle, torch.cat([requests[i][0] for i in index]), members=members)
+            for i, one in zip(index, split_rendering(batch), strict=True):
+                results[i] = one
+        return [r for r in results if r is not None]
 
     return MicroBatcher(
         render_all, max_batch=max_batch, wait_seconds=wait_seconds, name=f"render-{bundle.spec.name}", on_batch=on_batch

@@ -11,7 +11,7 @@ from torch import Tensor
 from engine import Bundle, Rendering
 from schemas.errors import ErrorCode
 from schemas.settings import Settings
-from service.batching import MicroBatcher
+from service.batching import MicroBatcher, RenderRequest
 from service.errors import ApiError
 from workers.registry import Registry
 from workers.store import Store
@@ -27,7 +27,7 @@ class Services:
     bundles: dict[str, Bundle]
     # One per model: synchronous renders of a model run in its batcher's thread, concurrent ones in one
     # batched pass (service/batching.py), never two engine calls of a model at once.
-    batchers: dict[str, MicroBatcher[Tensor, Rendering]] = field(default_factory=dict)
+    batchers: dict[str, MicroBatcher[RenderRequest, Rendering]] = field(default_factory=dict)
     # The caller's owner id (service/auth.py); None with keys off. Per request, `store` is scoped to it.
     owner: str | None = None
 
@@ -43,6 +43,12 @@ class Services:
             raise ApiError(404, ErrorCode.unknown_model, f"unknown model {name!r}; served: {sorted(self.bundles)}")
         return self.bundles[name]
 
-    def render(self, model: str, w_plus: Tensor) -> Rendering:
+    def render(self, model: str, w_plus: Tensor, members: int | None = None) -> Rendering:
         """Render and segment one latent [1, L, S] of a served model, batched with concurrent requests."""
-        return self.batchers[model].run(w_plus)
+        return self.batchers[model].run((w_plus, members))
+
+    def preview_members(self, model: str) -> int:
+        """How many ensemble members a preview uses for `model` (never more than it has)."""
+        count = len(self.bundle(model).segmenter.classifiers())
+        wanted = self.settings.editgan_preview_members
+        return count if wanted == 0 else min(wanted, count)

@@ -56,7 +56,12 @@ def live(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     client.flushdb()
     port = free_port()
     env = service_env(
-        LIVE_REDIS_URL, tiny_models, port, EDITGAN_MAX_UPLOAD_BYTES=str(MAX_UPLOAD), EDITGAN_MAX_STEPS="3000"
+        LIVE_REDIS_URL,
+        tiny_models,
+        port,
+        EDITGAN_MAX_UPLOAD_BYTES=str(MAX_UPLOAD),
+        EDITGAN_MAX_STEPS="3000",
+        EDITGAN_PREVIEW_MEMBERS="2",  # of the tiny model's 3
     )
     log = tmp_path_factory.mktemp("live") / "service.log"
     procs = [start(["serve"], env, log), start(["worker"], env, log)]

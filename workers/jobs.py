@@ -246,6 +246,7 @@ def run_refine(payload: dict[str, Any]) -> dict[str, Any]:
             metrics=Metrics(
                 seconds=round(seconds, 3), steps=int(payload["refine_steps"]), best_step=result.best_step, losses=last
             ),
+            segmentation_members=len(bundle.segmenter.classifiers()),
         ).model_dump(mode="json")
 
 

@@ -133,7 +133,8 @@ def edit_with_vectors(
     start = time.perf_counter()
     # The arithmetic (and its input checks) stays in this request; the render may share a batched pass.
     edited = add_vectors(bundle, w, [(r.vector, t.scale) for r, t in zip(resolved, request.vectors, strict=True)])
-    rendering = services.render(bundle.spec.name, edited)
+    members = services.preview_members(bundle.spec.name) if request.preview else None
+    rendering = services.render(bundle.spec.name, edited, members)
     seconds = time.perf_counter() - start
     latent_id = services.store.put_latent(bundle.spec.name, edited[0].cpu().numpy())
     images = publish(services.store, rendering_arrays(bundle, rendering, 0, request.outputs), inline=request.inline)
@@ -143,4 +144,5 @@ def edit_with_vectors(
         images=images,
         vectors=terms,
         metrics=Metrics(seconds=round(seconds, 4)),
+        segmentation_members=members or len(bundle.segmenter.classifiers()),
     )

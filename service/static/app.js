@@ -206,8 +206,9 @@ async function loadVectors() {
     value.htmlFor = id;
     slider.addEventListener("input", () => {
       value.textContent = Number(slider.value).toFixed(2);
-      scheduleVectorEdit();
+      scheduleVectorEdit({ preview: true }); // while it moves: the fast segmentation
     });
+    slider.addEventListener("change", () => scheduleVectorEdit({ preview: false })); // released: the full one
     const npy = Object.assign(document.createElement("a"), { textContent: ".npy", download: `${v.name}.npy` });
     npy.href = `/vectors/${v.model}/${v.name}/npy`;
     npy.setAttribute("aria-label", `Download ${v.name} as .npy`);
@@ -292,14 +293,14 @@ async function saveVector() {
   }
 }
 
-function scheduleVectorEdit() {
+function scheduleVectorEdit({ preview = false } = {}) {
   refreshControls();
   if (Number($("refine-steps").value) > 0 || !state.source) return; // refinement waits for the button
   clearTimeout(state.vectorTimer);
-  state.vectorTimer = setTimeout(guarded(applyVectors), VECTOR_DEBOUNCE_MS);
+  state.vectorTimer = setTimeout(guarded(() => applyVectors({ preview })), VECTOR_DEBOUNCE_MS);
 }
 
-async function applyVectors() {
+async function applyVectors({ preview = false } = {}) {
   const chosen = terms();
   const seq = ++state.vectorRequest;
   if (!chosen.length) {
@@ -315,7 +316,7 @@ async function applyVectors() {
     await runJob(accepted, "Refining", (result) => showResult("vectors", result, `${caption}, refined`));
     return;
   }
-  const result = await api.editWithVectors({ ...body, outputs: ["image", "segmentation"] });
+  const result = await api.editWithVectors({ ...body, outputs: ["image", "segmentation"], preview });
   if (seq === state.vectorRequest) showResult("vectors", result, caption); // a newer request supersedes it
 }
 
@@ -355,7 +356,7 @@ function wire() {
   $("cancel-job").addEventListener("click", guarded(cancelJob));
   $("edit-form").addEventListener("submit", guarded(runEdit));
   $("save-form").addEventListener("submit", guarded(saveVector));
-  $("apply-button").addEventListener("click", guarded(applyVectors));
+  $("apply-button").addEventListener("click", guarded(() => applyVectors()));
   $("reset-scales").addEventListener("click", () => {
     for (const slider of document.querySelectorAll("#vector-list input")) slider.value = 0;
     for (const out of document.querySelectorAll("#vector-list output")) out.textContent = "0.00";

@@ -88,6 +88,20 @@ def test_dense_segmentation_equals_reference(mode: str) -> None:
     torch.testing.assert_close(seg.uncertainty, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_segmenting_by_the_first_members_is_the_smaller_ensemble() -> None:
+    _, s, features = _setup()
+    logits = s.logits_reference(features, mode="bilinear").reshape(2, 3, 64, 64, 6)
+    for k in (1, 2, 3):
+        seg = s.segment(features, mode="bilinear", members=k)
+        assert torch.equal(seg.labels, logits[:, :k].mean(1).argmax(-1))
+        expected = js_uncertainty(logits[:, :k].reshape(2, k, -1, 6)).reshape(2, 64, 64)
+        torch.testing.assert_close(seg.uncertainty, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(s.segment(features, members=1).labels, s.segment(features).labels)
+    for bad in (0, 4):
+        with pytest.raises(InputError, match="members"):
+            s.segment(features, members=bad)
+
+
 def _dense_check(s: Segmenter, features: list[torch.Tensor], mode: str, box: tuple[int, int, int, int]) -> None:
     """`segment` over `box` equals the official computation: labels exactly, uncertainty to rounding."""
     n, size = features[0].shape[0], s.config.out_size

@@ -82,3 +82,35 @@ def test_concurrent_vector_edits_each_get_their_own_result(live: Live) -> None:
         a = _png(live, images["image"]).astype(int)
         b = _png(live, reference["image"]).astype(int)
         assert np.abs(a - b).max() <= 1  # float rounding of a batched pass may move a pixel by one level
+
+
+def test_previews_and_full_renders_batched_together_each_get_their_ensemble(live: Live) -> None:
+    """Slider drags (`preview`) and releases arrive together: one generator pass per member count, the
+    same image either way, the preview's labels from the first EDITGAN_PREVIEW_MEMBERS classifiers."""
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((8, 32)).astype(np.float32)
+    latent_id = live.http.post("/latents", files={"file": ("w.npy", _npy(w))}).json()["latent_id"]
+    start = threading.Barrier(CLIENTS)
+    bodies: dict[int, dict[str, object]] = {}
+
+    def edit(i: int) -> None:
+        with httpx.Client(base_url=live.base_url, timeout=60) as http:
+            body = {"latent_id": latent_id, "vectors": [{"vector": "grow", "scale": 0.5}], "preview": i % 2 == 0}
+            start.wait(30)
+            response = http.post("/edit/vector", json=body)
+            assert response.status_code == 200, response.text
+            bodies[i] = response.json()
+
+    threads = [threading.Thread(target=edit, args=(i,)) for i in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(bodies) == list(range(CLIENTS))
+    members = {i: b["segmentation_members"] for i, b in bodies.items()}
+    assert members == {i: 2 if i % 2 == 0 else 3 for i in range(CLIENTS)}
+    segs = {i: _png(live, b["images"]["segmentation"]) for i, b in bodies.items()}  # type: ignore[index]
+    images = {i: _png(live, b["images"]["image"]).astype(int) for i, b in bodies.items()}  # type: ignore[index]
+    for i in range(CLIENTS):
+        assert np.abs(images[i] - images[1]).max() <= 1  # the generator pass is the same
+        np.testing.assert_array_equal(segs[i], segs[i % 2])  # each ensemble labels alike every time
