@@ -2,11 +2,15 @@
 
 Past a bound, job requests get 429 with Retry-After instead of a place in a queue that would only grow.
 Per key, the gateway keeps the set of the key's job ids and counts those not yet finished (queued or
-running), pruning finished and expired ones on the way. Two concurrent submissions may both pass at the
-bound (one job over, at most one per concurrent request): a bound, not an exact quota.
+running), pruning finished and expired ones on the way. Check, enqueue and count run under one Redis lock
+shared by every gateway (`admission`), so the bounds are exact under concurrency: the lock is held for a
+few milliseconds per submission, and expires by itself if its gateway dies holding it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from redis import Redis
 from rq import Queue
@@ -18,6 +22,34 @@ from workers.store import PREFIX, as_str
 
 RETRY_AFTER = 10  # seconds: a job takes seconds to minutes, so sooner would only be refused again
 UNFINISHED = {"queued", "started", "deferred", "scheduled"}
+
+
+ADMISSION_KEY = f"{PREFIX}:admission"
+
+
+@contextmanager
+def admission(redis: Redis) -> Iterator[None]:
+    """Serialise job admissions across gateways (a Redis lock; 503 if it cannot be had within 10 s)."""
+    with redis.lock(ADMISSION_KEY, timeout=10, blocking_timeout=10):
+        yield
+
+
+def admit(
+    redis: Redis,
+    queue: Queue,
+    owner: str | None,
+    enqueue: Callable[[], Job],
+    *,
+    max_total: int,
+    max_per_key: int,
+    ttl: int,
+) -> Job:
+    """`enqueue()` within the bounds (429 past them), counted against `owner`; exact under concurrency."""
+    with admission(redis):
+        check_room(redis, queue, owner, max_total=max_total, max_per_key=max_per_key)
+        job = enqueue()
+        track(redis, owner, job.id, ttl)
+        return job
 
 
 def jobs_key(owner: str) -> str:

@@ -63,15 +63,15 @@ def submit(
         accepted = replay
     else:
         try:
-            backpressure.check_room(
+            job: Job = backpressure.admit(
                 redis,
                 services.queue,
                 owner,
+                lambda: enqueue(services.queue, settings, kind, model, payload, owner),
                 max_total=settings.editgan_max_queued_jobs,
                 max_per_key=settings.editgan_max_queued_per_key,
+                ttl=settings.editgan_result_ttl,
             )
-            job: Job = enqueue(services.queue, settings, kind, model, payload, owner)
-            backpressure.track(redis, owner, job.id, settings.editgan_result_ttl)
         except BaseException:
             if idem:
                 idempotency.release(redis, owner, idem)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -153,6 +154,31 @@ def test_job_requests_past_the_per_key_and_total_queue_bounds_get_429_with_retry
     refused = invert(api, "erin", seed=1)
     assert "EDITGAN_MAX_QUEUED_JOBS" in error(refused, 429, "queue_full")["message"]
     assert int(refused.headers["Retry-After"]) > 0
+
+
+def test_the_queue_bounds_hold_exactly_under_concurrent_submissions(api: httpx.Client) -> None:
+    """12 submissions at once from 4 keys against a total bound of 3 and a per-key bound of 2: exactly 3
+    accepted, no key over 2 (check, enqueue and count share one lock across gateways)."""
+    who = ["alice", "bob", "dave", "erin"] * 3
+    images = [png(100 + i) for i in range(len(who))]
+    go = threading.Barrier(len(who))
+    statuses: dict[int, int] = {}
+
+    def submit(i: int) -> None:
+        with httpx.Client(base_url=str(api.base_url), timeout=30) as http:
+            go.wait(30)
+            r = http.post("/invert", files={"image": ("i.png", images[i], "image/png")}, headers=auth(who[i]))
+            statuses[i] = r.status_code
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(who))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    accepted = [who[i] for i, s in statuses.items() if s == 202]
+    assert sorted(statuses.values()).count(429) == len(who) - 3 and len(accepted) == 3, statuses
+    assert max(accepted.count(k) for k in set(accepted)) <= 2
+    assert Queue("editgan", connection=redis.Redis.from_url(SECURE_REDIS_URL)).count == 3
 
 
 def test_requests_past_the_rate_limit_get_429_with_retry_after(api: httpx.Client) -> None:
