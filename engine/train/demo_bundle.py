@@ -86,7 +86,7 @@ def faces_spec(
                 "roi_dilation": 2,
             },
         },
-        version="0.2",
+        version="0.3",
         description="Demo model: 64 px procedural cartoon faces (engine/domains/faces.py), trained on 2 CPU cores.",
     )
     return spec

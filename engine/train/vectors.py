@@ -142,10 +142,12 @@ SCALES = (1.0, 1.5, 2.0, 3.0)  # candidate default scales, smallest first: a lar
 
 
 def calibrate_scale(
-    bundle: Bundle, delta: Tensor, edit: NamedEdit, latents: Tensor, *, target: float = 0.9
+    bundle: Bundle, delta: Tensor, edit: NamedEdit, latents: Tensor, *, target: float = 0.95
 ) -> tuple[float, dict[str, float]]:
     """The smallest of SCALES at which `delta` moves the edit's attribute on `target` of `latents` (images not
-    used to learn it), else the most successful one; -> (scale, success at each scale tried)."""
+    used to learn it), else the most successful one; -> (scale, success at each scale tried). The target sits
+    above the 90 % the evaluation asks of held-out faces: v0.2 calibrated at 0.9 on 24 latents and reached 0.83
+    on held-out ones."""
     from engine.evaluate import evaluate_vector  # evaluation imports the training helpers, not the reverse
 
     success: dict[str, float] = {}
