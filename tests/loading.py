@@ -147,7 +147,16 @@ async def _run(base_url: str, cfg: LoadConfig, pids: dict[str, int], vector: str
         memory = {"after_warmup": rss_mib(pids)}
         tally.counting, tally.jobs = True, []
         start = time.monotonic()
+        trace: list[dict[str, float]] = []
+
+        async def sample() -> None:  # the trend shows whether memory levels off or keeps climbing
+            while True:
+                await asyncio.sleep(cfg.seconds / 6)
+                trace.append({"t": round(time.monotonic() - start, 1)} | rss_mib(pids))
+
+        sampler = asyncio.create_task(sample())
         await phase(cfg.seconds)
+        sampler.cancel()
         elapsed = time.monotonic() - start
         tally.counting = False
         memory["after_load"] = rss_mib(pids)
@@ -177,6 +186,7 @@ async def _run(base_url: str, cfg: LoadConfig, pids: dict[str, int], vector: str
         "jobs": {"accepted": len(tally.jobs) + len(warm_jobs), "drain_seconds": round(drain_seconds, 1)} | outcome,
         "lost": outcome.get("lost", 0),
         "memory_mib": memory,
+        "memory_trace_mib": trace,
         "memory_growth_mib": growth,
     }
 
