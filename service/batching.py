@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -147,12 +147,23 @@ RenderRequest = tuple[Tensor, int | None]  # a W+ latent [1, L, S] and the ensem
 
 
 def render_batcher(
-    bundle: Bundle, *, max_batch: int, wait_seconds: float, on_batch: Callable[[int], None] | None = None
+    bundle: Bundle,
+    *,
+    max_batch: int,
+    wait_seconds: float,
+    on_batch: Callable[[int], None] | None = None,
+    engine: Executor | None = None,
 ) -> MicroBatcher[RenderRequest, Rendering]:
     """A batcher that renders and segments W+ latents of `bundle`, concurrent ones in one pass (one per
-    member count: previews and full renders arriving together are two passes)."""
+    member count: previews and full renders arriving together are two passes). With `engine`, a
+    single-thread executor, the passes run on its thread (see `service.app`: one OpenMP team)."""
 
     def render_all(requests: list[RenderRequest]) -> list[Rendering]:
+        if engine is not None:
+            return engine.submit(render_here, requests).result()
+        return render_here(requests)
+
+    def render_here(requests: list[RenderRequest]) -> list[Rendering]:
         results: list[Rendering | None] = [None] * len(requests)
         for members in dict.fromkeys(m for _, m in requests):
             index = [i for i, (_, m) in enumerate(requests) if m == members]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from redis import Redis
 from rq import Queue
@@ -15,6 +18,8 @@ from service.batching import MicroBatcher, RenderRequest
 from service.errors import ApiError
 from workers.registry import Registry
 from workers.store import Store
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -30,6 +35,14 @@ class Services:
     batchers: dict[str, MicroBatcher[RenderRequest, Rendering]] = field(default_factory=dict)
     # The caller's owner id (service/auth.py); None with keys off. Per request, `store` is scoped to it.
     owner: str | None = None
+    # The one thread that runs the gateway's torch work (service/app.py says why); None: the caller's.
+    engine: Executor | None = None
+
+    def on_engine(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` on the engine thread, waited for."""
+        if self.engine is None:
+            return fn(*args, **kwargs)
+        return self.engine.submit(fn, *args, **kwargs).result()
 
     def bundle(self, name: str | None) -> Bundle:
         """The named model; without a name, the only one served."""

@@ -137,7 +137,8 @@ def edit_with_vectors(
     rendering = services.render(bundle.spec.name, edited, members)
     seconds = time.perf_counter() - start
     latent_id = services.store.put_latent(bundle.spec.name, edited[0].cpu().numpy())
-    images = publish(services.store, rendering_arrays(bundle, rendering, 0, request.outputs), inline=request.inline)
+    arrays = services.on_engine(rendering_arrays, bundle, rendering, 0, request.outputs)
+    images = publish(services.store, arrays, inline=request.inline)
     return VectorEditResult(
         latent_id=latent_id,
         model=bundle.spec.name,

@@ -60,10 +60,10 @@ def _starting_latent(bundle: Bundle, request: SampleRequest) -> tuple[Tensor, in
 def sample_latent(services: ServicesDep, request: SampleRequest, response: Response) -> SampleResult:
     """Start without a photo: store a random sample (or an example latent) of a model and render it."""
     bundle = services.bundle(request.model)
-    w, seed = _starting_latent(bundle, request)
+    w, seed = services.on_engine(_starting_latent, bundle, request)
     rendering = services.render(bundle.spec.name, w)
     latent_id = services.store.put_latent(bundle.spec.name, w[0].cpu().numpy())
-    images = publish(services.store, rendering_arrays(bundle, rendering, 0, list(Output)))
+    images = publish(services.store, services.on_engine(rendering_arrays, bundle, rendering, 0, list(Output)))
     response.headers["Location"] = f"/latents/{latent_id}"
     return SampleResult(latent_id=latent_id, model=bundle.spec.name, seed=seed, example=request.example, images=images)
 
