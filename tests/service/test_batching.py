@@ -9,13 +9,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
 import pytest
 import torch
 
-from engine import Bundle, apply_vectors, render
+from engine import Bundle, Rendering, apply_vectors, render
 from service.batching import MicroBatcher, render_batcher, split_rendering
 
 TIMEOUT = 30  # seconds: a bound on a hang, never a measurement
@@ -152,16 +152,20 @@ def test_batched_renders_equal_unbatched_ones(tiny_bundle: Bundle) -> None:
 
 
 def test_the_render_batcher_answers_each_caller_with_its_own_rendering(tiny_bundle: Bundle) -> None:
+    """Full renders and previews (2 of the 3 members) arriving together, run on an engine thread: each
+    caller gets the rendering of its own latent by its own ensemble."""
     latents = tiny_bundle.generator.sample_w_plus(8, seed=4, psi=0.7)
+    members = [None if i % 2 else 2 for i in range(8)]
     sizes: list[int] = []
-    batcher = render_batcher(tiny_bundle, max_batch=8, wait_seconds=0.05, on_batch=sizes.append)
+    engine = ThreadPoolExecutor(max_workers=1)
+    batcher = render_batcher(tiny_bundle, max_batch=8, wait_seconds=0.05, on_batch=sizes.append, engine=engine)
     try:
         start = threading.Barrier(8)
-        results: dict[int, torch.Tensor] = {}
+        results: dict[int, Rendering] = {}
 
         def call(i: int) -> None:
             start.wait(TIMEOUT)
-            results[i] = batcher.run(latents[i : i + 1]).image
+            results[i] = batcher.run((latents[i : i + 1], members[i]))
 
         threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
         for t in threads:
@@ -170,6 +174,9 @@ def test_the_render_batcher_answers_each_caller_with_its_own_rendering(tiny_bund
             t.join(TIMEOUT)
     finally:
         batcher.close()
+        engine.shutdown()
     assert sum(sizes) == 8
     for i in range(8):
-        assert torch.allclose(results[i], render(tiny_bundle, latents[i]).image, rtol=0, atol=1e-5)
+        alone = render(tiny_bundle, latents[i], members=members[i])
+        assert torch.allclose(results[i].image, alone.image, rtol=0, atol=1e-5)
+        assert torch.equal(results[i].labels, alone.labels)
