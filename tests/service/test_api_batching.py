@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 import threading
+from collections.abc import Callable
 
 import httpx
 import numpy as np
@@ -37,6 +38,27 @@ def _batched_requests(live: Live) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def _concurrent_edits(live: Live, body: Callable[[int], dict[str, object]]) -> dict[int, dict[str, object]]:
+    """CLIENTS `POST /edit/vector` at once, each on its own connection: client i sends `body(i)`."""
+    start = threading.Barrier(CLIENTS)
+    bodies: dict[int, dict[str, object]] = {}
+
+    def edit(i: int) -> None:
+        with httpx.Client(base_url=live.base_url, timeout=60) as http:
+            start.wait(30)
+            response = http.post("/edit/vector", json=body(i))
+            assert response.status_code == 200, response.text
+            bodies[i] = response.json()
+
+    threads = [threading.Thread(target=edit, args=(i,)) for i in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(bodies) == list(range(CLIENTS))
+    return bodies
+
+
 def test_concurrent_vector_edits_each_get_their_own_result(live: Live) -> None:
     rng = np.random.default_rng(11)
     latents = [rng.standard_normal((8, 32)).astype(np.float32) for _ in range(CLIENTS)]
@@ -49,24 +71,9 @@ def test_concurrent_vector_edits_each_get_their_own_result(live: Live) -> None:
     delta = np.load(io.BytesIO(live.http.get("/vectors/tiny/grow/npy").content))[0]
     before = _batched_requests(live)
 
-    start = threading.Barrier(CLIENTS)
-    bodies: dict[int, dict[str, object]] = {}
-
-    def edit(i: int) -> None:
-        with httpx.Client(base_url=live.base_url, timeout=60) as http:
-            start.wait(30)
-            response = http.post(
-                "/edit/vector", json={"latent_id": ids[i], "vectors": [{"vector": "grow", "scale": scales[i]}]}
-            )
-            assert response.status_code == 200, response.text
-            bodies[i] = response.json()
-
-    threads = [threading.Thread(target=edit, args=(i,)) for i in range(CLIENTS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert sorted(bodies) == list(range(CLIENTS))
+    bodies = _concurrent_edits(
+        live, lambda i: {"latent_id": ids[i], "vectors": [{"vector": "grow", "scale": scales[i]}]}
+    )
     assert _batched_requests(live) - before == CLIENTS  # every request went through the batcher
 
     for i, body in bodies.items():
@@ -90,23 +97,9 @@ def test_previews_and_full_renders_batched_together_each_get_their_ensemble(live
     rng = np.random.default_rng(12)
     w = rng.standard_normal((8, 32)).astype(np.float32)
     latent_id = live.http.post("/latents", files={"file": ("w.npy", _npy(w))}).json()["latent_id"]
-    start = threading.Barrier(CLIENTS)
-    bodies: dict[int, dict[str, object]] = {}
-
-    def edit(i: int) -> None:
-        with httpx.Client(base_url=live.base_url, timeout=60) as http:
-            body = {"latent_id": latent_id, "vectors": [{"vector": "grow", "scale": 0.5}], "preview": i % 2 == 0}
-            start.wait(30)
-            response = http.post("/edit/vector", json=body)
-            assert response.status_code == 200, response.text
-            bodies[i] = response.json()
-
-    threads = [threading.Thread(target=edit, args=(i,)) for i in range(CLIENTS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert sorted(bodies) == list(range(CLIENTS))
+    bodies = _concurrent_edits(
+        live, lambda i: {"latent_id": latent_id, "vectors": [{"vector": "grow", "scale": 0.5}], "preview": i % 2 == 0}
+    )
     members = {i: b["segmentation_members"] for i, b in bodies.items()}
     assert members == {i: 2 if i % 2 == 0 else 3 for i in range(CLIENTS)}
     segs = {i: _png(live, b["images"]["segmentation"]) for i, b in bodies.items()}  # type: ignore[index]
