@@ -30,8 +30,8 @@ class Services:
     registry: Registry
     queue: Queue
     bundles: dict[str, Bundle]
-    # One per model: synchronous renders of a model run in its batcher's thread, concurrent ones in one
-    # batched pass (service/batching.py), never two engine calls of a model at once.
+    # One per model: concurrent synchronous renders of a model share one batched pass (service/batching.py),
+    # which runs on the engine thread below, so engine calls never overlap.
     batchers: dict[str, MicroBatcher[RenderRequest, Rendering]] = field(default_factory=dict)
     # The caller's owner id (service/auth.py); None with keys off. Per request, `store` is scoped to it.
     owner: str | None = None
