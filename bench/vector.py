@@ -29,6 +29,7 @@ from bench.results import SectionResult
 from bench.timing import gib, ratio, repeat, summary_ms
 from engine import Bundle, apply_vectors, render
 from schemas.settings import Settings
+from service.state import preview_members
 from workers.vectors import bundle_vector
 
 CONCURRENCY = (1, 4, 16)
@@ -138,7 +139,7 @@ def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
                 out.per_edit[size] += [t / size for t in times]
             out.http += _sequential(urls["on"], body, n)
             out.preview_http += _sequential(urls["on"], body | {"preview": True}, n)
-            out.preview_engine += repeat(lambda: render(bundle, w, members=preview_members(bundle)), n)
+            out.preview_engine += repeat(lambda: render(bundle, w, members=_preview_count(bundle)), n)
             for key in ("off", "on"):
                 ctx.log(f"vector: round {r + 1}/{rounds}: batching {key}, 1 and 16 clients")
                 out.single[key] += _sequential(urls[key], body, n)
@@ -155,8 +156,8 @@ def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
     return out
 
 
-def preview_members(bundle: Bundle) -> int:
-    return min(Settings().editgan_preview_members or 10**6, len(bundle.segmenter.classifiers()))
+def _preview_count(bundle: Bundle) -> int:
+    return preview_members(bundle, Settings().editgan_preview_members)
 
 
 def preview_quality(bundle: Bundle, samples: int = 32) -> dict[str, float]:
@@ -166,7 +167,7 @@ def preview_quality(bundle: Bundle, samples: int = 32) -> dict[str, float]:
     with torch.no_grad():
         w = bundle.generator.sample_w_plus(samples, seed=1, psi=psi)
         full = render(bundle, w).labels
-        fast = render(bundle, w, members=preview_members(bundle)).labels
+        fast = render(bundle, w, members=_preview_count(bundle)).labels
     ious = [
         float(((full == c) & (fast == c)).sum() / union)
         for c in range(len(bundle.spec.classes))
@@ -214,7 +215,7 @@ def run(ctx: Context) -> SectionResult:
         "target_http_over_engine_p50": 1.2,
         "target_http_p50_ms": 20.0,
         "preview": {
-            "members": preview_members(bundle),
+            "members": _preview_count(bundle),
             "of": len(bundle.segmenter.classifiers()),
             "engine_forward": summary_ms(s.preview_engine),
             "http_end_to_end": preview,

@@ -170,6 +170,7 @@ def render_batcher(
             batch = render(bundle, torch.cat([requests[i][0] for i in index]), members=members)
             for i, one in zip(index, split_rendering(batch), strict=True):
                 results[i] = one
+        assert all(r is not None for r in results)  # every request belongs to exactly one group
         return [r for r in results if r is not None]
 
     return MicroBatcher(

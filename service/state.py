@@ -61,7 +61,11 @@ class Services:
         return self.batchers[model].run((w_plus, members))
 
     def preview_members(self, model: str) -> int:
-        """How many ensemble members a preview uses for `model` (never more than it has)."""
-        count = len(self.bundle(model).segmenter.classifiers())
-        wanted = self.settings.editgan_preview_members
-        return count if wanted == 0 else min(wanted, count)
+        return preview_members(self.bundle(model), self.settings.editgan_preview_members)
+
+
+def preview_members(bundle: Bundle, wanted: int) -> int:
+    """How many ensemble members a preview uses (EDITGAN_PREVIEW_MEMBERS `wanted`; 0: all; never more than
+    the bundle has)."""
+    count = len(bundle.segmenter.classifiers())
+    return count if wanted == 0 else min(wanted, count)
