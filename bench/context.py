@@ -29,6 +29,7 @@ class Context:
     lpips_backbone: Path | None = None  # for bundles that use the official LPIPS
     paper_size: int = 512
     paper_steps: int | None = None
+    paper_precision: bool | None = None  # paper section: reduced precisions too (None: on CUDA only)
     log: Callable[[str], None] = log_to_stderr
     _bundle: Bundle | None = field(default=None, repr=False)
 

@@ -20,6 +20,8 @@ import torch
 from bench.context import Context
 from bench.inputs import canvas, edit_input
 from bench.naive import compare, full_stack_bytes
+from bench.precision import cell as precision_cell
+from bench.precision import compare_precisions
 from bench.results import SectionResult
 from bench.timing import StepClock, gib, rss_peak, timed
 from engine import Bundle, BundleSpec, ClassInfo, Geometry, apply_vectors, invert, optimize_edit, refine
@@ -120,11 +122,18 @@ def run(ctx: Context) -> SectionResult:
             out["naive"] = compare(bundle, inputs, steps=steps, reps=1, perceptual=perceptual)
         else:
             out["naive"] = {"skipped": f"needs about {gib(needed)} GiB, more than half the free memory"}
-    out["peak_memory_gib"] = _peak(ctx.device, sampled)
+        peak = _peak(ctx.device, sampled)  # float32's, before the reduced precisions run
+        if ctx.paper_precision if ctx.paper_precision is not None else ctx.device.type == "cuda":
+            ctx.log("paper: the loops in reduced precision against float32")
+            modes = dict.fromkeys(("invert", "optimize", "refine"), steps)
+            out["precision"] = compare_precisions(bundle, inputs, perceptual, modes, ctx.device)
+    out["peak_memory_gib"] = peak
     naive = out["naive"].get("speedup_per_step")
     cell = (
         f"edit {out['optimize']['s_per_step']} s/step, refine {out['refine']['s_per_step']}, "
         f"invert {out['invert']['s_per_step']}; naive {f'{naive}x slower' if naive else 'skipped'}; "
         f"peak {out['peak_memory_gib']} GiB ({label})"
     )
+    if "precision" in out:
+        cell += f"; {precision_cell(out['precision'])}"
     return SectionResult(out, {"paper": cell})

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-SECTIONS = ("vector", "jobs", "naive", "paper")
-FIGURE_COLUMNS = ("vector", "batching", "jobs", "naive", "paper")  # the row's cells filled by the sections
+SECTIONS = ("vector", "jobs", "naive", "precision", "paper")
+FIGURE_COLUMNS = ("vector", "batching", "jobs", "naive", "precision", "paper")  # the row's cells filled by the sections
 
 HEADER = """# Benchmark results
 
@@ -33,11 +33,14 @@ HTTP p50 and p99 in ms; throughput at 1, 4 and 16 clients in requests/s |
 in ms per step; worker cold start to its first result in s; peak resident memory of gateway and worker |
 | naive | `optimize_edit` speed-up over the official loop written plainly (`bench/naive.py`), per step and \
 in total; final and first-step loss differences against their tolerances |
+| precision | inversion, optimisation edit and refinement in bfloat16 (and TF32 on CUDA) against float32: speed-up \
+per update; the largest PSNR difference and the difference in painted pixels reached, with the verdict against \
+the tolerances (0.5 dB, 0.05) |
 | paper | the 512 px car architecture with random weights: optimisation edit, refinement and inversion in s \
 per step, naive speed-up, peak memory, and the label (device, steps) |
 
-| date | commit | run | hardware | model | vector | batching | jobs | naive | paper |
-|---|---|---|---|---|---|---|---|---|---|
+| date | commit | run | hardware | model | vector | batching | jobs | naive | precision | paper |
+|---|---|---|---|---|---|---|---|---|---|---|
 """
 
 

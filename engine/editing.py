@@ -50,6 +50,7 @@ class VectorEdit:
     rendering: Rendering
     best_step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)  # refinement steps (of the last latent)
+    params: dict[str, Any] = field(default_factory=dict)  # the refinement's resolved parameters
 
 
 def check_w_plus(bundle: Bundle, w: Tensor) -> Tensor:
@@ -190,7 +191,14 @@ def optimize_edit(
     # Step 0 is the unedited latent: its image term is 0, so when the image term rises faster than the
     # cross-entropy falls it would win on total loss and the edit would silently do nothing.
     result = optimize_w(
-        w0, loss_fn, steps=p.steps, lr=lambda _: p.lr, best_from=1, progress=progress, should_stop=should_stop
+        w0,
+        loss_fn,
+        steps=p.steps,
+        lr=lambda _: p.lr,
+        best_from=1,
+        progress=progress,
+        should_stop=should_stop,
+        precision=p.precision,
     )
     rendering = render(bundle, result.w_plus)
     name = next((n for n, ids in bundle.spec.regions.items() if set(ids) == classes), None)
@@ -305,9 +313,17 @@ def refine(
             return loss, logs
 
         result = optimize_w(
-            w_edit, loss_fn, steps=p.steps, lr=lambda _: p.lr, progress=progress, should_stop=should_stop
+            w_edit,
+            loss_fn,
+            steps=p.steps,
+            lr=lambda _: p.lr,
+            progress=progress,
+            should_stop=should_stop,
+            precision=p.precision,
         )
         results.append(result.w_plus)
         history, best_step = result.history, result.best_step
     refined = torch.cat(results)
-    return VectorEdit(w_plus=refined, rendering=render(bundle, refined), best_step=best_step, history=history)
+    return VectorEdit(
+        w_plus=refined, rendering=render(bundle, refined), best_step=best_step, history=history, params=p.to_dict()
+    )

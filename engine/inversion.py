@@ -95,6 +95,7 @@ def invert(
         best_key="reconstruction",
         progress=progress,
         should_stop=should_stop,
+        precision=p.precision,
     )
     rendering = render(bundle, result.w_plus)
     assert bundle.spec.geometry is not None

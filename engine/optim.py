@@ -12,6 +12,7 @@ from torch import Tensor
 from engine.encoder import Encoder
 from engine.errors import CancelledError
 from engine.params import EncoderInput
+from engine.precision import Precision, forward_precision, loop_precision
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]  # (step, total, losses of that step)
 StopFn = Callable[[], bool]  # polled between steps; True ends the run with `CancelledError`
@@ -35,14 +36,30 @@ def optimize_w(
     best_from: int = 0,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    precision: Precision = "float32",
 ) -> OptimResult:
     """Adam on a copy of `w0` for `steps` updates; returns the iterate with the lowest `best_key` among
     w_best_from ... w_steps (an edit passes 1: returning the unchanged start would silently do nothing).
 
     Every iterate w_0 ... w_steps is evaluated once. The best one is *cloned* when measured: the official
     code keeps a `.detach()` view of the parameter, which Adam then updates in place, so it always
-    returned the last step instead.
+    returned the last step instead. `precision` (engine.precision) applies to the loss and its gradient.
     """
+    with loop_precision(w0.device, precision):
+        return _adam(w0, loss_fn, steps, lr, best_key, best_from, progress, should_stop, precision)
+
+
+def _adam(
+    w0: Tensor,
+    loss_fn: LossFn,
+    steps: int,
+    lr: Callable[[int], float],
+    best_key: str,
+    best_from: int,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+    precision: Precision,
+) -> OptimResult:
     w = w0.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([w], lr=lr(0))
     best_w, best_value, best_step = w0.detach().clone(), float("inf"), 0
@@ -51,7 +68,7 @@ def optimize_w(
         if should_stop is not None and should_stop():
             raise CancelledError(f"stopped after {step} of {steps} steps")
         last = step == steps
-        with torch.set_grad_enabled(not last):  # the final iterate is only measured
+        with torch.set_grad_enabled(not last), forward_precision(w.device, precision):  # the last is only measured
             loss, logs = loss_fn(w)
         history.append(logs)
         if step >= min(best_from, steps) and logs[best_key] < best_value:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Self
 
 from engine.errors import InputError
+from engine.precision import PRECISIONS, Precision
 
 MAX_STEPS = 5000
 
@@ -38,6 +39,8 @@ class _Params:
             raise InputError("upsample must be 'nearest' or 'bilinear'")
         if getattr(self, "encoder_input", "signed") not in ("signed", "unit"):
             raise InputError("encoder_input must be 'signed' or 'unit'")
+        if getattr(self, "precision", "float32") not in PRECISIONS:
+            raise InputError(f"precision must be one of {list(PRECISIONS)}")
 
     @classmethod
     def resolve(cls, *layers: Mapping[str, Any] | None) -> Self:
@@ -70,6 +73,7 @@ class InvertParams(_Params):
     encoder_input: EncoderInput = "signed"  # "unit": the official quirk of feeding E images in [0, 1]
     encoder_batch_statistics: bool = False  # True: the official tool's train-mode BatchNorm in E
     use_encoder: bool = True  # start from E(image); False: from the average latent
+    precision: Precision = "float32"  # of the loop's losses (engine.precision): float32, tf32 or bfloat16
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,7 @@ class EditParams(_Params):
     upsample: Literal["nearest", "bilinear"] = "nearest"  # feature interpolation inside the loop
     encoder_input: EncoderInput = "signed"
     encoder_batch_statistics: bool = False
+    precision: Precision = "float32"  # of the loop's losses (engine.precision): float32, tf32 or bfloat16
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,7 @@ class RefineParams(_Params):
     ce_weight: float = 1.0
     roi_dilation: int = 3
     upsample: Literal["nearest", "bilinear"] = "nearest"
+    precision: Precision = "float32"
 
 
 def lr_schedule(t: float, peak: float, rampup: float, rampdown: float) -> float:

@@ -122,7 +122,7 @@ def first_layer(prepared: Prepared, plan: TapPlan) -> Tensor:
     for (_, values, weight), (index, weights) in zip(prepared, plan, strict=True):
         acc = _interpolate_rows(values, index, weights)  # [N, P, X]
         if weight is not None:
-            acc = acc @ weight.t()
+            acc = acc @ weight.t().to(acc.dtype)  # a no-op but under autocast, whose maps may be bfloat16
         h = acc if h is None else h + acc
     assert h is not None
     return h
@@ -170,7 +170,9 @@ class RegionCrossEntropy(torch.autograd.Function):
         pixels, targets, *values = ctx.saved_tensors
         heads: Callable[[Tensor], Tensor] = ctx.heads
         prepared = [(r, v, w) for (r, _, w), v in zip(ctx.prepared, values, strict=True)]
-        grads = [torch.zeros_like(v) for v in values]
+        # float32 accumulators: under bfloat16 autocast the maps are bfloat16, and summing many small
+        # contributions in bfloat16 would lose most of them
+        grads = [torch.zeros_like(v, dtype=torch.float32) for v in values]
         for part, wanted in zip(pixels.split(ctx.chunk), targets.split(ctx.chunk), strict=True):
             plan = tap_plan(prepared, part, ctx.size, ctx.mode)
             h = first_layer(prepared, plan).requires_grad_(True)
@@ -182,10 +184,10 @@ class RegionCrossEntropy(torch.autograd.Function):
                 (dh,) = torch.autograd.grad(loss, h)
             dh = dh * grad_total
             for (_, _, weight), (index, weights), g in zip(prepared, plan, grads, strict=True):
-                d = dh @ weight if weight is not None else dh  # back through the late projection
+                d = (dh @ weight.to(dh.dtype) if weight is not None else dh).float()  # back through the projection
                 if index.shape[0] == 1:
                     g.index_add_(1, index[0], d)
                     continue
                 for t in range(index.shape[0]):
-                    g.index_add_(1, index[t], d * weights[t][None, :, None])
-        return (None, None, None, None, None, None, None, *grads)
+                    g.index_add_(1, index[t], d * weights[t][None, :, None].float())
+        return (None, None, None, None, None, None, None, *(g.to(v.dtype) for g, v in zip(grads, values, strict=True)))

@@ -99,6 +99,7 @@ class Metrics(BaseModel):
     best_step: int = 0
     psnr: float | None = Field(None, description="Inversion: dB against the input inside the content box.")
     losses: dict[str, float] = Field(default_factory=dict)
+    precision: str | None = Field(None, description="Jobs: the optimisation loop's arithmetic (EDITGAN_PRECISION).")
 
 
 class InvertResult(BaseModel):

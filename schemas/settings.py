@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     editgan_max_batch: int = Field(
         16, ge=1, le=256, description="Most vector edits in one batched pass; 1 turns micro-batching off."
     )
+    editgan_precision: Literal["float32", "tf32", "bfloat16"] | None = Field(
+        None,
+        description="Arithmetic of the workers' optimisation loops: float32, tf32 (CUDA tensor cores) or bfloat16 "
+        "(autocast); results are always rendered in float32. Unset: the bundle's default (float32 when it "
+        "names none). `editgan bench --only paper` measures each against float32.",
+    )
     editgan_threads: int | None = Field(
         None, ge=1, le=256, description="Torch CPU threads per process (default: torch's)."
     )
@@ -103,7 +109,9 @@ class Settings(BaseSettings):
     editgan_port: int = Field(8000, ge=1, le=65535, description="Port the gateway binds.")
     editgan_log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
-    @field_validator("redis_url", "editgan_threads", "editgan_lpips_backbone", "editgan_api_keys", mode="before")
+    @field_validator(
+        "redis_url", "editgan_threads", "editgan_lpips_backbone", "editgan_api_keys", "editgan_precision", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value  # `REDIS_URL=` in a compose file or shell means "not set"

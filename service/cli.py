@@ -353,6 +353,7 @@ def _train_segmenter(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     config = SegmenterTrainConfig(
         num_models=args.models,
+        hidden=args.hidden,
         epochs=args.epochs,
         invert_steps=args.invert_steps,
         seed=args.seed,
@@ -495,10 +496,22 @@ def _bench(args: argparse.Namespace) -> int:
         lpips_backbone=_settings().editgan_lpips_backbone,
         paper_size=args.paper_size,
         paper_steps=args.paper_steps,
+        paper_precision=args.paper_precision,
     )
     report, ok = run_bench(ctx, sections, args.results or DEFAULT_RESULTS)
     print_report(report)
     return 0 if ok else 1
+
+
+def _widths(text: str) -> tuple[int, int]:
+    """`H1,H2` -> (H1, H2), both positive."""
+    try:
+        h1, h2 = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two widths H1,H2, got {text!r}") from None
+    if h1 < 1 or h2 < 1:
+        raise argparse.ArgumentTypeError(f"widths must be positive, got {text!r}")
+    return h1, h2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -569,7 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("bench", help="benchmarks: JSON on stdout, a dated row appended to bench/RESULTS.md")
-    p.add_argument("--only", default="vector,jobs,naive,paper", help="sections, comma-separated (default: all)")
+    p.add_argument(
+        "--only", default="vector,jobs,naive,precision,paper", help="sections, comma-separated (default: all)"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: few repetitions and steps, not figures to quote")
     p.add_argument("--model", type=Path, default=None, help="bundle directory (default: the shipped demo-faces)")
     p.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (CUDA when present)")
@@ -580,6 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--paper-size", type=int, choices=[64, 128, 256, 512], default=512, help="paper section canvas (< 512: smoke)"
     )
     p.add_argument("--paper-steps", type=int, default=None, help="paper section steps (default: 3, --quick 1)")
+    p.add_argument(
+        "--paper-precision",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="paper section: also time bfloat16 (and TF32 on CUDA) against float32 (default: on CUDA only)",
+    )
     p.set_defaults(func=_bench)
 
     train = sub.add_parser("train", help="train the networks of a bundle").add_subparsers(dest="what", required=True)
@@ -621,6 +642,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="bundle directory to write (replaced atomically)")
     p.add_argument("--annotated", type=int, default=16, help="annotated images (DatasetGAN/EditGAN: 16)")
     p.add_argument("--models", type=int, default=10, help="ensemble members")
+    p.add_argument(
+        "--hidden",
+        type=_widths,
+        default=None,
+        help="members' hidden widths H1,H2 (default: the official 128,32; render time grows with models x H1)",
+    )
     p.add_argument("--epochs", type=int, default=4, help="passes over every annotated pixel per member")
     p.add_argument("--invert-steps", type=int, default=300, help="W+ optimisation steps per annotated image")
     p.add_argument("--perceptual", type=Path, default=None, help="`train perceptual` output (default: random CNN)")

@@ -137,8 +137,12 @@ def _outputs(payload: dict[str, Any]) -> list[Output]:
     return [Output(o) for o in payload.get("outputs", list(Output))]
 
 
-def _steps(payload: dict[str, Any]) -> dict[str, Any]:
-    return {"steps": int(payload["steps"])} if payload.get("steps") is not None else {}
+def _params(rt: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
+    """The request's steps and the worker's EDITGAN_PRECISION, over the bundle's defaults."""
+    params: dict[str, Any] = {"steps": int(payload["steps"])} if payload.get("steps") is not None else {}
+    if rt.settings.editgan_precision is not None:
+        params["precision"] = rt.settings.editgan_precision
+    return params
 
 
 def run_invert(payload: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +155,7 @@ def run_invert(payload: dict[str, Any]) -> dict[str, Any]:
             bundle,
             canvas,
             perceptual=rt.perceptual(bundle),
-            params=_steps(payload),
+            params=_params(rt, payload),
             progress=reporter.progress,
             should_stop=reporter.should_stop,
         )
@@ -165,6 +169,7 @@ def run_invert(payload: dict[str, Any]) -> dict[str, Any]:
             best_step=inv.best_step,
             psnr=round(inv.psnr, 3),
             losses=inv.losses,
+            precision=inv.params["precision"],
         )
         return InvertResult(latent_id=latent_id, model=bundle.spec.name, images=images, metrics=metrics).model_dump(
             mode="json"
@@ -187,7 +192,7 @@ def run_optimize(payload: dict[str, Any]) -> dict[str, Any]:
             mask,
             payload.get("region"),
             perceptual=rt.perceptual(bundle),
-            params=_steps(payload),
+            params=_params(rt, payload),
             description=payload.get("description", ""),
             progress=reporter.progress,
             should_stop=reporter.should_stop,
@@ -211,7 +216,11 @@ def run_optimize(payload: dict[str, Any]) -> dict[str, Any]:
             images=images,
             vector=EditVectorInfo(edit_id=edit_id, saved_as=saved, classes=vector.classes, region=vector.region),
             metrics=Metrics(
-                seconds=round(seconds, 3), steps=len(edit.history) - 1, best_step=edit.best_step, losses=last
+                seconds=round(seconds, 3),
+                steps=len(edit.history) - 1,
+                best_step=edit.best_step,
+                losses=last,
+                precision=edit.params["precision"],
             ),
         ).model_dump(mode="json")
 
@@ -230,6 +239,7 @@ def run_refine(payload: dict[str, Any]) -> dict[str, Any]:
             [(r.vector, t.scale) for r, t in zip(resolved, terms, strict=True)],
             int(payload["refine_steps"]),
             perceptual=rt.perceptual(bundle),
+            params=_params(rt, {}),
             progress=reporter.progress,
             should_stop=reporter.should_stop,
         )
@@ -244,7 +254,11 @@ def run_refine(payload: dict[str, Any]) -> dict[str, Any]:
             images=images,
             vectors=[VectorTerm(vector=r.ref, scale=t.scale) for r, t in zip(resolved, terms, strict=True)],
             metrics=Metrics(
-                seconds=round(seconds, 3), steps=int(payload["refine_steps"]), best_step=result.best_step, losses=last
+                seconds=round(seconds, 3),
+                steps=int(payload["refine_steps"]),
+                best_step=result.best_step,
+                losses=last,
+                precision=result.params.get("precision"),
             ),
             segmentation_members=len(bundle.segmenter.classifiers()),
         ).model_dump(mode="json")

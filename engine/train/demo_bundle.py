@@ -48,12 +48,13 @@ def faces_spec(
     *,
     perceptual: ConvPerceptualConfig = PERCEPTUAL,
     encoder: EncoderConfig | None = None,
+    hidden: tuple[int, int] | None = None,
 ) -> BundleSpec:
     classes = [ClassInfo(i, name, color) for i, (name, color) in enumerate(faces.CLASSES)]
     spec = BundleSpec(
         name="demo-faces",
         generator=generator_config,
-        segmenter=segmenter_config_for(generator_config, len(classes), num_models),
+        segmenter=segmenter_config_for(generator_config, len(classes), num_models, hidden),
         classes=classes,
         regions=dict(faces.REGIONS),
         geometry=Geometry(generator_config.size),
@@ -138,6 +139,7 @@ def build_demo_bundle(
         config.num_models,
         perceptual=perceptual_config,
         encoder=encoder.config if encoder is not None else None,
+        hidden=config.hidden,
     )
     perceptual = build_perceptual(spec.perceptual, state_dict=perceptual_state)
     segmenter = Segmenter(spec.segmenter).eval()

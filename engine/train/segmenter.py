@@ -32,6 +32,8 @@ Progress = Callable[[str, int, int, dict[str, float]], None]  # (stage, done, to
 @dataclass(frozen=True)
 class SegmenterTrainConfig:
     num_models: int = 10  # ensemble members (official: 10)
+    # Members' hidden widths (h1, h2); None: the official rule. Rendering time is about linear in M * h1.
+    hidden: tuple[int, int] | None = None
     epochs: int = 4  # passes over every pixel; the official early stop fires after about 4
     batch_size: int = 512  # pixels per step (official 64: slower on a CPU, same optimum here)
     lr: float = 1e-3
@@ -136,13 +138,16 @@ def train_ensemble(
     return segmenter.eval().requires_grad_(False), stats
 
 
-def segmenter_config_for(generator: GeneratorConfig, num_classes: int, num_models: int) -> SegmenterConfig:
+def segmenter_config_for(
+    generator: GeneratorConfig, num_classes: int, num_models: int, hidden: tuple[int, int] | None = None
+) -> SegmenterConfig:
     """The ensemble that reads every feature map of `generator` at its output size."""
     return SegmenterConfig(
         feature_channels=tuple(c for c, _ in generator.feature_shapes),
         num_classes=num_classes,
         out_size=generator.size,
         num_models=num_models,
+        hidden=hidden,
     )
 
 

@@ -48,7 +48,25 @@ def test_quick_vector_and_jobs_sections_print_json_and_append_a_row(tiny_models:
     rows = text[len(HEADER) :].splitlines()
     assert len(rows) == 1 and rows[0].startswith(f"| {report['date']} |") and "quick: vector,jobs" in rows[0]
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
-    assert cells[-2:] == ["-", "-"]  # naive and paper were not run
+    assert cells[-3:] == ["-", "-", "-"]  # naive, precision and paper were not run
+
+
+def test_the_precision_section_compares_bfloat16_with_float32(tiny_models: Path, tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    args = ["--quick", "--only", "precision", "--model", str(tiny_models), "--threads", "1", "--results"]
+    out = _bench(*args, str(results))
+    assert out.returncode == 0, out.stderr[-3000:]
+    section = json.loads(out.stdout)["sections"]["precision"]
+    assert list(section["runs"]) == ["float32", "bfloat16"]  # no TF32 on a CPU
+    for run in section["runs"].values():
+        assert set(run) == {"invert", "optimize", "refine"} and all(run[m]["ms_per_step"] > 0 for m in run)
+        assert 0 <= run["optimize"]["reached"] <= 1 and run["invert"]["psnr_db"] > 0
+    verdict = section["against_float32"]["bfloat16"]
+    assert set(verdict["speedup_per_step"]) == {"invert", "optimize", "refine"}
+    differences = [*verdict["psnr_difference_db"].values(), verdict["reached_difference"]]
+    assert isinstance(verdict["equal_quality"], bool) and all(isinstance(d, float) for d in differences)
+    row = [c.strip() for c in results.read_text().splitlines()[-1].strip("|").split("|")]
+    assert row[-2].startswith("bfloat16: invert ") and row[-1] == "-"
 
 
 def test_unknown_sections_are_refused() -> None:

@@ -144,7 +144,7 @@ def test_the_demo_bundle_takes_the_trained_perceptual_network_and_encoder(
     save_trained(tmp_path / "perceptual", network, record)
     enc_cfg = EncoderTrainConfig(total_kimg=0.008, batch_size=2)
     train_encoder(generator, network, real, tmp_path / "enc", enc_cfg, source=run_source(gan_run))
-    seg = SegmenterTrainConfig(num_models=2, epochs=1, invert_steps=2, max_pixel_error=1.0)
+    seg = SegmenterTrainConfig(num_models=2, epochs=1, invert_steps=2, max_pixel_error=1.0, hidden=(6, 4))
     built = build_demo_bundle(
         gan_run,
         tmp_path / "bundle",
@@ -159,6 +159,8 @@ def test_the_demo_bundle_takes_the_trained_perceptual_network_and_encoder(
     bundle = load_bundle(tmp_path / "bundle")
     assert bundle.encoder is not None and bundle.spec.defaults["invert"]["use_encoder"] is True
     assert bundle.spec.perceptual["config"] == TINY_PERCEPTUAL.to_dict()
+    assert bundle.spec.segmenter.hidden == (6, 4) and built["segmenter_training"]["hidden"] == (6, 4)
+    assert [m.first.out_features for m in bundle.segmenter.classifiers()] == [6, 6]
     x = real(9, 2)
     torch.testing.assert_close(bundle.perceptual()(x[:1], x[1:]), network(x[:1], x[1:]))
     assert bundle.examples is not None and bundle.examples.shape[0] == 2

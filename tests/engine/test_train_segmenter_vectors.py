@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+
+import pytest
 import torch
 
 from engine.bundle import Bundle
@@ -11,6 +14,7 @@ from engine.segmenter import SegmenterConfig
 from engine.train import vectors as V
 from engine.train.demo_bundle import mean_iou
 from engine.train.segmenter import SegmenterTrainConfig, aligned_pixels, pixel_features, train_ensemble
+from service.cli import build_parser
 
 
 def test_pixel_features_are_the_upsampled_stack_row_by_row(tiny_bundle: Bundle) -> None:
@@ -127,3 +131,13 @@ def test_aligned_pixels_drop_what_the_embedding_does_not_reproduce(tiny_bundle: 
     keep = aligned_pixels(g, w, changed, 0.01).reshape(2, g.config.size, g.config.size)
     big = (changed - images).abs().mean(1) * 0.5 > 0.01
     assert torch.equal(~keep, big) and bool(big[1, 4:8, 10:20].any()) and bool(keep[0].all())
+
+
+def test_train_segmenter_reads_hidden_widths() -> None:
+    def parse(*extra: str) -> argparse.Namespace:
+        return build_parser().parse_args(["train", "segmenter", "--gan", "g", "--out", "o", *extra])
+
+    assert parse().hidden is None and parse("--hidden", "64,32").hidden == (64, 32)
+    for bad in ("64", "64,x", "0,32", "64,32,8"):
+        with pytest.raises(SystemExit):
+            parse("--hidden", bad)

@@ -1,0 +1,46 @@
+"""Reduced-precision arithmetic for the optimisation loops (inversion, editing, refinement), opt-in.
+
+- "float32": exact, the default everywhere.
+- "tf32": CUDA matrix products and convolutions on TF32 tensor cores (10-bit mantissa, float32 range);
+  elsewhere the same as float32, since CPUs have no TF32.
+- "bfloat16": the loss forward under `torch.autocast` in bfloat16 (CUDA, and CPUs; those with native
+  bfloat16 dot products gain most). Products run in bfloat16 and reductions, softmax and losses in float32,
+  while the latent, its gradient and Adam's state stay float32; the backward pass follows the dtypes
+  autocast recorded.
+
+Only the loop's loss is computed this way: the encoder's starting point, and the final rendering, PSNR
+and segmentation that a job returns, always run in float32, so what a user sees is exact for the latent
+found. `editgan bench` runs each mode beside float32 and reports the final losses' differences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Literal, get_args
+
+import torch
+
+Precision = Literal["float32", "tf32", "bfloat16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+@contextmanager
+def loop_precision(device: torch.device, precision: Precision) -> Iterator[None]:
+    """Around a whole loop (forward and backward passes): TF32 switched on for "tf32" on CUDA, restored after."""
+    if precision != "tf32" or device.type != "cuda":
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def forward_precision(device: torch.device, precision: Precision) -> torch.autocast | nullcontext[None]:
+    """Around one loss forward: bfloat16 autocast for "bfloat16", nothing otherwise."""
+    if precision == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()

@@ -1,0 +1,84 @@
+"""Opt-in reduced precision of the optimisation loops (engine/precision.py), on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.bundle import Bundle
+from engine.editing import EditingVector, optimize_edit, refine
+from engine.errors import InputError
+from engine.inversion import invert
+from engine.params import EditParams, InvertParams, RefineParams
+from engine.perceptual import ConvPerceptual, ConvPerceptualConfig, PerceptualLoss
+from engine.precision import loop_precision
+from tests.engine.test_editing import _edit_mask
+
+
+@pytest.fixture
+def perceptual() -> PerceptualLoss:
+    torch.manual_seed(0)
+    return ConvPerceptual(ConvPerceptualConfig(widths=(8, 16))).freeze()
+
+
+def _target(bundle: Bundle) -> torch.Tensor:
+    g = bundle.generator
+    return g.synthesis(g.sample_w_plus(1, seed=11)).image.clamp(-1, 1)
+
+
+def test_tf32_is_float32_on_the_cpu(tiny_bundle: Bundle, perceptual: PerceptualLoss) -> None:
+    target = _target(tiny_bundle)
+    exact = invert(tiny_bundle, target, perceptual=perceptual, params={"steps": 5})
+    tf32 = invert(tiny_bundle, target, perceptual=perceptual, params={"steps": 5, "precision": "tf32"})
+    assert torch.equal(exact.w_plus, tf32.w_plus) and tf32.params["precision"] == "tf32"
+
+
+def test_bfloat16_inversion_follows_float32(tiny_bundle: Bundle, perceptual: PerceptualLoss) -> None:
+    target = _target(tiny_bundle)
+    exact = invert(tiny_bundle, target, perceptual=perceptual, params={"steps": 12})
+    low = invert(tiny_bundle, target, perceptual=perceptual, params={"steps": 12, "precision": "bfloat16"})
+    assert not torch.equal(exact.w_plus, low.w_plus)  # autocast did run
+    assert low.w_plus.dtype == torch.float32 and low.rendering.image.dtype == torch.float32
+    for key in ("reconstruction", "mse"):
+        assert low.history[-1][key] == pytest.approx(exact.history[-1][key], rel=0.1)
+    assert low.psnr == pytest.approx(exact.psnr, abs=0.5)
+
+
+def test_bfloat16_edit_and_refinement_follow_float32(tiny_bundle: Bundle, perceptual: PerceptualLoss) -> None:
+    w = tiny_bundle.generator.sample_w_plus(1, seed=2)
+    mask = _edit_mask(tiny_bundle, w)
+    runs = {
+        p: optimize_edit(tiny_bundle, w, mask, perceptual=perceptual, params={"steps": 8, "precision": p})
+        for p in ("float32", "bfloat16")
+    }
+    exact, low = runs["float32"], runs["bfloat16"]
+    assert low.params["precision"] == "bfloat16" and not torch.equal(exact.w_plus, low.w_plus)
+    assert low.history[-1]["total"] == pytest.approx(exact.history[-1]["total"], rel=0.15)
+    # the returned rendering is a float32 render of the latent found
+    assert low.rendering.image.dtype == torch.float32
+    vec = EditingVector(delta=tiny_bundle.vectors["grow"] * 0.3, model="tiny", classes=low.vector.classes)
+    refined = {
+        p: refine(tiny_bundle, w, [(vec, 1.0)], steps=4, perceptual=perceptual, params={"precision": p})
+        for p in ("float32", "bfloat16")
+    }
+    assert refined["bfloat16"].params["precision"] == "bfloat16"
+    first = [r.history[0]["total"] for r in refined.values()]
+    assert first[1] == pytest.approx(first[0], rel=0.1)  # the same starting point, measured in bfloat16
+
+
+@pytest.mark.parametrize("params", [InvertParams, EditParams, RefineParams])
+def test_an_unknown_precision_is_refused(params: type[InvertParams]) -> None:
+    assert params.resolve(None, {"precision": "bfloat16"}).precision == "bfloat16"
+    with pytest.raises(InputError, match="precision must be one of"):
+        params.resolve(None, {"precision": "float16"})
+
+
+def test_tf32_switches_are_restored_after_a_cuda_loop() -> None:
+    # The flags are process-wide: a loop must leave them as it found them, even when it fails.
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    with pytest.raises(RuntimeError), loop_precision(torch.device("cuda"), "tf32"):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        raise RuntimeError("a failing step")
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+    with loop_precision(torch.device("cpu"), "tf32"):
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
