@@ -127,6 +127,52 @@ class _SegmentationLoss:
         return total, out.image, logs
 
 
+@dataclass
+class EditProblem:
+    """The fixed parts of one optimisation edit: the start, its loss, the region and its classes."""
+
+    w0: Tensor  # [1, L, S]
+    terms: _SegmentationLoss  # W+ -> (loss without the encoder term, image, logged terms)
+    roi: Tensor  # [S, S] bool over the canvas, dilated
+    classes: set[int]  # Q_edit
+
+
+def prepare_edit(
+    bundle: Bundle,
+    w: Tensor,
+    edited_mask: Tensor,
+    region: str | Sequence[int] | None,
+    *,
+    perceptual: PerceptualLoss,
+    params: EditParams,
+) -> EditProblem:
+    """What `optimize_edit` optimises, before any step (see there); shared with vector learning, which
+    fits one offset to several such problems at once."""
+    w0 = check_w_plus(bundle, w)
+    if w0.shape[0] != 1:
+        raise InputError("optimize_edit edits one latent at a time")
+    assert bundle.spec.geometry is not None
+    _, _, h, wd = bundle.spec.geometry.box
+    edited = labels_from_array(edited_mask, len(bundle.spec.classes), (h, wd)).to(bundle.device)
+    chosen = _region_classes(bundle, region)
+    before = render(bundle, w0)  # what the user saw and painted on
+    current = before.labels[0]
+    changed = edited != current
+    if not bool(changed.any()):
+        raise InputError("the edited mask equals the current segmentation: there is nothing to edit")
+    classes = chosen if chosen is not None else set(current[changed].tolist()) | set(edited[changed].tolist())
+    q = torch.tensor(sorted(classes), device=bundle.device)
+    in_region = torch.isin(current, q) | torch.isin(edited, q)
+    if not bool(in_region.any()):
+        raise InputError(f"no pixel before or after the edit belongs to the region's classes {sorted(classes)}")
+    roi = dilate(_canvas(bundle, in_region, False), params.roi_dilation)
+    targets = _canvas(bundle, edited, 0)  # outside the content box the official mask is background
+    with torch.no_grad():
+        reference = bundle.generator.synthesis(w0).image
+    terms = _SegmentationLoss(bundle, perceptual, reference, roi, targets, params)
+    return EditProblem(w0=w0, terms=terms, roi=roi, classes=classes)
+
+
 def optimize_edit(
     bundle: Bundle,
     w: Tensor,
@@ -148,38 +194,9 @@ def optimize_edit(
     drives the ensemble to the edited labels inside it, plus the encoder-consistency term.
     """
     p = EditParams.resolve(bundle.spec.defaults.get("edit"), params)
-    w0 = check_w_plus(bundle, w)
-    if w0.shape[0] != 1:
-        raise InputError("optimize_edit edits one latent at a time")
-    assert bundle.spec.geometry is not None
-    _, _, h, wd = bundle.spec.geometry.box
-    edited = labels_from_array(edited_mask, len(bundle.spec.classes), (h, wd)).to(bundle.device)
-    chosen = _region_classes(bundle, region)
     perceptual = perceptual if perceptual is not None else bundle.perceptual()
-
-    before = render(bundle, w0)  # what the user saw and painted on
-    current = before.labels[0]
-    changed = edited != current
-    if not bool(changed.any()):
-        raise InputError("the edited mask equals the current segmentation: there is nothing to edit")
-    classes = chosen if chosen is not None else set(current[changed].tolist()) | set(edited[changed].tolist())
-    q = torch.tensor(sorted(classes), device=bundle.device)
-    in_region = torch.isin(current, q) | torch.isin(edited, q)
-    if not bool(in_region.any()):
-        raise InputError(f"no pixel before or after the edit belongs to the region's classes {sorted(classes)}")
-    roi = dilate(_canvas(bundle, in_region, False), p.roi_dilation)
-    targets = _canvas(bundle, edited, 0)  # outside the content box the official mask is background
-
-    with torch.no_grad():
-        reference = bundle.generator.synthesis(w0).image
-    terms = _SegmentationLoss(
-        bundle,
-        perceptual,
-        reference,
-        roi,
-        targets,
-        p,
-    )
+    problem = prepare_edit(bundle, w, edited_mask, region, perceptual=perceptual, params=p)
+    w0, terms, roi, classes = problem.w0, problem.terms, problem.roi, problem.classes
     enc = bundle.encoder if p.encoder_weight > 0 else None
 
     def loss_fn(w_: Tensor) -> tuple[Tensor, dict[str, float]]:
@@ -210,7 +227,8 @@ def optimize_edit(
         description=description,
         source_latent=w0[0].clone(),
     )
-    top, left, _, _ = bundle.spec.geometry.box
+    assert bundle.spec.geometry is not None
+    top, left, h, wd = bundle.spec.geometry.box
     return EditResult(
         w_plus=result.w_plus,
         vector=vector,

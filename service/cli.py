@@ -396,7 +396,13 @@ def _train_vectors(args: argparse.Namespace) -> int:
     samples = bundle.generator.sample_w_plus(args.calibration_samples, seed=args.seed, psi=psi)
     calibration = torch.cat([bundle.examples[args.sources :], samples])
     learned = learn_face_vectors(
-        bundle, sources, steps=args.steps, perceptual=bundle.perceptual(), calibration=calibration, log=print
+        bundle,
+        sources,
+        steps=args.steps,
+        perceptual=bundle.perceptual(),
+        calibration=calibration,
+        joint_steps=args.joint_steps,
+        log=print,
     )
     for name, (delta, meta) in learned.items():
         bundle.vectors[name] = delta
@@ -668,6 +674,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-samples", type=int, default=16, help="generator samples that calibrate scales")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration samples")
     p.add_argument("--steps", type=int, default=60, help="optimisation steps per source image")
+    p.add_argument(
+        "--joint-steps",
+        type=int,
+        default=30,
+        help="then updates of one offset fitted to every source's edit at once (0: the mean offset alone)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_train_vectors)
     return parser

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any, cast
 
 import pytest
 import torch
 
 from engine.bundle import Bundle
+from engine.editing import EditProblem, prepare_edit
+from engine.params import EditParams
 from engine.perceptual import ConvPerceptual, ConvPerceptualConfig
 from engine.rendering import render
 from engine.segmenter import SegmenterConfig
@@ -98,11 +101,75 @@ def test_a_learned_vector_is_the_mean_offset_of_its_sources(tiny_bundle: Bundle)
     edit = V.NamedEdit(relabel, "pair", (1,), 1, "test")
     before = [render(tiny_bundle, latents[i : i + 1]).labels[0] for i in range(2)]
     assert all(bool((relabel(b) != b).any()) for b in before)
-    delta, stats = V.learn_vector(tiny_bundle, latents, edit, steps=3, perceptual=perceptual, log=lambda _: None)
+    found, stats = V.learn_vector(tiny_bundle, latents, edit, steps=3, perceptual=perceptual, log=lambda _: None)
+    assert list(found) == ["mean"]  # no joint steps: no shared candidate
+    delta = found["mean"]
     assert delta.shape == latents.shape[1:] and stats["sources"] == 2 and 0.0 <= stats["reached"] <= 1.0
     single, _ = V.learn_vector(tiny_bundle, latents[:1], edit, steps=3, perceptual=perceptual, log=lambda _: None)
     other, _ = V.learn_vector(tiny_bundle, latents[1:], edit, steps=3, perceptual=perceptual, log=lambda _: None)
-    torch.testing.assert_close(delta, (single + other) / 2)
+    torch.testing.assert_close(delta, (single["mean"] + other["mean"]) / 2)
+
+
+def test_the_shared_offset_minimises_the_mean_loss_of_all_problems() -> None:
+    # Quadratic stand-ins for the edit losses: ||w0_i + delta - goal_i||^2, minimised by the mean of goal_i - w0_i.
+    gen = torch.Generator().manual_seed(0)
+    starts, goals = torch.randn(3, 1, 2, 4, generator=gen), torch.randn(3, 1, 2, 4, generator=gen)
+
+    def problem(w0: torch.Tensor, goal: torch.Tensor) -> EditProblem:
+        def terms(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+            return (w - goal).square().sum(), w, {}
+
+        return EditProblem(w0=w0, terms=cast(Any, terms), roi=torch.ones(1, dtype=torch.bool), classes={1})
+
+    problems = [problem(w0, goal) for w0, goal in zip(starts, goals, strict=True)]
+    optimum = (goals - starts).mean(0)[0]
+    start = torch.zeros(2, 4)
+    shared, loss = V.fit_shared_offset(problems, start, steps=300, lr=0.05)
+    torch.testing.assert_close(shared, optimum, atol=2e-3, rtol=0)
+    floor = sum(float((s + optimum - g).square().sum()) for s, g in zip(starts, goals, strict=True)) / 3
+    assert loss == pytest.approx(floor, rel=1e-3)
+    unchanged, at_start = V.fit_shared_offset(problems, start, steps=0, lr=0.05)
+    assert torch.equal(unchanged, start) and at_start > loss
+
+
+def test_a_learned_vector_offers_the_mean_and_the_shared_offset(tiny_bundle: Bundle) -> None:
+    perceptual = ConvPerceptual(ConvPerceptualConfig(widths=(4,))).eval().requires_grad_(False)
+    latents = tiny_bundle.generator.sample_w_plus(3, seed=3)
+
+    def relabel(labels: torch.Tensor) -> torch.Tensor:
+        out = labels.clone()
+        out[8:14, 10:20] = 1
+        return out
+
+    edit = V.NamedEdit(relabel, "pair", (1,), 1, "test")
+    tiny_bundle.spec.regions.setdefault("pair", [1])
+    found, stats = V.learn_vector(tiny_bundle, latents, edit, steps=3, perceptual=perceptual, joint_steps=4)
+    assert set(found) == {"mean", "shared"} and found["shared"].shape == found["mean"].shape
+    assert stats["shared_offset_loss"] <= stats["mean_offset_loss"] and 0.0 <= stats["shared_reached"] <= 1.0
+    params = EditParams.resolve(tiny_bundle.spec.defaults.get("edit"), {"steps": 3})
+    problems = [
+        prepare_edit(tiny_bundle, w[None], relabel(render(tiny_bundle, w[None]).labels[0]), "pair",
+                     perceptual=perceptual, params=params)
+        for w in latents
+    ]  # fmt: skip
+
+    def mean_loss(delta: torch.Tensor) -> float:
+        with torch.no_grad():
+            return sum(float(p.terms(p.w0 + delta)[0]) for p in problems) / len(problems)
+
+    # the stats are the mean losses of the two candidates over the same problems
+    assert mean_loss(found["shared"]) == pytest.approx(stats["shared_offset_loss"], rel=1e-4)
+    assert mean_loss(found["mean"]) == pytest.approx(stats["mean_offset_loss"], rel=1e-4)
+
+
+def test_a_candidate_offset_wins_by_reaching_the_target_then_by_keeping_the_image() -> None:
+    def cal(rate: float, psnr: float | None) -> V.Calibration:
+        return V.Calibration(1.0, {"1": rate}, psnr)
+
+    assert cal(1.0, 25.0).better_than(cal(0.9, 30.0), 0.95)  # only one reaches the target
+    assert cal(0.96, 31.0).better_than(cal(1.0, 30.0), 0.95)  # both do: the image outside decides
+    assert cal(0.9, 20.0).better_than(cal(0.8, 35.0), 0.95)  # neither: the more successful
+    assert not cal(1.0, 30.0).better_than(cal(1.0, 30.0), 0.95)  # a tie keeps the first
 
 
 def test_the_calibrated_scale_is_the_smallest_that_transfers(tiny_bundle: Bundle) -> None:
@@ -111,7 +178,9 @@ def test_the_calibrated_scale_is_the_smallest_that_transfers(tiny_bundle: Bundle
     tiny_bundle.spec.regions.setdefault("one", [1])
     for direction in (1, -1):
         edit = V.NamedEdit(lambda x: x, "one", (1,), direction, "test")
-        scale, tried = V.calibrate_scale(tiny_bundle, delta, edit, latents)
+        c = V.calibrate_scale(tiny_bundle, delta, edit, latents)
+        scale, tried = c.scale, c.success
+        assert c.psnr_outside is None or c.psnr_outside > 0
         assert list(tried) == [f"{s:g}" for s in V.SCALES[: len(tried)]]
         assert scale in V.SCALES
         if tried[f"{scale:g}"] >= 0.9:  # stopped at the first scale that transfers
