@@ -87,7 +87,7 @@ def faces_spec(
                 "roi_dilation": 2,
             },
         },
-        version="0.3",
+        version="0.4",
         description="Demo model: 64 px procedural cartoon faces (engine/domains/faces.py), trained on 2 CPU cores.",
     )
     return spec
