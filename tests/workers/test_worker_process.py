@@ -153,3 +153,14 @@ def test_engine_errors_fail_the_job_with_a_code_and_are_not_retried(
     info = job_info(fetch(redis_client, job.id), job_queue(redis_client, settings))
     assert info.error is not None and info.error.code == "latent_not_found"
     assert fetch(redis_client, job.id).retries_left == 0
+
+
+def test_the_worker_runs_its_loops_in_editgan_precision(
+    redis_client: redis.Redis, settings: Settings, spawn: Callable[..., object]
+) -> None:
+    for env, expected in (({"EDITGAN_PRECISION": "bfloat16"}, "bfloat16"), ({}, "float32")):  # {}: the bundle's
+        worker = spawn(**env)
+        job = submit_long_inversion(redis_client, settings, steps=3)
+        wait_for(lambda job=job: job.get_status(refresh=True) == "finished", 90, f"a job in {expected}")
+        assert job.return_value()["metrics"]["precision"] == expected
+        stop(worker)  # type: ignore[arg-type]
