@@ -45,43 +45,29 @@ def optimize_w(
     code keeps a `.detach()` view of the parameter, which Adam then updates in place, so it always
     returned the last step instead. `precision` (engine.precision) applies to the loss and its gradient.
     """
-    with loop_precision(w0.device, precision):
-        return _adam(w0, loss_fn, steps, lr, best_key, best_from, progress, should_stop, precision)
-
-
-def _adam(
-    w0: Tensor,
-    loss_fn: LossFn,
-    steps: int,
-    lr: Callable[[int], float],
-    best_key: str,
-    best_from: int,
-    progress: ProgressFn | None,
-    should_stop: StopFn | None,
-    precision: Precision,
-) -> OptimResult:
     w = w0.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([w], lr=lr(0))
     best_w, best_value, best_step = w0.detach().clone(), float("inf"), 0
     history: list[dict[str, float]] = []
-    for step in range(steps + 1):
-        if should_stop is not None and should_stop():
-            raise CancelledError(f"stopped after {step} of {steps} steps")
-        last = step == steps
-        with torch.set_grad_enabled(not last), forward_precision(w.device, precision):  # the last is only measured
-            loss, logs = loss_fn(w)
-        history.append(logs)
-        if step >= min(best_from, steps) and logs[best_key] < best_value:
-            best_w, best_value, best_step = w.detach().clone(), logs[best_key], step
-        if progress is not None:
-            progress(step, steps, logs)
-        if last:
-            break
-        for group in opt.param_groups:
-            group["lr"] = lr(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    with loop_precision(w0.device, precision):  # TF32 flags for forward and backward passes
+        for step in range(steps + 1):
+            if should_stop is not None and should_stop():
+                raise CancelledError(f"stopped after {step} of {steps} steps")
+            last = step == steps
+            with torch.set_grad_enabled(not last), forward_precision(w.device, precision):  # the last is only measured
+                loss, logs = loss_fn(w)
+            history.append(logs)
+            if step >= min(best_from, steps) and logs[best_key] < best_value:
+                best_w, best_value, best_step = w.detach().clone(), logs[best_key], step
+            if progress is not None:
+                progress(step, steps, logs)
+            if last:
+                break
+            for group in opt.param_groups:
+                group["lr"] = lr(step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     return OptimResult(w_plus=best_w, best_step=best_step, history=history)
 
 

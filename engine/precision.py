@@ -10,7 +10,7 @@
 
 Only the loop's loss is computed this way: the encoder's starting point, and the final rendering, PSNR
 and segmentation that a job returns, always run in float32, so what a user sees is exact for the latent
-found. `editgan bench` runs each mode beside float32 and reports the final losses' differences.
+found. `editgan bench --only precision` runs each mode beside float32 and compares what they return.
 """
 
 from __future__ import annotations
