@@ -22,7 +22,7 @@ from bench.inputs import EditInput, canvas, default_steps, edit_input
 from bench.results import SectionResult
 from bench.timing import StepClock, gib, ratio, timed
 from engine import Bundle, EditingVector, invert, optimize_edit, refine, render
-from engine.optim import psnr
+from engine.evaluate import PSNR_CAP, psnr_outside
 from engine.perceptual import PerceptualLoss
 from engine.precision import Precision
 
@@ -36,8 +36,10 @@ def precisions(device: torch.device) -> list[Precision]:
 
 
 def _psnr_outside(x: torch.Tensor, y: torch.Tensor, region: torch.Tensor) -> float:
-    keep = (~region).to(x.dtype)[None, None]
-    return psnr(x * keep, y * keep)  # both black inside the region
+    """`engine.evaluate.psnr_outside` of one rendered pair [1, 3, h, w]; a region covering everything leaves
+    nothing outside to change, which counts as the cap."""
+    value = psnr_outside(x[0], y[0], region)
+    return PSNR_CAP if value is None else value
 
 
 def run_modes(

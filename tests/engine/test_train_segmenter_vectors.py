@@ -89,18 +89,20 @@ def test_mask_operations_only_touch_what_they_name() -> None:
     assert not bool((short[8:] == V.HAIR).any()) and bool((short[:8] == labels[:8]).all())
 
 
+def _relabel(labels: torch.Tensor) -> torch.Tensor:
+    """A painted edit for the tiny model: a block of class 1."""
+    out = labels.clone()
+    out[8:14, 10:20] = 1
+    return out
+
+
 def test_a_learned_vector_is_the_mean_offset_of_its_sources(tiny_bundle: Bundle) -> None:
     perceptual = ConvPerceptual(ConvPerceptualConfig(widths=(4,))).eval().requires_grad_(False)
     latents = tiny_bundle.generator.sample_w_plus(2, seed=3)
 
-    def relabel(labels: torch.Tensor) -> torch.Tensor:
-        out = labels.clone()
-        out[8:14, 10:20] = 1
-        return out
-
-    edit = V.NamedEdit(relabel, "pair", (1,), 1, "test")
+    edit = V.NamedEdit(_relabel, "pair", (1,), 1, "test")
     before = [render(tiny_bundle, latents[i : i + 1]).labels[0] for i in range(2)]
-    assert all(bool((relabel(b) != b).any()) for b in before)
+    assert all(bool((_relabel(b) != b).any()) for b in before)
     found, stats = V.learn_vector(tiny_bundle, latents, edit, steps=3, perceptual=perceptual, log=lambda _: None)
     assert list(found) == ["mean"]  # no joint steps: no shared candidate
     delta = found["mean"]
@@ -136,19 +138,14 @@ def test_a_learned_vector_offers_the_mean_and_the_shared_offset(tiny_bundle: Bun
     perceptual = ConvPerceptual(ConvPerceptualConfig(widths=(4,))).eval().requires_grad_(False)
     latents = tiny_bundle.generator.sample_w_plus(3, seed=3)
 
-    def relabel(labels: torch.Tensor) -> torch.Tensor:
-        out = labels.clone()
-        out[8:14, 10:20] = 1
-        return out
-
-    edit = V.NamedEdit(relabel, "pair", (1,), 1, "test")
+    edit = V.NamedEdit(_relabel, "pair", (1,), 1, "test")
     tiny_bundle.spec.regions.setdefault("pair", [1])
     found, stats = V.learn_vector(tiny_bundle, latents, edit, steps=3, perceptual=perceptual, joint_steps=4)
     assert set(found) == {"mean", "shared"} and found["shared"].shape == found["mean"].shape
     assert stats["shared_offset_loss"] <= stats["mean_offset_loss"] and 0.0 <= stats["shared_reached"] <= 1.0
     params = EditParams.resolve(tiny_bundle.spec.defaults.get("edit"), {"steps": 3})
     problems = [
-        prepare_edit(tiny_bundle, w[None], relabel(render(tiny_bundle, w[None]).labels[0]), "pair",
+        prepare_edit(tiny_bundle, w[None], _relabel(render(tiny_bundle, w[None]).labels[0]), "pair",
                      perceptual=perceptual, params=params)
         for w in latents
     ]  # fmt: skip
