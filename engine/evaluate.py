@@ -43,6 +43,7 @@ TARGETS: dict[str, float] = {  # issue 5's acceptance figures
 PSNR_CAP = 100.0  # dB reported for identical pixels (MSE floored at 1e-10), so that the JSON stays finite
 CHUNK = 16  # latents or images per network pass: bounds memory at 512 px
 VECTOR_ROI_DILATION = 2  # px around a vector's classes that count as edited
+MIN_CHANGE_PX = 3.0  # a vector's class count must move by more than this (and 1 %) to count as an edit
 
 
 @dataclass(frozen=True)
@@ -294,30 +295,36 @@ def evaluate_vector(
     """Apply `vector` at `scale` to each latent [N, L, S] and check the segmentation moved as intended.
 
     Success: the pixel count of the target class(es) moves in `direction` by more than max(3 px, 1 % of the
-    count before), so that a few flickering boundary pixels are not an edit. PSNR outside: over the pixels
-    outside the edited region, every pixel whose class before or after is in the vector's classes
-    (`classes`, else the EditingVector's, else the target classes) dilated by VECTOR_ROI_DILATION px.
+    count before), so that a few flickering boundary pixels are not an edit. A shrinking vector applies only
+    where there is something to shrink (more than 3 px before: a face without eyebrows cannot lose them);
+    `success` is the share of those, `success_all` the share of every latent. PSNR outside (every latent):
+    over the pixels outside the edited region, every pixel whose class before or after is in the vector's
+    classes (`classes`, else the EditingVector's, else the target classes) dilated by VECTOR_ROI_DILATION px.
     """
     if direction not in (1, -1):
         raise InputError(f"direction must be +1 (the target classes grow) or -1 (they shrink), got {direction!r}")
     targets = torch.tensor([target_class] if isinstance(target_class, int) else list(target_class))
     group = vector.classes if isinstance(vector, EditingVector) else targets.tolist()
     q = torch.tensor(list(classes if classes is not None else group))
-    successes, psnrs, changes = [], [], []
+    successes, applicable, psnrs, changes = [], [], [], []
     for chunk in latents.split(CHUNK):
         before = render(bundle, chunk)
         after = apply_vectors(bundle, chunk, [(vector, scale)]).rendering
         for i in range(chunk.shape[0]):
             s0, s1 = before.labels[i].cpu(), after.labels[i].cpu()
             n0, n1 = int(torch.isin(s0, targets).sum()), int(torch.isin(s1, targets).sum())
-            successes.append(direction * (n1 - n0) > max(3.0, 0.01 * n0))
+            successes.append(direction * (n1 - n0) > max(MIN_CHANGE_PX, 0.01 * n0))
+            applicable.append(direction == 1 or n0 > MIN_CHANGE_PX)
             changes.append((n1 - n0) / max(n0, 1))
             region = dilate(torch.isin(s0, q) | torch.isin(s1, q), VECTOR_ROI_DILATION)
             psnrs.append(psnr_outside(before.image[i].cpu(), after.image[i].cpu(), region))
     measured = [p for p in psnrs if p is not None]
+    moved = [s for s, a in zip(successes, applicable, strict=True) if a]
     return {
         "latents": len(successes),
-        "success": float(np.mean(successes)),
+        "applicable": len(moved),
+        "success": float(np.mean(moved)) if moved else None,
+        "success_all": float(np.mean(successes)),
         "relative_change_mean": float(np.mean(changes)),
         "psnr_outside_mean": float(np.mean(measured)) if measured else None,
     }

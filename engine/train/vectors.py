@@ -225,8 +225,9 @@ def calibrate_scale(
             direction=edit.direction,
             classes=bundle.spec.regions[edit.region],
         )
-        success[f"{scale:g}"], psnr[f"{scale:g}"] = float(scores["success"]), scores["psnr_outside_mean"]
-        if scores["success"] >= target:
+        rate = scores["success"] if scores["success"] is not None else 0.0  # no latent the edit applies to
+        success[f"{scale:g}"], psnr[f"{scale:g}"] = float(rate), scores["psnr_outside_mean"]
+        if rate >= target:
             return Calibration(scale, success, psnr[f"{scale:g}"])
     best = max(success, key=lambda k: success[k])
     return Calibration(float(best), success, psnr[best])

@@ -161,12 +161,28 @@ def test_a_zero_vector_succeeds_nowhere_and_changes_nothing_outside(tiny_bundle:
     assert scores["psnr_outside_mean"] == PSNR_CAP
 
 
+def test_a_shrinking_vector_is_judged_only_where_its_class_is_there_to_shrink(tiny_bundle: Bundle) -> None:
+    latents = tiny_bundle.generator.sample_w_plus(4, seed=0)
+    counts = torch.stack([torch.bincount(lab.flatten(), minlength=3) for lab in render(tiny_bundle, latents).labels])
+    absent = [c for c in range(3) if int(counts[:, c].max()) == 0]
+    present = [c for c in range(3) if int(counts[:, c].min()) > 3]
+    assert absent and present, counts  # the tiny model's samples show some classes everywhere and some nowhere
+    vector = tiny_bundle.vectors["grow"]
+    gone = evaluate_vector(tiny_bundle, latents, vector, 2.0, target_class=absent[0], direction=-1)
+    assert gone["applicable"] == 0 and gone["success"] is None and gone["success_all"] == 0.0
+    assert gone["latents"] == 4 and gone["psnr_outside_mean"] is not None
+    grow = evaluate_vector(tiny_bundle, latents, vector, 2.0, target_class=absent[0], direction=1)
+    assert grow["applicable"] == 4 and grow["success"] == grow["success_all"]
+    there = evaluate_vector(tiny_bundle, latents, vector, 2.0, target_class=present[0], direction=-1)
+    assert there["applicable"] == 4 and there["success"] == there["success_all"]
+
+
 def test_a_vector_cannot_succeed_in_both_directions(tiny_bundle: Bundle) -> None:
     latents = tiny_bundle.generator.sample_w_plus(4, seed=0)
     vector = tiny_bundle.vectors["grow"]
     up = evaluate_vector(tiny_bundle, latents, vector, 2.0, target_class=[1, 2], direction=1)
     down = evaluate_vector(tiny_bundle, latents, vector, 2.0, target_class=[1, 2], direction=-1)
-    assert up["success"] + down["success"] <= 1.0
+    assert up["success_all"] + down["success_all"] <= 1.0
     assert up["psnr_outside_mean"] is None or math.isfinite(up["psnr_outside_mean"])
     with pytest.raises(InputError, match="direction"):
         evaluate_vector(tiny_bundle, latents, vector, 1.0, target_class=1, direction=0)
