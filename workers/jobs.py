@@ -161,8 +161,8 @@ def run_invert(payload: dict[str, Any]) -> dict[str, Any]:
         )
         seconds = time.perf_counter() - start
         reporter.stage("storing")
-        latent_id = rt.store.put_latent(bundle.spec.name, inv.w_plus[0].cpu().numpy())
-        images = publish(rt.store, rendering_arrays(bundle, inv.rendering, 0, _outputs(payload)))
+        arrays = rendering_arrays(bundle, inv.rendering, 0, _outputs(payload))
+        latent_id, images = publish(rt.store, bundle.spec.name, inv.w_plus[0].cpu().numpy(), arrays)
         metrics = Metrics(
             seconds=round(seconds, 3),
             steps=len(inv.history) - 1,
@@ -201,14 +201,13 @@ def run_optimize(payload: dict[str, Any]) -> dict[str, Any]:
         reporter.stage("storing")
         vector = edit.vector
         delta = vector.delta.cpu().numpy()
-        latent_id = rt.store.put_latent(bundle.spec.name, edit.w_plus[0].cpu().numpy())
         edit_id = rt.store.put_edit(bundle.spec.name, delta, vector.classes, vector.region)
         saved = None
         if name:
             saved = VectorRef(name=name, version=save_vector(rt.registry, bundle, name, vector))
         arrays = rendering_arrays(bundle, edit.rendering, 0, _outputs(payload))
         arrays["region"] = edit.region.cpu().numpy().astype(np.uint8) * 255
-        images = publish(rt.store, arrays)
+        latent_id, images = publish(rt.store, bundle.spec.name, edit.w_plus[0].cpu().numpy(), arrays)
         last = edit.history[edit.best_step] if edit.history else {}
         return OptimizeEditResult(
             latent_id=latent_id,
@@ -245,8 +244,8 @@ def run_refine(payload: dict[str, Any]) -> dict[str, Any]:
         )
         seconds = time.perf_counter() - start
         reporter.stage("storing")
-        latent_id = rt.store.put_latent(bundle.spec.name, result.w_plus[0].cpu().numpy())
-        images = publish(rt.store, rendering_arrays(bundle, result.rendering, 0, _outputs(payload)))
+        arrays = rendering_arrays(bundle, result.rendering, 0, _outputs(payload))
+        latent_id, images = publish(rt.store, bundle.spec.name, result.w_plus[0].cpu().numpy(), arrays)
         last = result.history[result.best_step] if result.history else {}
         return VectorEditResult(
             latent_id=latent_id,

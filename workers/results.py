@@ -40,17 +40,15 @@ def rendering_arrays(
 
 
 def publish(
-    store: Store,
-    arrays: dict[str, np.ndarray],
-    *,
-    inline: bool = False,
-) -> ImageLinks:
-    """Store each array as a PNG (URL) or embed it (data URL)."""
-    links: dict[str, str] = {}
-    for name, array in arrays.items():
-        png = png_bytes(array)
-        if inline:
-            links[name] = "data:image/png;base64," + base64.b64encode(png).decode()
-        else:
-            links[name] = image_url(store.put_png(png))
-    return ImageLinks(**links)
+    store: Store, model: str, w_plus: np.ndarray, arrays: dict[str, np.ndarray], *, inline: bool = False
+) -> tuple[str, ImageLinks]:
+    """Store a result: its latent W+ [L, S] and each array as a PNG (URLs), in one Redis round trip, or the
+    PNGs embedded as data URLs with `inline`. -> (latent id, image links)."""
+    pngs = {name: png_bytes(array) for name, array in arrays.items()}
+    if inline:
+        latent_id = store.put_latent(model, w_plus)
+        return latent_id, ImageLinks(
+            **{k: "data:image/png;base64," + base64.b64encode(v).decode() for k, v in pngs.items()}
+        )
+    latent_id, ids = store.put_result(model, w_plus, list(pngs.values()))
+    return latent_id, ImageLinks(**{name: image_url(i) for name, i in zip(pngs, ids, strict=True)})

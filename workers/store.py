@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from redis import Redis
+from redis.client import Pipeline
 
 from engine.npyio import read_npy
 
@@ -95,14 +96,28 @@ class Store:
 
     # ------------------------------------------------------------------ arrays: latents, edit vectors
 
-    def _put_array(self, kind: str, id_prefix: str, model: str, array: np.ndarray, meta: dict[str, str]) -> str:
+    def _stage_array(
+        self, pipe: Pipeline, kind: str, id_prefix: str, model: str, array: np.ndarray, meta: dict[str, str]
+    ) -> str:
         item_id = new_id(id_prefix)
         key = self._key(kind, item_id)
         fields: dict[str, str | bytes] = {"model": model, "npy": _npy(array)}
         fields |= {f"meta:{k}": v for k, v in meta.items()} | ({"owner": self.owner} if self.owner else {})
+        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+        pipe.expire(key, self.ttl)
+        return item_id
+
+    def _stage_png(self, pipe: Pipeline, png: bytes, kind: str) -> str:
+        item_id = new_id("img" if kind == "image" else "upl")
+        key = self._key(kind, item_id)
+        pipe.set(key, png, ex=self.ttl)
+        if self.owner:  # the owner lands with the image, and expires with it
+            pipe.set(f"{key}:owner", self.owner, ex=self.ttl)
+        return item_id
+
+    def _put_array(self, kind: str, id_prefix: str, model: str, array: np.ndarray, meta: dict[str, str]) -> str:
         with self.redis.pipeline() as pipe:  # MULTI/EXEC: the hash and its TTL land together
-            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-            pipe.expire(key, self.ttl)
+            item_id = self._stage_array(pipe, kind, id_prefix, model, array, meta)
             pipe.execute()
         return item_id
 
@@ -133,14 +148,19 @@ class Store:
     # ------------------------------------------------------------------ PNG bytes: results and uploads
 
     def put_png(self, png: bytes, kind: str = "image") -> str:
-        item_id = new_id("img" if kind == "image" else "upl")
-        key = self._key(kind, item_id)
-        with self.redis.pipeline() as pipe:  # the owner lands with the image, and expires with it
-            pipe.set(key, png, ex=self.ttl)
-            if self.owner:
-                pipe.set(f"{key}:owner", self.owner, ex=self.ttl)
+        with self.redis.pipeline() as pipe:
+            item_id = self._stage_png(pipe, png, kind)
             pipe.execute()
         return item_id
+
+    def put_result(self, model: str, w_plus: np.ndarray, pngs: list[bytes]) -> tuple[str, list[str]]:
+        """A result's latent W+ [L, S] and its PNGs in one round trip (one MULTI/EXEC: all land or none)
+        -> (`lat_...`, image ids). A synchronous vector edit makes 3 Redis round trips instead of 6."""
+        with self.redis.pipeline() as pipe:
+            latent_id = self._stage_array(pipe, "latent", "lat", model, w_plus, {})
+            image_ids = [self._stage_png(pipe, png, "image") for png in pngs]
+            pipe.execute()
+        return latent_id, image_ids
 
     def get_png(self, item_id: str, kind: str = "image") -> bytes:
         key = self._key(kind, item_id)

@@ -136,9 +136,10 @@ def edit_with_vectors(
     members = services.preview_members(bundle.spec.name) if request.preview else None
     rendering = services.render(bundle.spec.name, edited, members)
     seconds = time.perf_counter() - start
-    latent_id = services.store.put_latent(bundle.spec.name, edited[0].cpu().numpy())
     arrays = services.on_engine(rendering_arrays, bundle, rendering, 0, request.outputs)
-    images = publish(services.store, arrays, inline=request.inline)
+    latent_id, images = publish(
+        services.store, bundle.spec.name, edited[0].cpu().numpy(), arrays, inline=request.inline
+    )
     return VectorEditResult(
         latent_id=latent_id,
         model=bundle.spec.name,

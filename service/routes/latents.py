@@ -62,8 +62,8 @@ def sample_latent(services: ServicesDep, request: SampleRequest, response: Respo
     bundle = services.bundle(request.model)
     w, seed = services.on_engine(_starting_latent, bundle, request)
     rendering = services.render(bundle.spec.name, w)
-    latent_id = services.store.put_latent(bundle.spec.name, w[0].cpu().numpy())
-    images = publish(services.store, services.on_engine(rendering_arrays, bundle, rendering, 0, list(Output)))
+    arrays = services.on_engine(rendering_arrays, bundle, rendering, 0, list(Output))
+    latent_id, images = publish(services.store, bundle.spec.name, w[0].cpu().numpy(), arrays)
     response.headers["Location"] = f"/latents/{latent_id}"
     return SampleResult(latent_id=latent_id, model=bundle.spec.name, seed=seed, example=request.example, images=images)
 

@@ -134,6 +134,20 @@ def test_latent_and_edit_namespaces_are_separate(store: Store) -> None:
         store.get_latent(edit_id)
 
 
+def test_a_result_lands_in_one_transaction_readable_by_its_owner_only(redis_client: redis.Redis) -> None:
+    owned = Store(redis_client, TTL, owner="alice")
+    latent, pngs = awkward_array(9), [png_bytes(9), png_bytes(10, (5, 3))]
+    before = redis_client.info("stats")["total_commands_processed"]
+    latent_id, image_ids = owned.put_result("tiny", latent, pngs)
+    commands = redis_client.info("stats")["total_commands_processed"] - before - 1  # less the INFO itself
+    assert commands == 2 + 2 + 2 * len(pngs)  # MULTI, EXEC, HSET + EXPIRE, SET + owner SET per image
+    assert owned.get_latent(latent_id).array.tobytes() == latent.tobytes()
+    assert [owned.get_png(i) for i in image_ids] == pngs and len(set(image_ids)) == len(pngs)
+    assert all(0 < redis_client.ttl(key_of(redis_client, i)) <= TTL for i in [latent_id, *image_ids])
+    with pytest.raises(ForbiddenError):
+        owned.scoped("bob").get_png(image_ids[0])
+
+
 def test_another_connection_and_store_object_read_the_same_data(store: Store, redis_url: str) -> None:
     # The gateway writes, a worker on another machine reads: nothing lives in the Store object itself.
     latent = awkward_array(6)
