@@ -45,10 +45,9 @@ def publish(
     """Store a result: its latent W+ [L, S] and each array as a PNG (URLs), in one Redis round trip, or the
     PNGs embedded as data URLs with `inline`. -> (latent id, image links)."""
     pngs = {name: png_bytes(array) for name, array in arrays.items()}
+    latent_id, ids = store.put_result(model, w_plus, [] if inline else list(pngs.values()))
     if inline:
-        latent_id = store.put_latent(model, w_plus)
         return latent_id, ImageLinks(
             **{k: "data:image/png;base64," + base64.b64encode(v).decode() for k, v in pngs.items()}
         )
-    latent_id, ids = store.put_result(model, w_plus, list(pngs.values()))
     return latent_id, ImageLinks(**{name: image_url(i) for name, i in zip(pngs, ids, strict=True)})

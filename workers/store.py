@@ -155,7 +155,7 @@ class Store:
 
     def put_result(self, model: str, w_plus: np.ndarray, pngs: list[bytes]) -> tuple[str, list[str]]:
         """A result's latent W+ [L, S] and its PNGs in one round trip (one MULTI/EXEC: all land or none)
-        -> (`lat_...`, image ids). A synchronous vector edit makes 3 Redis round trips instead of 6."""
+        -> (`lat_...`, image ids)."""
         with self.redis.pipeline() as pipe:
             latent_id = self._stage_array(pipe, "latent", "lat", model, w_plus, {})
             image_ids = [self._stage_png(pipe, png, "image") for png in pngs]
