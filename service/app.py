@@ -79,10 +79,10 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
         batchers = {
             name: render_batcher(
                 bundle,
+                engine,
                 max_batch=settings.editgan_max_batch,
                 wait_seconds=settings.editgan_batch_wait_ms / 1000,
                 on_batch=metrics.vector_batch_size.labels(model=name).observe,
-                engine=engine,
             )
             for name, bundle in loaded.items()
         }

@@ -358,6 +358,7 @@ def _train_segmenter(args: argparse.Namespace) -> int:
         invert_steps=args.invert_steps,
         seed=args.seed,
         max_pixel_error=args.max_pixel_error,
+        mirror=args.mirror,
     )
 
     def progress(stage: str, done: int, total: int, numbers: dict[str, float]) -> None:
@@ -663,6 +664,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="train only on pixels whose embedding is this close to the annotated image (mean |RGB| on [0, 1])",
+    )
+    p.add_argument(
+        "--mirror",
+        action="store_true",
+        help="also embed each annotated image mirrored left-right (labels mirrored too): twice the pixels",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")

@@ -32,7 +32,7 @@ class Services:
     bundles: dict[str, Bundle]
     # One per model: concurrent synchronous renders of a model share one batched pass (service/batching.py),
     # which runs on the engine thread below, so engine calls never overlap.
-    batchers: dict[str, MicroBatcher[RenderRequest, Rendering]] = field(default_factory=dict)
+    batchers: dict[str, MicroBatcher[RenderRequest, Any]] = field(default_factory=dict)
     # The caller's owner id (service/auth.py); None with keys off. Per request, `store` is scoped to it.
     owner: str | None = None
     # The one thread that runs the gateway's torch work (service/app.py says why); None: the caller's.
@@ -56,9 +56,14 @@ class Services:
             raise ApiError(404, ErrorCode.unknown_model, f"unknown model {name!r}; served: {sorted(self.bundles)}")
         return self.bundles[name]
 
-    def render(self, model: str, w_plus: Tensor, members: int | None = None) -> Rendering:
-        """Render and segment one latent [1, L, S] of a served model, batched with concurrent requests."""
-        return self.batchers[model].run((w_plus, members))
+    def render(
+        self, model: str, w_plus: Tensor, members: int | None = None, finish: Callable[[Rendering], T] | None = None
+    ) -> T:
+        """Render and segment one latent [1, L, S] of a served model, batched with concurrent requests, and
+        return `finish(rendering)` (run on the engine thread in the same pass); without it, the rendering."""
+        request = RenderRequest(w_plus, members) if finish is None else RenderRequest(w_plus, members, finish)
+        result: T = self.batchers[model].run(request)
+        return result
 
     def preview_members(self, model: str) -> int:
         return preview_members(self.bundle(model), self.settings.editgan_preview_members)

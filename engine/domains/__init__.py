@@ -9,6 +9,7 @@ from engine.domains.faces import (
     FaceSample,
     batch,
     eval_seeds,
+    mirror,
     render,
     sample,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "FaceSample",
     "batch",
     "eval_seeds",
+    "mirror",
     "render",
     "sample",
     "sample_attributes",

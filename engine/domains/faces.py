@@ -29,6 +29,7 @@ __all__ = [
     "FaceSample",
     "batch",
     "eval_seeds",
+    "mirror",
     "render",
     "sample",
     "sample_attributes",
@@ -287,6 +288,16 @@ def eval_seeds(n: int) -> list[int]:
     if n < 0:
         raise InputError(f"n is {n}, it must be >= 0")
     return [EVAL_SEED_OFFSET + i for i in range(n)]
+
+
+def mirror(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left-right mirrored images [N, H, W, 3] and labels [N, H, W], the eyes' labels swapped: the left eye
+    is the one on the image's left. Every random choice of the domain is symmetric (rotation, light angle
+    around 270 degrees, hair side), so a mirrored face is as likely as the face itself."""
+    flipped = labels[:, :, ::-1].copy()
+    left, right = flipped == LEFT_EYE, flipped == RIGHT_EYE
+    flipped[left], flipped[right] = RIGHT_EYE, LEFT_EYE
+    return images[:, :, ::-1].copy(), flipped
 
 
 def batch(seeds: Sequence[int], size: int = 64) -> tuple[np.ndarray, np.ndarray]:

@@ -155,9 +155,12 @@ def build_demo_bundle(
 
     seeds = [ANNOTATED_SEED_OFFSET + i for i in range(annotated)]
     images, labels = faces.batch(seeds, size=generator.config.size)
+    if config.mirror:  # the originals first: `latents[:annotated]` are the bundle's examples
+        mirrored = faces.mirror(images, labels)
+        images, labels = np.concatenate([images, mirrored[0]]), np.concatenate([labels, mirrored[1]])
     canvases = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     latents, psnrs = embed(draft, canvases, steps=config.invert_steps, perceptual=perceptual, progress=progress)
-    log(f"embedded {annotated} annotated images: PSNR {np.mean(psnrs):.2f} dB (min {np.min(psnrs):.2f})")
+    log(f"embedded {len(psnrs)} annotated images: PSNR {np.mean(psnrs):.2f} dB (min {np.min(psnrs):.2f})")
 
     features = pixel_features(generator, latents)
     targets = torch.from_numpy(labels.astype(np.int64)).reshape(-1)
@@ -177,7 +180,7 @@ def build_demo_bundle(
         segmenter=segmenter,
         encoder=encoder,
         perceptual_state=perceptual_state,
-        examples=latents,
+        examples=latents[:annotated],
     )
     with torch.no_grad():
         out = generator.synthesis(latents, return_features=True)

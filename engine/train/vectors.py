@@ -184,7 +184,9 @@ def learn_vector(
 
 
 CALIBRATION_TARGET = 0.95
-SCALES = (1.0, 1.5, 2.0, 3.0)  # candidate default scales, smallest first: a larger one also moves more else
+# Candidate default scales, smallest first: a larger one also moves more of the rest of the image. Below 1 too:
+# a mean offset learned from full edits can overshoot what moves the attribute on a new face.
+SCALES = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
 
 @dataclass(frozen=True)
@@ -276,7 +278,8 @@ def learn_face_vectors(
                 "region": edit.region,
                 "classes": sorted(bundle.spec.regions[edit.region]),
                 "description": edit.description,
-                "scale_range": [-2.0, 2.0],
+                # at least twice the learned offset either way, whatever the calibrated multiplier
+                "scale_range": [-2.0 / min(scale, 1.0), 2.0 / min(scale, 1.0)],
                 "calibrated_multiplier": scale,
                 "calibration_success": tried,
                 "target_class": list(edit.target_classes),

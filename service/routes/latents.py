@@ -61,8 +61,9 @@ def sample_latent(services: ServicesDep, request: SampleRequest, response: Respo
     """Start without a photo: store a random sample (or an example latent) of a model and render it."""
     bundle = services.bundle(request.model)
     w, seed = services.on_engine(_starting_latent, bundle, request)
-    rendering = services.render(bundle.spec.name, w)
-    arrays = services.on_engine(rendering_arrays, bundle, rendering, 0, list(Output))
+    arrays = services.render(
+        bundle.spec.name, w, finish=lambda rendering: rendering_arrays(bundle, rendering, 0, list(Output))
+    )
     latent_id, images = publish(services.store, bundle.spec.name, w[0].cpu().numpy(), arrays)
     response.headers["Location"] = f"/latents/{latent_id}"
     return SampleResult(latent_id=latent_id, model=bundle.spec.name, seed=seed, example=request.example, images=images)

@@ -17,13 +17,14 @@ from engine.domains import (
     FaceSample,
     batch,
     eval_seeds,
+    mirror,
     render,
     sample,
     sample_attributes,
 )
 from engine.errors import InputError
 
-SKIN, HAIR, LEFT_EYE, RIGHT_EYE, EYEBROWS, MOUTH = 1, 2, 3, 4, 5, 7
+BACKGROUND, SKIN, HAIR, LEFT_EYE, RIGHT_EYE, EYEBROWS, NOSE, MOUTH = range(8)
 
 
 @cache
@@ -100,6 +101,19 @@ def test_left_eye_is_on_the_image_left() -> None:
     for s in _samples()[:8]:
         columns = np.nonzero(s.labels == LEFT_EYE)[1], np.nonzero(s.labels == RIGHT_EYE)[1]
         assert columns[0].mean() < columns[1].mean()
+
+
+def test_mirror_flips_the_face_and_keeps_the_left_eye_on_the_left() -> None:
+    images, labels = batch([5, 6])
+    m_images, m_labels = mirror(images, labels)
+    assert np.array_equal(m_images, images[:, :, ::-1])
+    for k in (BACKGROUND, SKIN, HAIR, EYEBROWS, NOSE, MOUTH):
+        assert np.array_equal(m_labels == k, (labels == k)[:, :, ::-1])
+    assert np.array_equal(m_labels == LEFT_EYE, (labels == RIGHT_EYE)[:, :, ::-1])
+    for lab in m_labels:
+        assert np.nonzero(lab == LEFT_EYE)[1].mean() < np.nonzero(lab == RIGHT_EYE)[1].mean()
+    twice = mirror(m_images, m_labels)
+    assert np.array_equal(twice[0], images) and np.array_equal(twice[1], labels)
 
 
 @pytest.mark.parametrize(

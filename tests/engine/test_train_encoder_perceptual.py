@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -164,6 +165,12 @@ def test_the_demo_bundle_takes_the_trained_perceptual_network_and_encoder(
     x = real(9, 2)
     torch.testing.assert_close(bundle.perceptual()(x[:1], x[1:]), network(x[:1], x[1:]))
     assert bundle.examples is not None and bundle.examples.shape[0] == 2
+    # mirrored annotations: twice the embeddings to train on, the same examples in the bundle
+    mirrored_seg = dataclasses.replace(seg, mirror=True)
+    mirrored = build_demo_bundle(gan_run, tmp_path / "mirrored", annotated=2, config=mirrored_seg, log=lambda _: None)
+    assert len(mirrored["embedding_psnr_db"]) == 4 and mirrored["segmenter_training"]["mirror"] is True
+    again_examples = load_bundle(tmp_path / "mirrored").examples
+    assert again_examples is not None and again_examples.shape[0] == 2
     # a committed bundle is enough to continue the encoder's training against a later GAN checkpoint
     again = train_encoder(generator, network, real, tmp_path / "again", enc_cfg, init_from=tmp_path / "bundle")
     assert again["initialised_from"] == f"the encoder of bundle {tmp_path / 'bundle'}" and again["step"] == 2

@@ -204,6 +204,7 @@ def test_train_segmenter_reads_hidden_widths() -> None:
         return build_parser().parse_args(["train", "segmenter", "--gan", "g", "--out", "o", *extra])
 
     assert parse().hidden is None and parse("--hidden", "64,32").hidden == (64, 32)
+    assert parse().mirror is False and parse("--mirror").mirror is True
     for bad in ("64", "64,x", "0,32", "64,32,8"):
         with pytest.raises(SystemExit):
             parse("--hidden", bad)

@@ -11,12 +11,13 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 
 import pytest
 import torch
 
 from engine import Bundle, Rendering, apply_vectors, render
-from service.batching import MicroBatcher, render_batcher, split_rendering
+from service.batching import MicroBatcher, RenderRequest, render_batcher, split_rendering
 
 TIMEOUT = 30  # seconds: a bound on a hang, never a measurement
 
@@ -48,12 +49,14 @@ class Recorder:
 
 @contextmanager
 def started(recorder: Recorder, *, max_batch: int = 16, wait_seconds: float = 0.0) -> Iterator[MicroBatcher[int, int]]:
-    batcher = MicroBatcher(recorder, max_batch=max_batch, wait_seconds=wait_seconds)
+    engine = ThreadPoolExecutor(max_workers=1)
+    batcher = MicroBatcher(recorder, engine, max_batch=max_batch, wait_seconds=wait_seconds)
     try:
         yield batcher
     finally:
         recorder.gate.set()
         batcher.close()
+        engine.shutdown()
 
 
 def queue_behind_a_held_batch(
@@ -114,27 +117,53 @@ def test_a_failing_request_fails_alone() -> None:
         assert futures[0].result(TIMEOUT) == 10 and futures[2].result(TIMEOUT) == 30
         with pytest.raises(ValueError, match=r"bad request among \[2\]"):
             futures[1].result(TIMEOUT)
-        assert batcher.run(4) == 40  # the thread lives on
+        assert batcher.run(4) == 40  # the batcher serves on
     assert recorder.batches == [[-1], [1, 2, 3], [1], [2], [3], [4]]
 
 
 def test_a_batch_function_returning_too_few_results_is_an_error_for_its_request() -> None:
-    batcher: MicroBatcher[int, int] = MicroBatcher(lambda items: [], max_batch=4, wait_seconds=0)
-    try:
-        with pytest.raises(RuntimeError, match="0 results for 1 requests"):
-            batcher.run(1)
-    finally:
-        batcher.close()
+    with ThreadPoolExecutor(max_workers=1) as engine:
+        batcher: MicroBatcher[int, int] = MicroBatcher(lambda items: [], engine, max_batch=4, wait_seconds=0)
+        try:
+            with pytest.raises(RuntimeError, match="0 results for 1 requests"):
+                batcher.run(1)
+        finally:
+            batcher.close()
 
 
 def test_close_finishes_waiting_requests_then_refuses_new_ones() -> None:
     recorder = Recorder()
-    batcher = MicroBatcher(recorder, max_batch=2, wait_seconds=0)
-    futures = queue_behind_a_held_batch(batcher, recorder, [1, 2, 3])
-    batcher.close()
-    assert [f.result(TIMEOUT) for f in futures] == [10, 20, 30]
-    with pytest.raises(RuntimeError, match="closed"):
-        batcher.submit(4)
+    with ThreadPoolExecutor(max_workers=1) as engine:
+        batcher = MicroBatcher(recorder, engine, max_batch=2, wait_seconds=0)
+        futures = queue_behind_a_held_batch(batcher, recorder, [1, 2, 3])
+        batcher.close()
+        assert all(f.done() for f in futures)  # close returned after the waiting requests were served
+        assert [f.result(TIMEOUT) for f in futures] == [10, 20, 30]
+        with pytest.raises(RuntimeError, match="closed"):
+            batcher.submit(4)
+
+
+def test_passes_run_on_the_executor_and_let_other_work_in_between() -> None:
+    """The engine thread is shared: work queued there while requests wait runs between two passes."""
+    recorder = Recorder()
+    threads: list[str] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine") as engine:
+        batcher = MicroBatcher(
+            lambda items: threads.append(threading.current_thread().name) or recorder(items),
+            engine,
+            max_batch=1,
+            wait_seconds=0,
+        )
+        recorder.hold()
+        first = batcher.submit(1)
+        recorder.wait_entered()
+        second = batcher.submit(2)  # waits behind the held pass
+        other = engine.submit(lambda: len(recorder.batches))  # other engine work, queued after it
+        recorder.gate.set()
+        assert first.result(TIMEOUT) == 10 and second.result(TIMEOUT) == 20
+        assert other.result(TIMEOUT) == 1  # ran after the first pass, before the second
+        batcher.close()
+    assert len(threads) == 2 and all(t.startswith("engine") for t in threads)
 
 
 def test_batched_renders_equal_unbatched_ones(tiny_bundle: Bundle) -> None:
@@ -158,14 +187,19 @@ def test_the_render_batcher_answers_each_caller_with_its_own_rendering(tiny_bund
     members = [None if i % 2 else 2 for i in range(8)]
     sizes: list[int] = []
     engine = ThreadPoolExecutor(max_workers=1)
-    batcher = render_batcher(tiny_bundle, max_batch=8, wait_seconds=0.05, on_batch=sizes.append, engine=engine)
+    batcher = render_batcher(tiny_bundle, engine, max_batch=8, wait_seconds=0.05, on_batch=sizes.append)
     try:
         start = threading.Barrier(8)
         results: dict[int, Rendering] = {}
+        finished_on: dict[int, str] = {}
+
+        def finish(i: int, rendering: Rendering) -> Rendering:
+            finished_on[i] = threading.current_thread().name
+            return rendering
 
         def call(i: int) -> None:
             start.wait(TIMEOUT)
-            results[i] = batcher.run((latents[i : i + 1], members[i]))
+            results[i] = batcher.run(RenderRequest(latents[i : i + 1], members[i], partial(finish, i)))
 
         threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
         for t in threads:
@@ -176,6 +210,7 @@ def test_the_render_batcher_answers_each_caller_with_its_own_rendering(tiny_bund
         batcher.close()
         engine.shutdown()
     assert sum(sizes) == 8
+    assert set(finished_on) == set(range(8)) and len(set(finished_on.values())) == 1  # all on the engine thread
     for i in range(8):
         alone = render(tiny_bundle, latents[i], members=members[i])
         assert torch.allclose(results[i].image, alone.image, rtol=0, atol=1e-5)
