@@ -26,7 +26,8 @@ machines, or from a loaded machine (see the load in the hardware column), are no
 1-minute load average at the start |
 | model | the bundle measured (sections vector, jobs, naive) |
 | vector | `POST /edit/vector` over HTTP, p50 / bare engine forward (`apply_vectors`), p50 (target <= 1.2); \
-HTTP p50 and p99 in ms; throughput at 1, 4 and 16 clients in requests/s |
+from 2026-11-26 14:00 also the same ratio paired per request against the engine time inside the gateway, and \
+the added ms; HTTP p50 and p99 in ms; throughput at 1, 4 and 16 clients in requests/s |
 | batching | throughput at 16 clients, micro-batching on / off (target >= 2); single-client p50, on / off - 1 \
 (target <= +10 %) |
 | jobs | queue overhead (enqueue -> worker start) p50 in ms; inversion, optimisation edit and refinement \

@@ -4,8 +4,8 @@ Concurrent `POST /edit/vector` requests for one model that arrive within a few m
 batched generator + segmentation pass: one pass over N latents costs far less than N passes (per-call
 overheads, small matrix products), on a CPU and more so on a GPU. The passes run on the gateway's engine
 thread (a one-thread executor, see `service.app`), so engine calls never overlap, and a request crosses
-one thread boundary each way: its own thread -> engine thread -> back. (A batcher thread that handed each
-pass on to the engine thread cost two more wake-ups, about 1 ms per edit on 2 busy cores.)
+one thread boundary each way: its own thread -> engine thread -> back (a batcher thread of its own would
+hand each pass on to the engine thread: two more wake-ups per edit).
 
 The rules, all in `MicroBatcher`:
 - Order: a batch takes the oldest waiting requests, at most `max_batch` of them.
@@ -164,8 +164,8 @@ class RenderRequest:
     rendering into the response's arrays on the engine thread too (`finish`), in the same pass."""
 
     w_plus: Tensor
+    finish: Callable[[Rendering], Any]
     members: int | None = None
-    finish: Callable[[Rendering], Any] = lambda rendering: rendering
 
 
 def render_batcher(

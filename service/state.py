@@ -56,13 +56,10 @@ class Services:
             raise ApiError(404, ErrorCode.unknown_model, f"unknown model {name!r}; served: {sorted(self.bundles)}")
         return self.bundles[name]
 
-    def render(
-        self, model: str, w_plus: Tensor, members: int | None = None, finish: Callable[[Rendering], T] | None = None
-    ) -> T:
+    def render(self, model: str, w_plus: Tensor, finish: Callable[[Rendering], T], members: int | None = None) -> T:
         """Render and segment one latent [1, L, S] of a served model, batched with concurrent requests, and
-        return `finish(rendering)` (run on the engine thread in the same pass); without it, the rendering."""
-        request = RenderRequest(w_plus, members) if finish is None else RenderRequest(w_plus, members, finish)
-        result: T = self.batchers[model].run(request)
+        return `finish(rendering)`, run on the engine thread in the same pass."""
+        result: T = self.batchers[model].run(RenderRequest(w_plus, finish, members))
         return result
 
     def preview_members(self, model: str) -> int:

@@ -135,7 +135,7 @@ def edit_with_vectors(
     edited = add_vectors(bundle, w, [(r.vector, t.scale) for r, t in zip(resolved, request.vectors, strict=True)])
     members = services.preview_members(bundle.spec.name) if request.preview else None
     arrays = services.render(
-        bundle.spec.name, edited, members, lambda rendering: rendering_arrays(bundle, rendering, 0, request.outputs)
+        bundle.spec.name, edited, lambda rendering: rendering_arrays(bundle, rendering, 0, request.outputs), members
     )
     seconds = time.perf_counter() - start
     latent_id, images = publish(

@@ -62,7 +62,7 @@ def sample_latent(services: ServicesDep, request: SampleRequest, response: Respo
     bundle = services.bundle(request.model)
     w, seed = services.on_engine(_starting_latent, bundle, request)
     arrays = services.render(
-        bundle.spec.name, w, finish=lambda rendering: rendering_arrays(bundle, rendering, 0, list(Output))
+        bundle.spec.name, w, lambda rendering: rendering_arrays(bundle, rendering, 0, list(Output))
     )
     latent_id, images = publish(services.store, bundle.spec.name, w[0].cpu().numpy(), arrays)
     response.headers["Location"] = f"/latents/{latent_id}"

@@ -6,6 +6,7 @@ import { Painter } from "./canvas/painter.js";
 
 const $ = (id) => document.getElementById(id);
 const VECTOR_DEBOUNCE_MS = 150; // real-time vector edits: one request per pause of the slider
+const SCALE_STEPS = 20; // vector sliders move in steps of 1/20
 
 const state = {
   models: [],
@@ -197,8 +198,11 @@ async function loadVectors() {
     const id = `vector-${v.name}`;
     const label = Object.assign(document.createElement("label"), { htmlFor: id, textContent: v.name });
     label.title = v.description || v.name;
-    const [min, max] = v.scale_range;
-    const slider = Object.assign(document.createElement("input"), { type: "range", id, min, max, step: 0.05 });
+    // A range input's grid starts at its min: widen the range to whole steps, so that 0 (no edit) is on the
+    // grid whatever the vector's scale_range (a calibrated one can be +-2.67; 0 would snap to -0.0167).
+    const min = Math.floor(v.scale_range[0] * SCALE_STEPS) / SCALE_STEPS;
+    const max = Math.ceil(v.scale_range[1] * SCALE_STEPS) / SCALE_STEPS;
+    const slider = Object.assign(document.createElement("input"), { type: "range", id, min, max, step: 1 / SCALE_STEPS });
     slider.value = 0;
     slider.dataset.vector = v.name;
     slider.setAttribute("aria-description", v.description || `${v.source} vector`);

@@ -199,7 +199,7 @@ def test_the_render_batcher_answers_each_caller_with_its_own_rendering(tiny_bund
 
         def call(i: int) -> None:
             start.wait(TIMEOUT)
-            results[i] = batcher.run(RenderRequest(latents[i : i + 1], members[i], partial(finish, i)))
+            results[i] = batcher.run(RenderRequest(latents[i : i + 1], partial(finish, i), members[i]))
 
         threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
         for t in threads:

@@ -111,6 +111,10 @@ def test_upload_paint_edit_save_apply_and_download(page: EditorPage, api: httpx.
     assert saved["source"] == "registry" and saved["description"] == "wider mouth, painted in the browser"
     assert page.el(f"vector-{name}").is_displayed()
 
+    # Every slider starts at no edit, whatever its vector's range (a calibrated range can be +-2.67).
+    sliders = page.driver.find_elements(By.CSS_SELECTOR, "#vector-list input[type=range]")
+    assert len(sliders) >= 2 and all(float(s.get_property("value")) == 0.0 for s in sliders)
+
     # Apply a shipped vector in real time with its slider (keyboard: End = the top of its range).
     smile = page.el("vector-smile")
     top = float(smile.get_attribute("max") or 0)
