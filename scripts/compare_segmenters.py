@@ -19,16 +19,7 @@ import torch
 from engine import render
 from engine.bundle import load_bundle
 from engine.evaluate import _to_tensor, evaluate_inversion, faces_heldout, segmentation_scores
-
-
-def class_ious(predicted: torch.Tensor, truth: torch.Tensor, names: list[str]) -> dict[str, float | None]:
-    """Pooled IoU of each class over every pixel (None: the class appears in neither map)."""
-    out: dict[str, float | None] = {}
-    for k, name in enumerate(names):
-        p, t = predicted == k, truth == k
-        union = int((p | t).sum())
-        out[name] = round(int((p & t).sum()) / union, 4) if union else None
-    return out
+from engine.train.demo_bundle import class_ious
 
 
 def main() -> None:
@@ -50,9 +41,9 @@ def main() -> None:
             predicted = torch.cat([render(bundle, w[None]).labels.cpu() for w in latents])
         names = [c.name for c in bundle.spec.classes]
         mean, pooled = segmentation_scores(predicted, truth, len(names))
-        report[str(path)] = {"miou_mean": round(mean, 4), "miou_pooled": round(pooled, 4)} | {
-            "per_class": class_ious(predicted, truth, names)
-        }
+        ious = class_ious(predicted, truth, len(names))
+        per_class = {n: None if v is None else round(v, 4) for n, v in zip(names, ious, strict=True)}
+        report[str(path)] = {"miou_mean": round(mean, 4), "miou_pooled": round(pooled, 4), "per_class": per_class}
     print(json.dumps(report, indent=1))
 
 

@@ -101,15 +101,19 @@ def faces_spec(
     return spec
 
 
-def mean_iou(predicted: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
-    """Mean over the classes present in either map of |P ∩ T| / |P ∪ T|."""
-    ious = []
+def class_ious(predicted: torch.Tensor, target: torch.Tensor, num_classes: int) -> list[float | None]:
+    """|P ∩ T| / |P ∪ T| of each class over all pixels; None where the class is in neither map."""
+    ious: list[float | None] = []
     for k in range(num_classes):
         p, t = predicted == k, target == k
         union = int((p | t).sum())
-        if union:
-            ious.append(int((p & t).sum()) / union)
-    return float(np.mean(ious))
+        ious.append(int((p & t).sum()) / union if union else None)
+    return ious
+
+
+def mean_iou(predicted: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
+    """Mean over the classes present in either map of |P ∩ T| / |P ∪ T|."""
+    return float(np.mean([iou for iou in class_ious(predicted, target, num_classes) if iou is not None]))
 
 
 def build_demo_bundle(
