@@ -2,12 +2,12 @@
 
 - The bare engine forward (`apply_vectors`: latent arithmetic, generator, segmentation), in this process,
   against `POST /edit/vector` end to end through a real gateway (HTTP, Redis reads and writes, PNGs),
-  one request at a time: p50/p95/p99 and the ratio of the p50s. Both are measured in alternating rounds.
+  one request at a time: p50/p95/p99 and the ratio of the p50s. Both are measured in alternating blocks.
   Beside it the same requests against their own engine time inside the gateway (`metrics.seconds`), paired
   per request: immune to the two processes running torch at different speeds.
 - Throughput and latency at 1, 4 and 16 concurrent clients (threads, one keep-alive connection each).
 - Micro-batching on (the default settings) against off (`EDITGAN_MAX_BATCH=1`): two gateways on the same
-  Redis, measured in alternating rounds: the 16-client throughput gain and the single-client p50 change;
+  Redis, measured in alternating blocks: the 16-client throughput gain and the single-client p50 change;
   beside it the engine's own time per edit in batches of 1, 4 and 16, the most batching can gain.
 """
 
@@ -35,6 +35,10 @@ from service.state import preview_members
 from workers.vectors import bundle_vector
 
 CONCURRENCY = (1, 4, 16)
+# One-at-a-time measurements alternate every BLOCK calls (engine, HTTP, previews, batching off and on): this
+# VM switches between two speeds for seconds at a time, and blocks of a whole round (100 calls) put the
+# two sides of one ratio in different speeds (HTTP p50 27.3 and 18.9 ms against one gateway in one run).
+BLOCK = 10
 
 
 def _sequential(url: str, body: dict[str, Any], n: int, inside: list[float] | None = None) -> list[float]:
@@ -141,16 +145,18 @@ def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
 
         for r in range(rounds):
             ctx.log(f"vector: round {r + 1}/{rounds}: engine forward and HTTP, one request at a time")
-            out.engine += repeat(lambda: apply_vectors(bundle, w, [(vector, 1.0)]), n)
+            for _ in range(max(1, n // BLOCK)):  # what is compared alternates every BLOCK calls
+                out.engine += repeat(lambda: apply_vectors(bundle, w, [(vector, 1.0)]), BLOCK)
+                out.http += _sequential(urls["on"], body, BLOCK, out.http_engine)
+                out.preview_http += _sequential(urls["on"], body | {"preview": True}, BLOCK)
+                out.preview_engine += repeat(lambda: render(bundle, w, members=_preview_count(bundle)), BLOCK)
+                for key in ("off", "on"):
+                    out.single[key] += _sequential(urls[key], body, BLOCK)
             for size in CONCURRENCY:  # what one batched pass costs per edit: the ceiling of batching's gain
                 times = repeat(partial(render, bundle, w.expand(size, -1, -1)), max(3, n // size), warmup=1)
                 out.per_edit[size] += [t / size for t in times]
-            out.http += _sequential(urls["on"], body, n, out.http_engine)
-            out.preview_http += _sequential(urls["on"], body | {"preview": True}, n)
-            out.preview_engine += repeat(lambda: render(bundle, w, members=_preview_count(bundle)), n)
             for key in ("off", "on"):
-                ctx.log(f"vector: round {r + 1}/{rounds}: batching {key}, 1 and 16 clients")
-                out.single[key] += _sequential(urls[key], body, n)
+                ctx.log(f"vector: round {r + 1}/{rounds}: batching {key}, 16 clients")
                 before = _batches(urls[key], bundle.spec.name)
                 out.loaded_rps[key].append(load(urls[key], body, 16, seconds)["throughput_rps"])
                 out.preview_rps[key].append(load(urls[key], body | {"preview": True}, 16, seconds)["throughput_rps"])

@@ -35,16 +35,16 @@ class Member(Protocol):
 
 
 @dataclass(frozen=True)
-class _DenseWeights:
-    """The ensemble as `segment` evaluates it: every member at once. Derived from the parameters on each
-    call (about a millisecond for the demo model), so it can never be stale."""
+class DenseWeights:
+    """The ensemble as `segment` evaluates it: every member at once. Derived from the parameters; the
+    segmenter keeps it while they are unchanged (`engine.frozen`), rebuilding it when they change."""
 
     first: dict[int, Tensor]  # map resolution -> [C_r, M*h1]: all members' first-layer columns for its maps
     bias: Tensor  # [M*h1]: all members' first-layer biases
     layers: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]  # later Linears: [M, out, in], [M, out, 1]
 
     @staticmethod
-    def build(members: Sequence[Member], features: Sequence[Tensor]) -> _DenseWeights:
+    def build(members: Sequence[Member], features: Sequence[Tensor]) -> DenseWeights:
         """Each BatchNorm (in eval mode a fixed affine map s x + t after a ReLU) is folded into the Linear
         after it: W (s x + t) + b = (W s) x + (W t + b)."""
         w1 = torch.cat([m.first.weight for m in members])  # [M*h1, D]
@@ -69,7 +69,7 @@ class _DenseWeights:
             weight = torch.stack([lin.weight for lin in lins])  # [M, out, in]
             bias = torch.stack([lin.bias for lin in lins])[:, :, None] + torch.bmm(weight, shift[:, :, None])
             layers.append((weight * scale[:, None], bias))
-        return _DenseWeights(first, torch.cat([m.first.bias for m in members]), (layers[0], layers[1]))
+        return DenseWeights(first, torch.cat([m.first.bias for m in members]), (layers[0], layers[1]))
 
 
 def _interp_matrix(src: int, dst: int, mode: Upsample, like: Tensor) -> Tensor:
@@ -85,6 +85,27 @@ def _pixels_last(maps: Sequence[Tensor], rows: slice, cols: slice) -> Tensor:
     """A window of maps [N, C_i, r, r] of one resolution as one contiguous [rows, cols, N, sum C_i]."""
     parts = [m[:, :, rows, cols].permute(2, 3, 0, 1) for m in maps]
     return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0].contiguous()
+
+
+def _project_window(
+    maps: Sequence[Tensor], rows: slice, cols: slice, weight: Tensor, out: Tensor | None = None
+) -> Tensor:
+    """The window's pixels [rows * cols * N, sum C_i] (as `_pixels_last`) times `weight` [sum C_i, X], added to
+    `out` when given. For one image and whole rows, each map's window is already a transposed [pixels, C_i]
+    matrix that the product reads in place: no copy into pixels-last order (a fifth of a demo render)."""
+    n, _, _, r = maps[0].shape
+    if n == 1 and cols.indices(r) == (0, r, 1):
+        offset = 0
+        for m in maps:
+            c = m.shape[1]
+            x, w = m[0, :, rows].reshape(c, -1).t(), weight[offset : offset + c]
+            out = x @ w if out is None else out.addmm_(x, w)
+            offset += c
+        assert out is not None
+        return out
+    x = _pixels_last(maps, rows, cols)
+    x = x.view(-1, x.shape[-1])
+    return x @ weight if out is None else out.addmm_(x, weight)
 
 
 class DensePlan:
@@ -140,11 +161,10 @@ class _RowWindow:
         self.blocks: list[tuple[int, Tensor]] = []  # (first source row, projection [rows, r, N, M*h1])
 
     def _project(self, a: int, b: int) -> Tensor:
-        x = _pixels_last(self.maps, slice(a, b), slice(None))  # [rows, r, N, C]
-        out = x.view(-1, x.shape[-1]) @ self.weight
+        out = _project_window(self.maps, slice(a, b), slice(None), self.weight)  # [rows * r * N, M*h1]
         if self.bias is not None:
             out.add_(self.bias)
-        return out.view(*x.shape[:3], -1)
+        return out.view(b - a, self.size, self.maps[0].shape[0], -1)
 
     def interpolate(self, y0: int, y1: int, out: Tensor) -> None:
         """Output rows y0..y1 of the projection, interpolated vertically only: out [y1 - y0, r * N * M*h1]."""
@@ -166,7 +186,7 @@ class _RowWindow:
                 first = False
 
 
-def _dense_heads(members: Sequence[Member], h: Tensor, weights: _DenseWeights, training: bool) -> Tensor:
+def _dense_heads(members: Sequence[Member], h: Tensor, weights: DenseWeights, training: bool) -> Tensor:
     """First-layer outputs [P, M*h1], bias included -> member logits [M, K, P].
 
     Pixels last: the products then have P columns rather than K (8 for the demo model).
@@ -180,6 +200,7 @@ def _dense_heads(members: Sequence[Member], h: Tensor, weights: _DenseWeights, t
 
 def segment_in_chunks(
     members: Sequence[Member],
+    weights: DenseWeights,
     features: Sequence[Tensor],
     plan: DensePlan,
     size: int,
@@ -190,13 +211,13 @@ def segment_in_chunks(
 ) -> tuple[Tensor, Tensor]:
     """Labels [N, height, width] int64 and uncertainty [N, height, width] over `box` (top, left, height,
     width) of the size x size canvas; the caller has checked features and box, and turns off autograd.
+    `weights` is `DenseWeights.build(members, features)`, which the caller may keep between calls.
 
     `plan` covers the maps of resolutions other than `size` (`plan.sizes`); `budget` is the number of
     first-layer activations evaluated at once (in training mode one chunk, so that BatchNorm sees the
     whole box).
     """
     top, left, height, width = box
-    weights = _DenseWeights.build(members, features)
     like = features[0]
     n, mh = like.shape[0], weights.bias.numel()
     maps: dict[int, list[Tensor]] = {}
@@ -228,9 +249,11 @@ def segment_in_chunks(
             index, weight = plan.across(k)
             h = F.embedding_bag(index, rows, per_sample_weights=weight, mode="sum").view(-1, mh)
         if size in maps:
-            x = _pixels_last(maps[size], slice(y0, y1), slice(left, left + width))
-            x = x.view(-1, x.shape[-1])
-            h = (x @ weights.first[size]).add_(weights.bias) if h is None else h.addmm_(x, weights.first[size])
+            ys, xs = slice(y0, y1), slice(left, left + width)
+            if h is None:
+                h = _project_window(maps[size], ys, xs, weights.first[size]).add_(weights.bias)
+            else:
+                h = _project_window(maps[size], ys, xs, weights.first[size], h)
         assert h is not None
         pending.append(_dense_heads(members, h, weights, training))
         if y1 == top + height or sum(p.numel() for p in pending) >= budget:
@@ -242,7 +265,9 @@ def segment_in_chunks(
             mean = probs.mean(0)
             u = (mean * mean.clamp_min(1e-12).log()).sum(0).neg_().sub_(member_entropy)
             out = slice(done - top, y1 - top)
-            labels[:, out] = logits.sum(0).argmax(0).view(y1 - done, width, n).permute(2, 0, 1)
+            # max(0).indices, not argmax(0): the same first-maximum rule, 10x faster across a leading dim here.
+            best = logits.sum(0).max(0).indices
+            labels[:, out] = best.view(y1 - done, width, n).permute(2, 0, 1)
             uncertainty[:, out] = u.view(y1 - done, width, n).permute(2, 0, 1)
             done = y1
     return labels, uncertainty

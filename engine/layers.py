@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from engine.frozen import frozen_derived
+
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)  # keeps activations at unit variance after the leaky ReLU
 
@@ -25,10 +27,25 @@ def make_kernel(taps: Sequence[float]) -> Tensor:
     return k / k.sum()
 
 
-def upfirdn2d(x: Tensor, kernel: Tensor, *, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0)) -> Tensor:
+def depthwise(kernel: Tensor, channels: int, dtype: torch.dtype) -> Tensor:
+    """`kernel` [kh, kw] as the weight of a depthwise `F.conv2d` over `channels` (true convolution)."""
+    kh, kw = kernel.shape
+    return kernel.flip([0, 1]).to(dtype).reshape(1, 1, kh, kw).expand(channels, 1, kh, kw).contiguous()
+
+
+def upfirdn2d(
+    x: Tensor,
+    kernel: Tensor,
+    *,
+    up: int = 1,
+    down: int = 1,
+    pad: tuple[int, int] = (0, 0),
+    weight: Tensor | None = None,
+) -> Tensor:
     """Upsample by zero insertion, pad, convolve with `kernel` (true convolution), then decimate.
 
-    x: [N, C, H, W]; kernel: [kh, kw]; pad = (before, after), applied to both axes.
+    x: [N, C, H, W]; kernel: [kh, kw]; pad = (before, after), applied to both axes; `weight`: the
+    kernel's `depthwise` form for C channels, when the caller keeps one.
     """
     n, c, h, w = x.shape
     if up > 1:
@@ -36,8 +53,8 @@ def upfirdn2d(x: Tensor, kernel: Tensor, *, up: int = 1, down: int = 1, pad: tup
         x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
         x = x.reshape(n, c, h * up, w * up)
     x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
-    kh, kw = kernel.shape
-    weight = kernel.flip([0, 1]).to(x.dtype).reshape(1, 1, kh, kw).expand(c, 1, kh, kw)
+    if weight is None:
+        weight = depthwise(kernel, c, x.dtype)
     x = F.conv2d(x, weight, groups=c)  # depthwise: every channel filtered alike
     if down > 1:
         x = x[:, :, ::down, ::down]
@@ -81,11 +98,15 @@ class EqualLinear(nn.Module):
         self.activation = activation
 
     def forward(self, x: Tensor) -> Tensor:
-        bias = None if self.bias is None else self.bias * self.lr_mul
+        weight = frozen_derived(self, "weight", (self.weight,), lambda: self.weight * self.scale)
+        bias = None
+        if self.bias is not None:
+            b = self.bias
+            bias = frozen_derived(self, "bias", (b,), lambda: b * self.lr_mul)
         if self.activation:
-            out = F.linear(x, self.weight * self.scale)
+            out = F.linear(x, weight)
             return fused_leaky_relu(out, bias) if bias is not None else F.leaky_relu(out, LRELU_SLOPE) * LRELU_GAIN
-        return F.linear(x, self.weight * self.scale, bias)
+        return F.linear(x, weight, bias)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[1]}, {self.weight.shape[0]}, lr_mul={self.lr_mul}"
@@ -114,7 +135,9 @@ class Blur(nn.Module):
         self.pad = pad
 
     def forward(self, x: Tensor) -> Tensor:
-        return upfirdn2d(x, self.kernel, pad=self.pad)
+        c, dtype = x.shape[1], x.dtype
+        weight = frozen_derived(self, f"{c}:{dtype}", (self.kernel,), lambda: depthwise(self.kernel, c, dtype))
+        return upfirdn2d(x, self.kernel, pad=self.pad, weight=weight)
 
 
 class Upsample(nn.Module):
@@ -130,7 +153,9 @@ class Upsample(nn.Module):
         self.pad = ((p + 1) // 2 + factor - 1, p // 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad)
+        c, dtype = x.shape[1], x.dtype
+        weight = frozen_derived(self, f"{c}:{dtype}", (self.kernel,), lambda: depthwise(self.kernel, c, dtype))
+        return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad, weight=weight)
 
 
 class ModulatedConv2d(nn.Module):
@@ -172,17 +197,20 @@ class ModulatedConv2d(nn.Module):
         """x: [N, Cin, H, W]; w: [N, S] -> [N, Cout, H', W'] (H' = 2H when upsampling)."""
         n = x.shape[0]
         style = self.modulation(w)  # [N, Cin]
-        weight = self.weight[0] * self.scale  # [Cout, Cin, k, k]
+        sources = (self.weight,)
+        weight = frozen_derived(self, "weight", sources, lambda: self.weight[0] * self.scale)  # [Cout, Cin, k, k]
         x = x * style.reshape(n, -1, 1, 1)
         if self.upsample:
-            x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+            # conv_transpose2d wants [Cin, Cout, k, k]; contiguous, so that it is not copied on every call.
+            weight_t = frozen_derived(self, "weight_t", sources, lambda: weight.transpose(0, 1).contiguous())
+            x = F.conv_transpose2d(x, weight_t, stride=2)
             x = self.blur(x)
         else:
             x = F.conv2d(x, weight, padding=self.padding)
         if self.demodulate:
             # sum over (Cin, kh, kw) of (W * s)^2 = s^2 @ sum_k W^2: one [N, Cin] x [Cin, Cout] product.
-            w2 = weight.pow(2).sum(dim=(2, 3))  # [Cout, Cin]
-            dcoef = torch.rsqrt(style.pow(2) @ w2.t() + 1e-8)  # [N, Cout]
+            w2t = frozen_derived(self, "w2t", sources, lambda: weight.pow(2).sum(dim=(2, 3)).t())  # [Cin, Cout]
+            dcoef = torch.rsqrt(style.pow(2) @ w2t + 1e-8)  # [N, Cout]
             x = x * dcoef.reshape(n, -1, 1, 1)
         return x
 

@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.dense_segmentation import DensePlan, segment_in_chunks
+from engine.dense_segmentation import DensePlan, DenseWeights, segment_in_chunks
 from engine.errors import BundleError, InputError
+from engine.frozen import frozen_derived
 from engine.segmentation_kernels import (
     Prepared,
     RegionCrossEntropy,
@@ -343,7 +344,14 @@ class Segmenter(nn.Module):
             if not 1 <= members <= len(chosen):
                 raise InputError(f"members must be 1..{len(chosen)}, got {members}")
             chosen = chosen[:members]
-        labels, uncertainty = segment_in_chunks(chosen, features, plan, size, region, budget, training=self.training)
+        sources = [t for m in chosen for t in (*m.parameters(), *m.buffers())]
+        layout = tuple((f.shape[1], f.shape[-1]) for f in features)  # what `build` reads of the maps
+        weights = frozen_derived(
+            self, f"dense:{len(chosen)}:{layout}", sources, lambda: DenseWeights.build(chosen, features)
+        )
+        labels, uncertainty = segment_in_chunks(
+            chosen, weights, features, plan, size, region, budget, training=self.training
+        )
         return Segmentation(labels=labels, uncertainty=uncertainty)
 
 

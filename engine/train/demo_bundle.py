@@ -95,7 +95,7 @@ def faces_spec(
                 "roi_dilation": 2,
             },
         },
-        version="0.6",
+        version="0.7",
         description="Demo model: 64 px procedural cartoon faces (engine/domains/faces.py), trained on 2 CPU cores.",
     )
     return spec

@@ -116,13 +116,20 @@ def _dense_check(s: Segmenter, features: list[torch.Tensor], mode: str, box: tup
 
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 @pytest.mark.parametrize("budget", [1, 3 * 2 * 56 * 384 + 5])
-def test_dense_segmentation_in_chunks_equals_reference(mode: str, budget: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("images", [1, 2])
+def test_dense_segmentation_in_chunks_equals_reference(
+    mode: str, budget: int, images: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # budget 1: one output row per chunk, each source row projected on its own, a summary per chunk.
     # The other: 3 rows of N * width * M*h1 = 2 * 56 * 384 activations per chunk (the last one shorter),
     # source rows projected 5 at a time at 32 px, so that a chunk often reads two projected blocks.
+    # One image reads the maps' rows in place (whole rows: every low-resolution window, and the
+    # full-resolution maps in the whole-width box); two go through the pixels-last copy.
     monkeypatch.setattr(segmenter_module, "_CHUNK_FLOATS", {"cpu": budget})
     _, s, features = _setup()
-    _dense_check(s, features, mode, (8, 4, 47, 56))
+    features = [f[:images] for f in features]
+    for box in [(8, 4, 47, 56), (8, 0, 47, 64)]:
+        _dense_check(s, features, mode, box)
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
@@ -143,6 +150,7 @@ def test_dense_segmentation_handles_any_map_layout(mode: str, sizes: tuple[int, 
     features = [torch.randn(3, c, r, r, generator=gen) for c, r in zip(channels, sizes, strict=True)]
     for box in [(0, 0, 24, 24), (5, 2, 13, 19)]:
         _dense_check(s, features, mode, box)
+        _dense_check(s, [f[:1] for f in features], mode, box)
 
 
 def test_dense_segmentation_in_train_mode_uses_batch_statistics() -> None:
@@ -157,7 +165,7 @@ def test_dense_segmentation_in_train_mode_uses_batch_statistics() -> None:
 def test_dense_segmentation_follows_weight_changes() -> None:
     _, s, features = _setup()
     s.segment(features)
-    with torch.no_grad():  # through .data, which no version counter sees: nothing may be cached
+    with torch.no_grad():  # through .data, which no version counter sees: parameters that train are never cached
         for m in s.models:
             m.layers[0].weight.data.mul_(-1.5)
             m.layers[5].running_var.data.mul_(3.0)

@@ -1,0 +1,31 @@
+"""Values derived from frozen parameters, computed once per parameter version instead of on every call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
+
+import torch
+from torch import Tensor, nn
+
+T = TypeVar("T")
+
+
+def frozen_derived(module: nn.Module, name: str, sources: Sequence[Tensor], make: Callable[[], T]) -> T:
+    """`make()`, a function of `sources` only, cached on `module` under `name` until one of them changes.
+
+    Rendering recomputed scaled and squared weights (and the segmenter its folded layers) on every call,
+    which at 64 px cost as much as the small convolutions. The key is each source's version counter (bumped
+    by in-place writes: `copy_`, `load_state_dict`, optimiser and EMA steps) and storage (new after `.to()`).
+    Sources that require gradients are never cached: autograd must reach them, and training changes them
+    every step. (A write through `.data` bypasses the version counter: the code base makes none.)
+    """
+    if any(s.requires_grad for s in sources):
+        return make()
+    key = tuple((s._version, s.data_ptr(), s.dtype, s.device) for s in sources)
+    cache: dict[str, tuple[tuple[Any, ...], Any]] = module.__dict__.setdefault("_frozen_derived", {})
+    hit = cache.get(name)
+    if hit is None or hit[0] != key:
+        with torch.no_grad():
+            hit = cache[name] = (key, make())
+    return cast(T, hit[1])
