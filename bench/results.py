@@ -27,7 +27,9 @@ machines, or from a loaded machine (see the load in the hardware column), are no
 | model | the bundle measured (sections vector, jobs, naive) |
 | vector | `POST /edit/vector` over HTTP, p50 / bare engine forward (`apply_vectors`), p50 (target <= 1.2); \
 from 2026-11-26 14:00 also the same ratio paired per request against the engine time inside the gateway, and \
-the added ms; HTTP p50 and p99 in ms; throughput at 1, 4 and 16 clients in requests/s |
+the added ms; HTTP p50 and p99 in ms; throughput at 1, 4 and 16 clients in requests/s. From 2026-11-26 16:30 \
+the requests go through a lean standard-library client (httpx added 1.1-1.5 ms of client time per request) and \
+what is compared alternates every 10 calls |
 | batching | throughput at 16 clients, micro-batching on / off (target >= 2); single-client p50, on / off - 1 \
 (target <= +10 %) |
 | jobs | queue overhead (enqueue -> worker start) p50 in ms; inversion, optimisation edit and refinement \
