@@ -26,6 +26,8 @@ def frozen_derived(module: nn.Module, name: str, sources: Sequence[Tensor], make
     cache: dict[str, tuple[tuple[Any, ...], Any]] = module.__dict__.setdefault("_frozen_derived", {})
     hit = cache.get(name)
     if hit is None or hit[0] != key:
-        with torch.no_grad():
+        # Never an inference tensor (were the first call under `torch.inference_mode`): a later call that
+        # differentiates through the module could not save it for backward.
+        with torch.inference_mode(False), torch.no_grad():
             hit = cache[name] = (key, make())
     return cast(T, hit[1])

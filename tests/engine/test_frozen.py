@@ -83,3 +83,13 @@ def test_a_frozen_segmenter_segments_with_its_current_weights() -> None:
     assert torch.equal(after.labels, expected.labels)
     assert not torch.allclose(after.uncertainty, before.uncertainty)  # the change reached the output
     torch.testing.assert_close(after.uncertainty, expected.uncertainty)
+
+
+def test_a_value_cached_under_inference_mode_still_serves_gradients() -> None:
+    g = Generator(TINY_GENERATOR).eval().requires_grad_(False)
+    w = g.sample_w_plus(1, seed=0)
+    with torch.inference_mode():
+        g.synthesis(w)  # the first call fills the cache
+    latent = w.clone().requires_grad_(True)
+    g.synthesis(latent).image.square().sum().backward()  # an edit differentiates through the cached weights
+    assert latent.grad is not None and bool(latent.grad.abs().sum() > 0)
