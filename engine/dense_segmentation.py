@@ -92,7 +92,7 @@ def _project_window(
 ) -> Tensor:
     """The window's pixels [rows * cols * N, sum C_i] (as `_pixels_last`) times `weight` [sum C_i, X], added to
     `out` when given. For one image and whole rows, each map's window is already a transposed [pixels, C_i]
-    matrix that the product reads in place: no copy into pixels-last order (a fifth of a demo render)."""
+    matrix that the product reads in place: no copy into pixels-last order (a sixth of a demo segmentation)."""
     n, _, _, r = maps[0].shape
     if n == 1 and cols.indices(r) == (0, r, 1):
         offset = 0
