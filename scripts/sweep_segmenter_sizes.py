@@ -23,10 +23,9 @@ import numpy as np
 import torch
 
 from engine.bundle import load_bundle
-from engine.domains import faces
 from engine.evaluate import _to_tensor, evaluate_inversion, faces_heldout, segmentation_scores
 from engine.segmenter import Segmenter
-from engine.train.demo_bundle import ANNOTATED_SEED_OFFSET, class_ious
+from engine.train.demo_bundle import annotated_faces, class_ious
 from engine.train.segmenter import SegmenterTrainConfig, aligned_pixels, embed, pixel_features, train_ensemble
 
 
@@ -50,9 +49,7 @@ def main() -> None:
     names = [c.name for c in bundle.spec.classes]
     perceptual = bundle.perceptual()
 
-    images, labels = faces.batch([ANNOTATED_SEED_OFFSET + i for i in range(16)], size=bundle.spec.resolution)
-    flipped = faces.mirror(images, labels)
-    images, labels = np.concatenate([images, flipped[0]]), np.concatenate([labels, flipped[1]])
+    images, labels = annotated_faces(16, bundle.spec.resolution, mirror=True)
     canvases = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     latents, psnrs = embed(bundle, canvases, steps=400, perceptual=perceptual)
     features = pixel_features(bundle.generator, latents)

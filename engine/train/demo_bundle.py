@@ -116,6 +116,16 @@ def mean_iou(predicted: torch.Tensor, target: torch.Tensor, num_classes: int) ->
     return float(np.mean([iou for iou in class_ious(predicted, target, num_classes) if iou is not None]))
 
 
+def annotated_faces(count: int, size: int, *, mirror: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The annotated training faces (uint8 images [N, S, S, 3], labels [N, S, S]); with `mirror` each one's
+    mirror image follows them all, so that the first `count` stay the originals (the bundle's examples)."""
+    images, labels = faces.batch([ANNOTATED_SEED_OFFSET + i for i in range(count)], size=size)
+    if mirror:
+        flipped = faces.mirror(images, labels)
+        images, labels = np.concatenate([images, flipped[0]]), np.concatenate([labels, flipped[1]])
+    return images, labels
+
+
 def build_demo_bundle(
     gan_dir: Path,
     out_dir: Path,
@@ -157,11 +167,7 @@ def build_demo_bundle(
     segmenter = Segmenter(spec.segmenter).eval()
     draft = Bundle(spec=spec, generator=generator, segmenter=segmenter, encoder=encoder)
 
-    seeds = [ANNOTATED_SEED_OFFSET + i for i in range(annotated)]
-    images, labels = faces.batch(seeds, size=generator.config.size)
-    if config.mirror:  # the originals first: `latents[:annotated]` are the bundle's examples
-        mirrored = faces.mirror(images, labels)
-        images, labels = np.concatenate([images, mirrored[0]]), np.concatenate([labels, mirrored[1]])
+    images, labels = annotated_faces(annotated, generator.config.size, mirror=config.mirror)
     canvases = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     latents, psnrs = embed(draft, canvases, steps=config.invert_steps, perceptual=perceptual, progress=progress)
     log(f"embedded {len(psnrs)} annotated images: PSNR {np.mean(psnrs):.2f} dB (min {np.min(psnrs):.2f})")
@@ -192,7 +198,7 @@ def build_demo_bundle(
         predicted = segmenter.segment(out.features).labels
     train_miou = mean_iou(predicted, torch.from_numpy(labels.astype(np.int64)), len(spec.classes))
     record |= {
-        "annotated_seeds": [seeds[0], seeds[-1]],
+        "annotated_seeds": [ANNOTATED_SEED_OFFSET, ANNOTATED_SEED_OFFSET + annotated - 1],
         "segmenter_training": config_dict(config),
         "embedding_psnr_db": [round(p, 2) for p in psnrs],
         "members": [{k: round(v, 4) for k, v in s.items()} for s in stats],
