@@ -33,6 +33,12 @@ def depthwise(kernel: Tensor, channels: int, dtype: torch.dtype) -> Tensor:
     return kernel.flip([0, 1]).to(dtype).reshape(1, 1, kh, kw).expand(channels, 1, kh, kw).contiguous()
 
 
+def kept_depthwise(module: nn.Module, kernel: Tensor, x: Tensor) -> Tensor:
+    """`depthwise(kernel)` for x's channels and dtype, kept on `module` while the kernel is unchanged."""
+    c, dtype = x.shape[1], x.dtype
+    return frozen_derived(module, f"depthwise:{c}:{dtype}", (kernel,), lambda: depthwise(kernel, c, dtype))
+
+
 def upfirdn2d(
     x: Tensor,
     kernel: Tensor,
@@ -135,9 +141,7 @@ class Blur(nn.Module):
         self.pad = pad
 
     def forward(self, x: Tensor) -> Tensor:
-        c, dtype = x.shape[1], x.dtype
-        weight = frozen_derived(self, f"{c}:{dtype}", (self.kernel,), lambda: depthwise(self.kernel, c, dtype))
-        return upfirdn2d(x, self.kernel, pad=self.pad, weight=weight)
+        return upfirdn2d(x, self.kernel, pad=self.pad, weight=kept_depthwise(self, self.kernel, x))
 
 
 class Upsample(nn.Module):
@@ -153,9 +157,7 @@ class Upsample(nn.Module):
         self.pad = ((p + 1) // 2 + factor - 1, p // 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        c, dtype = x.shape[1], x.dtype
-        weight = frozen_derived(self, f"{c}:{dtype}", (self.kernel,), lambda: depthwise(self.kernel, c, dtype))
-        return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad, weight=weight)
+        return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad, weight=kept_depthwise(self, self.kernel, x))
 
 
 class ModulatedConv2d(nn.Module):
