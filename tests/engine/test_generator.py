@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine import generator
 from engine.errors import BundleError, InputError
 from engine.generator import Generator, GeneratorConfig
 from tests.conftest import TINY_GENERATOR, reference
@@ -50,6 +51,38 @@ def test_one_latent_always_renders_one_image() -> None:
         if type(m).__name__ == "NoiseInjection":
             m.weight.data.fill_(0.5)
     assert not torch.allclose(g.synthesis(w).image, g.synthesis(w, noise="random").image)
+
+
+def test_memory_layout_changes_speed_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = Generator(TINY_GENERATOR).eval()
+    w = g.sample_w_plus(3, seed=1)
+    outputs = {}
+    for layout in (torch.channels_last, torch.contiguous_format):
+        monkeypatch.setattr(generator, "CPU_MEMORY_FORMAT", layout)
+        x = w.clone().requires_grad_(True)
+        out = g.synthesis(x, return_features=True)
+        assert out.features is not None
+        assert out.features[-1].is_contiguous(memory_format=layout)  # the layout reaches the last map
+        out.image.square().sum().backward()
+        outputs[layout] = (out.image, out.features[-1], x.grad)
+    for a, b in zip(outputs[torch.channels_last], outputs[torch.contiguous_format], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5 * float(b.detach().abs().max()))  # summation order only
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_rendering_without_autograd_gives_the_same_numbers(autocast: bool) -> None:
+    g = Generator(TINY_GENERATOR).eval()
+    for m in g.modules():  # non-zero noise strengths, so that the noise step counts too
+        if type(m).__name__ == "NoiseInjection":
+            m.weight.data.fill_(0.3)
+    w = g.sample_w_plus(2, seed=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.no_grad():
+            fast = g.synthesis(w, return_features=True)  # in place where it is safe
+        slow = g.synthesis(w.clone().requires_grad_(True), return_features=True)  # the module composition
+    assert fast.features is not None and slow.features is not None
+    for a, b in zip([fast.image, *fast.features], [slow.image, *slow.features], strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b.detach())
 
 
 def test_every_w_plus_row_reaches_the_image() -> None:
