@@ -17,7 +17,16 @@ from torch import Tensor, nn
 from engine.frozen import frozen_derived
 
 LRELU_SLOPE = 0.2
+# oneDNN's CPU convolutions run channels-last natively and reorder NCHW maps and weights around every call:
+# with channels-last maps and weights the demo model renders 7% faster alone and 17% per image in batches of
+# 16, and edits 13% faster (2 cores). On CUDA maps and weights stay NCHW (not measured yet).
+CPU_MEMORY_FORMAT = torch.channels_last
 LRELU_GAIN = math.sqrt(2.0)  # keeps activations at unit variance after the leaky ReLU
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """The layout of the generator's maps and convolution weights on `device`."""
+    return CPU_MEMORY_FORMAT if device.type == "cpu" else torch.contiguous_format
 
 
 def make_kernel(taps: Sequence[float]) -> Tensor:
@@ -207,11 +216,16 @@ class ModulatedConv2d(nn.Module):
         n = x.shape[0]
         style = self.modulation(w)  # [N, Cin]
         sources = (self.weight,)
-        weight = frozen_derived(self, "weight", sources, lambda: self.weight[0] * self.scale)  # [Cout, Cin, k, k]
+        layout = memory_format(x.device)  # kept in the maps' layout, so that no call reorders it
+        weight = frozen_derived(
+            self, f"weight:{layout}", sources, lambda: (self.weight[0] * self.scale).contiguous(memory_format=layout)
+        )  # [Cout, Cin, k, k]
         x = x * style.reshape(n, -1, 1, 1)
         if self.upsample:
-            # conv_transpose2d wants [Cin, Cout, k, k]; contiguous, so that it is not copied on every call.
-            weight_t = frozen_derived(self, "weight_t", sources, lambda: weight.transpose(0, 1).contiguous())
+            # conv_transpose2d wants [Cin, Cout, k, k]
+            weight_t = frozen_derived(
+                self, f"weight_t:{layout}", sources, lambda: weight.transpose(0, 1).contiguous(memory_format=layout)
+            )
             x = F.conv_transpose2d(x, weight_t, stride=2)
             x = self.blur(x)
         else:

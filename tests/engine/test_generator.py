@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import generator
+from engine import layers
 from engine.errors import BundleError, InputError
 from engine.generator import Generator, GeneratorConfig
 from tests.conftest import TINY_GENERATOR, reference
@@ -58,7 +58,7 @@ def test_memory_layout_changes_speed_only(monkeypatch: pytest.MonkeyPatch) -> No
     w = g.sample_w_plus(3, seed=1)
     outputs = {}
     for layout in (torch.channels_last, torch.contiguous_format):
-        monkeypatch.setattr(generator, "CPU_MEMORY_FORMAT", layout)
+        monkeypatch.setattr(layers, "CPU_MEMORY_FORMAT", layout)
         x = w.clone().requires_grad_(True)
         out = g.synthesis(x, return_features=True)
         assert out.features is not None
