@@ -36,8 +36,10 @@ from engine.segmenter import Upsample, upsample_features
 T = TypeVar("T")
 
 # Relative differences of the total loss allowed between the two loops. At the first iterate (the same w)
-# only float rounding separates them; over the updates Adam may amplify it somewhat (measured: below 1e-5
-# on the demo model and the car architecture).
+# only float rounding separates them. Over the updates Adam amplifies rounding, by an amount that depends on
+# the model and the edit (v0.2: 1.3e-4 after 40 steps; v0.7: 0.2-0.9 %, with the engine ahead or behind), so
+# the final tolerance is the larger of FINAL_TOLERANCE and twice the engine's own spread when its start
+# moves by one float32 ulp (`rounding_spread`): two exact implementations of the loop end that far apart.
 START_TOLERANCE = 1e-5
 FINAL_TOLERANCE = 1e-3
 
@@ -165,6 +167,8 @@ def compare(bundle: Bundle, inputs: EditInput, *, steps: int, reps: int, percept
     final = {"engine": edit.history[-1], "naive": naive.history[-1]}
     start = _relative(edit.history[0]["total"], naive.history[0]["total"])
     difference = _relative(final["engine"]["total"], final["naive"]["total"])
+    spread = rounding_spread(bundle, inputs, mask, final["engine"]["total"], steps=steps, perceptual=perceptual)
+    tolerance = max(FINAL_TOLERANCE, 2 * spread)
     return {
         "steps": steps,
         "reps": reps,
@@ -179,10 +183,25 @@ def compare(bundle: Bundle, inputs: EditInput, *, steps: int, reps: int, percept
         "start_loss_relative_difference": float(f"{start:.3g}"),
         "start_tolerance": START_TOLERANCE,
         "final_loss_relative_difference": float(f"{difference:.3g}"),
-        "final_tolerance": FINAL_TOLERANCE,
-        "equal_quality": start <= START_TOLERANCE and difference <= FINAL_TOLERANCE,
+        "rounding_spread": float(f"{spread:.3g}"),
+        "final_tolerance": float(f"{tolerance:.3g}"),
+        "engine_final_below_naive": final["engine"]["total"] <= final["naive"]["total"],
+        "equal_quality": start <= START_TOLERANCE and difference <= tolerance,
         "final_labels_agreement": round(float((edit.rendering.labels[0] == naive.labels).float().mean()), 4),
     }
+
+
+def rounding_spread(
+    bundle: Bundle, inputs: EditInput, mask: Tensor, final: float, *, steps: int, perceptual: PerceptualLoss
+) -> float:
+    """The largest relative change of the engine's final total loss (`final`, from `inputs.w`) when every
+    entry of the start moves by one float32 ulp, up or down: how far rounding alone carries the loop."""
+    out = 0.0
+    for toward in (float("inf"), float("-inf")):
+        w = torch.nextafter(inputs.w, torch.full_like(inputs.w, toward))
+        moved = optimize_edit(bundle, w, mask, inputs.region, perceptual=perceptual, params={"steps": steps})
+        out = max(out, _relative(moved.history[-1]["total"], final))
+    return out
 
 
 def _in_box(bundle: Bundle, canvas_map: Tensor) -> Tensor:
@@ -206,7 +225,8 @@ def cell(result: dict[str, Any]) -> str:
     quality = "equal" if result["equal_quality"] else "NOT equal"
     return (
         f"{result['speedup_per_step']}x per step, {result['speedup_total']}x total ({result['steps']} steps); "
-        f"final loss diff {result['final_loss_relative_difference']:.1e} (tol {result['final_tolerance']:.0e}), "
+        f"final loss diff {result['final_loss_relative_difference']:.1e} (tol {result['final_tolerance']:.1e}: "
+        f"one-ulp spread {result['rounding_spread']:.1e}), "
         f"start {result['start_loss_relative_difference']:.1e} (tol {result['start_tolerance']:.0e}): {quality}"
     )
 
