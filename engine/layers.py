@@ -168,7 +168,19 @@ class Upsample(nn.Module):
         self.pad = ((p + 1) // 2 + factor - 1, p // 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad, weight=kept_depthwise(self, self.kernel, x))
+        before, after = self.pad
+        if after != before + 1 - self.factor:  # odd taps: zero insertion, padding, convolution, as written
+            return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad, weight=kept_depthwise(self, self.kernel, x))
+        # Zero insertion, padding and a true convolution are one strided transposed convolution by the kernel
+        # itself: no zero-filled copy of factor**2 the pixels (4 of the 4.5 ms that a batch of 16 spent here).
+        c, dtype, k = x.shape[1], x.dtype, self.kernel.shape[0]
+        weight = frozen_derived(
+            self,
+            f"transposed:{c}:{dtype}",
+            (self.kernel,),
+            lambda: self.kernel.to(dtype).expand(c, 1, k, k).contiguous(),
+        )
+        return F.conv_transpose2d(x, weight, stride=self.factor, padding=k - 1 - before, groups=c)
 
 
 class ModulatedConv2d(nn.Module):

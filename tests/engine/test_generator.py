@@ -85,6 +85,22 @@ def test_rendering_without_autograd_gives_the_same_numbers(autocast: bool) -> No
         assert a.dtype == b.dtype and torch.equal(a, b.detach())
 
 
+@pytest.mark.parametrize("taps", [(1, 3, 3, 1), (1, 2, 5, 3), (1, 2, 1)])
+def test_skip_upsampling_is_zero_insertion_padding_and_convolution(taps: tuple[int, ...]) -> None:
+    up = layers.Upsample(taps)
+    x = torch.randn(3, 5, 6, 7).contiguous(memory_format=torch.channels_last)  # odd sizes, several channels
+    kernel = up.kernel
+    # as written: insert zeros, pad, convolve (true convolution: the flipped kernel under conv2d)
+    z = torch.zeros(3, 5, 12, 14)
+    z[:, :, ::2, ::2] = x
+    before, after = up.pad
+    z = torch.nn.functional.pad(z, [before, after, before, after])
+    k = kernel.flip([0, 1]).expand(5, 1, *kernel.shape)
+    expected = torch.nn.functional.conv2d(z, k, groups=5)
+    assert expected.shape == (3, 5, 12, 14)
+    torch.testing.assert_close(up(x), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_every_w_plus_row_reaches_the_image() -> None:
     g = Generator(TINY_GENERATOR).eval()
     w = g.sample_w_plus(1, seed=0).requires_grad_(True)
