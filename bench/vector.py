@@ -4,7 +4,8 @@
   against `POST /edit/vector` end to end through a real gateway (HTTP, Redis reads and writes, PNGs),
   one request at a time: p50/p95/p99 and the ratio of the p50s. Both are measured in alternating blocks.
   Beside it the same requests against their own engine time inside the gateway (`metrics.seconds`), paired
-  per request: immune to the two processes running torch at different speeds.
+  per request: immune to the two processes running torch at different speeds. In the same blocks, a
+  `GET /healthz` (the HTTP stack doing no work) and a Redis PING: the fixed parts of that overhead.
 - Throughput and latency at 1, 4 and 16 concurrent clients (threads, one keep-alive connection each).
   Every request goes through `_Connection`, a lean standard-library client, so that the client's own
   Python costs the shared cores little.
@@ -66,6 +67,11 @@ class _Connection:
         response = self.http.getresponse()
         return response.status, response.read()
 
+    def get(self, path: str) -> tuple[int, bytes]:
+        self.http.request("GET", path)
+        response = self.http.getresponse()
+        return response.status, response.read()
+
     def close(self) -> None:
         self.http.close()
 
@@ -91,6 +97,25 @@ def _sequential(url: str, body: dict[str, Any], n: int, inside: list[float] | No
             out.append(time.perf_counter() - start)
             if inside is not None:
                 inside.append(float(json.loads(data)["metrics"]["seconds"]))
+        return out
+    finally:
+        connection.close()
+
+
+def _floor(url: str, n: int) -> list[float]:
+    """`n` GET /healthz one at a time: a request through the whole HTTP stack (uvicorn, the middlewares,
+    routing, authentication, a thread-pool hop) that does no work, the part of an edit's overhead that no
+    route can avoid."""
+    connection = _Connection(url)
+    try:
+        connection.get("/healthz")
+        out = []
+        for _ in range(n):
+            start = time.perf_counter()
+            status, _ = connection.get("/healthz")
+            out.append(time.perf_counter() - start)
+            if status != 200:
+                raise RuntimeError(f"GET /healthz answered {status}")
         return out
     finally:
         connection.close()
@@ -163,6 +188,8 @@ class Samples:
     http_engine: list[float] = field(default_factory=list)
     preview_http: list[float] = field(default_factory=list)  # the same with `preview: true`
     preview_engine: list[float] = field(default_factory=list)  # render by the preview's members
+    floor: list[float] = field(default_factory=list)  # GET /healthz, one at a time (`_floor`)
+    redis: list[float] = field(default_factory=list)  # a Redis PING from this process
     single: dict[str, list[float]] = field(default_factory=lambda: {"on": [], "off": []})
     loaded_rps: dict[str, list[float]] = field(default_factory=lambda: {"on": [], "off": []})  # 16 clients
     preview_rps: dict[str, list[float]] = field(default_factory=lambda: {"on": [], "off": []})  # the same, previews
@@ -192,6 +219,8 @@ def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
             for _ in range(max(1, n // BLOCK)):  # what is compared alternates every BLOCK calls
                 out.engine += repeat(lambda: apply_vectors(bundle, w, [(vector, 1.0)]), BLOCK)
                 out.http += _sequential(urls["on"], body, BLOCK, out.http_engine)
+                out.floor += _floor(urls["on"], BLOCK)
+                out.redis += repeat(service.redis.ping, BLOCK)
                 out.preview_http += _sequential(urls["on"], body | {"preview": True}, BLOCK)
                 out.preview_engine += repeat(lambda: render(bundle, w, members=_preview_count(bundle)), BLOCK)
                 for key in ("off", "on"):
@@ -278,6 +307,10 @@ def run(ctx: Context) -> SectionResult:
         "gateway_engine": summary_ms(s.http_engine),
         "http_over_gateway_engine_p50": paired,
         "http_overhead_ms_p50": round(overhead, 2),
+        # what part of that overhead is fixed: the HTTP stack doing nothing, and one Redis round trip (an edit
+        # makes two: the latent read and the result transaction)
+        "http_floor_healthz": summary_ms(s.floor),
+        "redis_round_trip": summary_ms(s.redis),
         "target_http_p50_ms": 20.0,
         "preview": {
             "members": _preview_count(bundle),
