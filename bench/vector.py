@@ -63,12 +63,13 @@ class _Connection:
         self.http.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        self.http.request("POST", path, body=body, headers={"Content-Type": "application/json"})
-        response = self.http.getresponse()
-        return response.status, response.read()
+        return self._send("POST", path, body, {"Content-Type": "application/json"})
 
     def get(self, path: str) -> tuple[int, bytes]:
-        self.http.request("GET", path)
+        return self._send("GET", path, None, {})
+
+    def _send(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
+        self.http.request(method, path, body=body, headers=headers)
         response = self.http.getresponse()
         return response.status, response.read()
 

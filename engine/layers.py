@@ -36,16 +36,23 @@ def make_kernel(taps: Sequence[float]) -> Tensor:
     return k / k.sum()
 
 
-def depthwise(kernel: Tensor, channels: int, dtype: torch.dtype) -> Tensor:
-    """`kernel` [kh, kw] as the weight of a depthwise `F.conv2d` over `channels` (true convolution)."""
+def depthwise(kernel: Tensor, channels: int, dtype: torch.dtype, *, transposed: bool = False) -> Tensor:
+    """`kernel` [kh, kw] as the weight of a depthwise `F.conv2d` over `channels` that convolves (flipped), or
+    of a `F.conv_transpose2d` (`transposed`: as it is)."""
     kh, kw = kernel.shape
-    return kernel.flip([0, 1]).to(dtype).reshape(1, 1, kh, kw).expand(channels, 1, kh, kw).contiguous()
+    taps = kernel if transposed else kernel.flip([0, 1])
+    return taps.to(dtype).reshape(1, 1, kh, kw).expand(channels, 1, kh, kw).contiguous()
 
 
-def kept_depthwise(module: nn.Module, kernel: Tensor, x: Tensor) -> Tensor:
+def kept_depthwise(module: nn.Module, kernel: Tensor, x: Tensor, *, transposed: bool = False) -> Tensor:
     """`depthwise(kernel)` for x's channels and dtype, kept on `module` while the kernel is unchanged."""
     c, dtype = x.shape[1], x.dtype
-    return frozen_derived(module, f"depthwise:{c}:{dtype}", (kernel,), lambda: depthwise(kernel, c, dtype))
+    return frozen_derived(
+        module,
+        f"depthwise:{c}:{dtype}:{transposed}",
+        (kernel,),
+        lambda: depthwise(kernel, c, dtype, transposed=transposed),
+    )
 
 
 def upfirdn2d(
@@ -173,14 +180,9 @@ class Upsample(nn.Module):
             return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad, weight=kept_depthwise(self, self.kernel, x))
         # Zero insertion, padding and a true convolution are one strided transposed convolution by the kernel
         # itself: no zero-filled copy of factor**2 the pixels (4 of the 4.5 ms that a batch of 16 spent here).
-        c, dtype, k = x.shape[1], x.dtype, self.kernel.shape[0]
-        weight = frozen_derived(
-            self,
-            f"transposed:{c}:{dtype}",
-            (self.kernel,),
-            lambda: self.kernel.to(dtype).expand(c, 1, k, k).contiguous(),
-        )
-        return F.conv_transpose2d(x, weight, stride=self.factor, padding=k - 1 - before, groups=c)
+        weight = kept_depthwise(self, self.kernel, x, transposed=True)
+        padding = self.kernel.shape[0] - 1 - before
+        return F.conv_transpose2d(x, weight, stride=self.factor, padding=padding, groups=x.shape[1])
 
 
 class ModulatedConv2d(nn.Module):
