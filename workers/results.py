@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import base64
-import io
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from engine import Bundle, Rendering
 from engine.images import colorize, image_to_uint8, uncertainty_to_uint8
 from schemas.edits import ImageLinks, Output
+from workers.png import png_bytes
 from workers.store import Store, image_url
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    """uint8 [H, W] (grey) or [H, W, 3] (RGB) -> PNG; fast compression, the images are small or transient."""
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
 
 
 def rendering_arrays(

@@ -27,8 +27,9 @@ from service.errors import ApiError
 from service.idempotency import Idempotency, fingerprint
 from service.routes.common import ERRORS, IdempotencyKey, check_steps, submit
 from service.uploads import decode_canvas, decode_mask, read_limited
+from workers.png import png_bytes
 from workers.registry import ReadOnlyVectorError
-from workers.results import png_bytes, publish, rendering_arrays
+from workers.results import publish, rendering_arrays
 from workers.vectors import ModelMismatchError, resolve
 
 router = APIRouter(tags=["edits"], responses=ERRORS)
