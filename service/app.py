@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
 from engine import Bundle, EngineError
@@ -59,6 +60,9 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
     def connect() -> Redis:
         return Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
 
+    def connect_async() -> AsyncRedis:  # the real-time route's client, on the event loop
+        return AsyncRedis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+
     metrics = ServiceMetrics(connect, settings.editgan_queue)
 
     @contextlib.asynccontextmanager
@@ -76,6 +80,7 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
             device = resolve_device(settings.editgan_gateway_device)
             loaded = await asyncio.wrap_future(engine.submit(load_models, settings.editgan_models_dir, device))
         redis = connect()
+        aredis = connect_async()
         batchers = {
             name: render_batcher(
                 bundle,
@@ -89,7 +94,7 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
         app.state.services = Services(
             settings=settings,
             redis=redis,
-            store=Store(redis, settings.editgan_result_ttl),
+            store=Store(redis, settings.editgan_result_ttl, aredis=aredis),
             registry=Registry(redis),
             queue=job_queue(redis, settings),
             bundles=loaded,
@@ -106,6 +111,7 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
                 batcher.close()
             engine.shutdown(wait=True)
             redis.close()
+            await aredis.aclose()
 
     app = FastAPI(
         title="EditGAN service",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -60,6 +61,14 @@ class Services:
         """Render and segment one latent [1, L, S] of a served model, batched with concurrent requests, and
         return `finish(rendering)`, run on the engine thread in the same pass."""
         result: T = self.batchers[model].run(RenderRequest(w_plus, finish, members))
+        return result
+
+    async def arender(
+        self, model: str, w_plus: Tensor, finish: Callable[[Rendering], T], members: int | None = None
+    ) -> T:
+        """`render` awaited on the event loop: the engine thread hands the result straight back to the loop,
+        with no request thread in between."""
+        result: T = await asyncio.wrap_future(self.batchers[model].submit(RenderRequest(w_plus, finish, members)))
         return result
 
     def preview_members(self, model: str) -> int:

@@ -38,8 +38,19 @@ def publish(
     PNGs embedded as data URLs with `inline`. -> (latent id, image links)."""
     pngs = {name: png_bytes(array) for name, array in arrays.items()}
     latent_id, ids = store.put_result(model, w_plus, [] if inline else list(pngs.values()))
+    return latent_id, _links(pngs, ids, inline)
+
+
+async def apublish(
+    store: Store, model: str, w_plus: np.ndarray, arrays: dict[str, np.ndarray], *, inline: bool = False
+) -> tuple[str, ImageLinks]:
+    """`publish` on the store's asyncio client (the gateway's real-time route, on the event loop)."""
+    pngs = {name: png_bytes(array) for name, array in arrays.items()}
+    latent_id, ids = await store.aput_result(model, w_plus, [] if inline else list(pngs.values()))
+    return latent_id, _links(pngs, ids, inline)
+
+
+def _links(pngs: dict[str, bytes], ids: list[str], inline: bool) -> ImageLinks:
     if inline:
-        return latent_id, ImageLinks(
-            **{k: "data:image/png;base64," + base64.b64encode(v).decode() for k, v in pngs.items()}
-        )
-    return latent_id, ImageLinks(**{name: image_url(i) for name, i in zip(pngs, ids, strict=True)})
+        return ImageLinks(**{k: "data:image/png;base64," + base64.b64encode(v).decode() for k, v in pngs.items()})
+    return ImageLinks(**{name: image_url(i) for name, i in zip(pngs, ids, strict=True)})

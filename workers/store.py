@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.client import Pipeline as AsyncPipeline
 from redis.client import Pipeline
 
 from engine.npyio import read_npy
@@ -75,17 +77,34 @@ class Store:
 
     `owner` (None: no API keys) is written with every item and must match on every read: items written
     without an owner are readable by anyone, items with one only by a store scoped to that owner.
+
+    `aredis`, an asyncio client of the same server, serves the `a...` methods: the gateway's real-time route
+    runs on the event loop, where a thread-pool hop per blocking call cost more than the Redis work itself.
+    Both kinds of method share the key layout, the staging and the parsing below.
     """
 
-    def __init__(self, redis: Redis, ttl: int, prefix: str = PREFIX, owner: str | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        ttl: int,
+        prefix: str = PREFIX,
+        owner: str | None = None,
+        aredis: AsyncRedis | None = None,
+    ) -> None:
         self.redis = redis
         self.ttl = ttl
         self.prefix = prefix
         self.owner = owner
+        self.aredis = aredis
 
     def scoped(self, owner: str | None) -> Store:
         """The same store, reading and writing as `owner`."""
-        return Store(self.redis, self.ttl, self.prefix, owner)
+        return Store(self.redis, self.ttl, self.prefix, owner, self.aredis)
+
+    def _async_client(self) -> AsyncRedis:
+        if self.aredis is None:
+            raise RuntimeError("this store has no asyncio Redis client (Store(..., aredis=...))")
+        return self.aredis
 
     def _key(self, kind: str, item_id: str) -> str:
         return f"{self.prefix}:{kind}:{item_id}"
@@ -97,7 +116,13 @@ class Store:
     # ------------------------------------------------------------------ arrays: latents, edit vectors
 
     def _stage_array(
-        self, pipe: Pipeline, kind: str, id_prefix: str, model: str, array: np.ndarray, meta: dict[str, str]
+        self,
+        pipe: Pipeline | AsyncPipeline,
+        kind: str,
+        id_prefix: str,
+        model: str,
+        array: np.ndarray,
+        meta: dict[str, str],
     ) -> str:
         item_id = new_id(id_prefix)
         key = self._key(kind, item_id)
@@ -107,7 +132,7 @@ class Store:
         pipe.expire(key, self.ttl)
         return item_id
 
-    def _stage_png(self, pipe: Pipeline, png: bytes, kind: str) -> str:
+    def _stage_png(self, pipe: Pipeline | AsyncPipeline, png: bytes, kind: str) -> str:
         item_id = new_id("img" if kind == "image" else "upl")
         key = self._key(kind, item_id)
         pipe.set(key, png, ex=self.ttl)
@@ -122,7 +147,9 @@ class Store:
         return item_id
 
     def _get_array(self, kind: str, item_id: str) -> StoredArray:
-        raw = self.redis.hgetall(self._key(kind, item_id))
+        return self._parse_array(kind, item_id, self.redis.hgetall(self._key(kind, item_id)))
+
+    def _parse_array(self, kind: str, item_id: str, raw: dict[bytes | str, bytes | str]) -> StoredArray:
         if not raw:
             raise NotFoundError(kind, item_id)
         fields = {as_str(k): as_bytes(v) for k, v in raw.items()}
@@ -136,6 +163,11 @@ class Store:
 
     def get_latent(self, latent_id: str) -> StoredArray:
         return self._get_array("latent", latent_id)
+
+    async def aget_latent(self, latent_id: str) -> StoredArray:
+        """`get_latent` on the asyncio client."""
+        raw = await self._async_client().hgetall(self._key("latent", latent_id))
+        return self._parse_array("latent", latent_id, raw)
 
     def put_edit(self, model: str, delta: np.ndarray, classes: list[int], region: str | None) -> str:
         """An optimisation edit's vector, usable by id until its TTL runs out -> `edv_...`."""
@@ -160,6 +192,14 @@ class Store:
             latent_id = self._stage_array(pipe, "latent", "lat", model, w_plus, {})
             image_ids = [self._stage_png(pipe, png, "image") for png in pngs]
             pipe.execute()
+        return latent_id, image_ids
+
+    async def aput_result(self, model: str, w_plus: np.ndarray, pngs: list[bytes]) -> tuple[str, list[str]]:
+        """`put_result` on the asyncio client (the same single MULTI/EXEC)."""
+        async with self._async_client().pipeline() as pipe:
+            latent_id = self._stage_array(pipe, "latent", "lat", model, w_plus, {})
+            image_ids = [self._stage_png(pipe, png, "image") for png in pngs]
+            await pipe.execute()
         return latent_id, image_ids
 
     def get_png(self, item_id: str, kind: str = "image") -> bytes:

@@ -53,6 +53,19 @@ def record_vector(bundle: Bundle, record: VectorRecord) -> EditingVector:
     )
 
 
+def _name_version(ref: str) -> tuple[str, int | None]:
+    name, _, version_text = ref.partition("@")
+    return name, int(version_text) if version_text else None
+
+
+def is_shipped(ref: str, bundle: Bundle) -> bool:
+    """Whether `resolve` finds `ref` in the bundle itself, without reading Redis."""
+    if ref.startswith("edv_"):
+        return False
+    name, version = _name_version(ref)
+    return version == 0 or (version is None and name in bundle.vectors)
+
+
 def resolve(ref: str, bundle: Bundle, registry: Registry, store: Store) -> Resolved:
     """Registry names shadow nothing: a shipped name cannot be saved, so a plain name is one or the other."""
     model = bundle.spec.name
@@ -71,9 +84,8 @@ def resolve(ref: str, bundle: Bundle, registry: Registry, store: Store) -> Resol
             region=stored.meta.get("region") or None,
         )
         return Resolved(vector, ref)
-    name, _, version_text = ref.partition("@")
-    version = int(version_text) if version_text else None
-    if version == 0 or (version is None and name in bundle.vectors):
+    name, version = _name_version(ref)
+    if is_shipped(ref, bundle):
         return Resolved(bundle_vector(bundle, name), f"{name}@0")
     record = registry.get(model, name, version)
     return Resolved(record_vector(bundle, record), f"{name}@{record.version}")

@@ -18,8 +18,8 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
-    """Liveness: 200 while the process serves HTTP."""
+async def healthz() -> dict[str, str]:
+    """Liveness: 200 while the process serves HTTP (on the event loop: a probe needs no thread-pool hop)."""
     return {"status": "ok"}
 
 

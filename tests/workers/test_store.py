@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import pickle
 import re
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import redis
 from PIL import Image
+from redis.asyncio import Redis as AsyncRedis
 
 from engine import InputError
 from schemas.edits import EDIT_ID, IMAGE_ID, LATENT_ID
@@ -146,6 +148,42 @@ def test_a_result_lands_in_one_transaction_readable_by_its_owner_only(redis_clie
     assert all(0 < redis_client.ttl(key_of(redis_client, i)) <= TTL for i in [latent_id, *image_ids])
     with pytest.raises(ForbiddenError):
         owned.scoped("bob").get_png(image_ids[0])
+
+
+def test_the_asyncio_methods_share_the_layout_ownership_and_transaction(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """The gateway's real-time route reads and writes on the asyncio client; the sync methods (workers, other
+    routes) must see exactly the same items, and the asyncio ones the sync ones'."""
+    latent, pngs = awkward_array(11), [png_bytes(11), png_bytes(12, (4, 9))]
+
+    async def scenario() -> tuple[str, list[str], np.ndarray]:
+        aclient = AsyncRedis.from_url(redis_url)
+        try:
+            owned = Store(redis_client, TTL, owner="alice", aredis=aclient)
+            await aclient.ping()  # connects first: a new connection announces itself (CLIENT SETINFO)
+            before = redis_client.info("stats")["total_commands_processed"]
+            latent_id, image_ids = await owned.aput_result("tiny", latent, pngs)
+            commands = redis_client.info("stats")["total_commands_processed"] - before - 1
+            assert commands == 2 + 2 + 2 * len(pngs)  # one MULTI/EXEC, as put_result
+            sync_id = owned.put_latent("tiny", latent * 2)
+            read_back = (await owned.aget_latent(sync_id)).array
+            with pytest.raises(ForbiddenError):
+                await owned.scoped("bob").aget_latent(latent_id)
+            with pytest.raises(NotFoundError):
+                await owned.aget_latent("lat_" + "A" * 22)
+            return latent_id, image_ids, read_back
+        finally:
+            await aclient.aclose()
+
+    latent_id, image_ids, read_back = asyncio.run(scenario())
+    owned = Store(redis_client, TTL, owner="alice")
+    assert owned.get_latent(latent_id).array.tobytes() == latent.tobytes()
+    assert [owned.get_png(i) for i in image_ids] == pngs
+    assert all(0 < redis_client.ttl(key_of(redis_client, i)) <= TTL for i in [latent_id, *image_ids])
+    assert read_back.tobytes() == (latent * 2).tobytes()
+    with pytest.raises(RuntimeError, match="asyncio"):
+        asyncio.run(Store(redis_client, TTL).aget_latent(latent_id))
 
 
 def test_another_connection_and_store_object_read_the_same_data(store: Store, redis_url: str) -> None:

@@ -10,7 +10,7 @@ import torch
 from engine import Bundle
 from workers.registry import Registry, VectorNotFoundError
 from workers.store import Store
-from workers.vectors import ModelMismatchError, resolve
+from workers.vectors import ModelMismatchError, is_shipped, resolve
 
 MODEL = "tiny"  # tiny_spec()'s name
 
@@ -139,3 +139,17 @@ def test_resolving_does_not_write(bundle: Bundle, registry: Registry, store: Sto
     for ref in ("grow", "smile", "smile@1", edit_id):
         resolve(ref, bundle, registry, store)
     assert {k: redis_client.dump(k) for k in redis_client.scan_iter()} == before
+
+
+def test_is_shipped_says_which_references_resolve_without_redis(bundle: Bundle) -> None:
+    """The gateway resolves these on its event loop: each must resolve with Redis unreachable, and every
+    other reference must be sent where a blocking read is allowed."""
+    unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)  # nothing listens on port 1
+    registry, store = Registry(unreachable), Store(unreachable, ttl=60)
+    for ref in ("grow", "grow@0"):
+        assert is_shipped(ref, bundle)
+        assert resolve(ref, bundle, registry, store).ref == "grow@0"
+    for ref in ("grow@2", "smile", "smile@1", "edv_" + "A" * 22):
+        assert not is_shipped(ref, bundle)
+        with pytest.raises(redis.ConnectionError):
+            resolve(ref, bundle, registry, store)
