@@ -4,8 +4,8 @@ Concurrent `POST /edit/vector` requests for one model that arrive within a few m
 batched generator + segmentation pass: one pass over N latents costs far less than N passes (per-call
 overheads, small matrix products), on a CPU and more so on a GPU. The passes run on the gateway's engine
 thread (a one-thread executor, see `service.app`), so engine calls never overlap, and a request crosses
-one thread boundary each way: its own thread -> engine thread -> back (a batcher thread of its own would
-hand each pass on to the engine thread: two more wake-ups per edit).
+one thread boundary each way: the event loop (or a request's thread) -> engine thread -> back (a batcher
+thread of its own would hand each pass on to the engine thread: two more wake-ups per edit).
 
 The rules, all in `MicroBatcher`:
 - Order: a batch takes the oldest waiting requests, at most `max_batch` of them.
@@ -80,7 +80,8 @@ class MicroBatcher(Generic[T, R]):
         return pending.future
 
     def run(self, item: T) -> R:
-        """Submit and wait for the result (blocking the calling thread, a request's worker thread)."""
+        """Submit and wait for the result, blocking the calling thread (a sync route's worker thread; the
+        event loop awaits `submit`'s future instead)."""
         return self.submit(item).result()
 
     def close(self, timeout: float | None = 30.0) -> None:

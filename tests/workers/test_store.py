@@ -155,7 +155,7 @@ def test_the_asyncio_methods_share_the_layout_ownership_and_transaction(
 ) -> None:
     """The gateway's real-time route reads and writes on the asyncio client; the sync methods (workers, other
     routes) must see exactly the same items, and the asyncio ones the sync ones'."""
-    latent, pngs = awkward_array(11), [png_bytes(11), png_bytes(12, (4, 9))]
+    latent, other, pngs = awkward_array(11), awkward_array(13), [png_bytes(11), png_bytes(12, (4, 9))]
 
     async def scenario() -> tuple[str, list[str], np.ndarray]:
         aclient = AsyncRedis.from_url(redis_url)
@@ -166,7 +166,7 @@ def test_the_asyncio_methods_share_the_layout_ownership_and_transaction(
             latent_id, image_ids = await owned.aput_result("tiny", latent, pngs)
             commands = redis_client.info("stats")["total_commands_processed"] - before - 1
             assert commands == 2 + 2 + 2 * len(pngs)  # one MULTI/EXEC, as put_result
-            sync_id = owned.put_latent("tiny", latent * 2)
+            sync_id = owned.put_latent("tiny", other)
             read_back = (await owned.aget_latent(sync_id)).array
             with pytest.raises(ForbiddenError):
                 await owned.scoped("bob").aget_latent(latent_id)
@@ -181,7 +181,7 @@ def test_the_asyncio_methods_share_the_layout_ownership_and_transaction(
     assert owned.get_latent(latent_id).array.tobytes() == latent.tobytes()
     assert [owned.get_png(i) for i in image_ids] == pngs
     assert all(0 < redis_client.ttl(key_of(redis_client, i)) <= TTL for i in [latent_id, *image_ids])
-    assert read_back.tobytes() == (latent * 2).tobytes()
+    assert read_back.tobytes() == other.tobytes()
     with pytest.raises(RuntimeError, match="asyncio"):
         asyncio.run(Store(redis_client, TTL).aget_latent(latent_id))
 
