@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import torch
+from torch import Tensor
 
 from bench.context import Context
 from bench.inputs import latent, npy
@@ -98,6 +99,23 @@ def _sequential(url: str, body: dict[str, Any], n: int, inside: list[float] | No
             out.append(time.perf_counter() - start)
             if inside is not None:
                 inside.append(float(json.loads(data)["metrics"]["seconds"]))
+        return out
+    finally:
+        connection.close()
+
+
+def _first_edits(url: str, bodies: list[dict[str, Any]]) -> list[float]:
+    """One edit of each body's latent, none edited before: what the gateway's latent cache cannot serve (a
+    latent read from Redis), against `_sequential`'s repeated edits of one latent, a slider's pattern."""
+    connection = _Connection(url)
+    try:
+        connection.get("/healthz")  # warm-up: the connection
+        out = []
+        for body in bodies:
+            payload = json.dumps(body).encode()
+            start = time.perf_counter()
+            _post_ok(connection, payload)
+            out.append(time.perf_counter() - start)
         return out
     finally:
         connection.close()
@@ -187,6 +205,7 @@ class Samples:
     http: list[float] = field(default_factory=list)  # POST /edit/vector, one at a time, batching on
     # the same requests' engine time inside the gateway (vector arithmetic, render, arrays: `metrics.seconds`)
     http_engine: list[float] = field(default_factory=list)
+    first_edit: list[float] = field(default_factory=list)  # the same, each the first edit of its latent
     preview_http: list[float] = field(default_factory=list)  # the same with `preview: true`
     preview_engine: list[float] = field(default_factory=list)  # render by the preview's members
     floor: list[float] = field(default_factory=list)  # GET /healthz, one at a time (`_floor`)
@@ -214,12 +233,15 @@ def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
             response = client.post("/latents", files={"file": ("w.npy", npy(w[0]), "application/octet-stream")})
             response.raise_for_status()
         body = {"latent_id": response.json()["latent_id"], "vectors": [{"vector": name, "scale": 1.0}]}
+        blocks = max(1, n // BLOCK)
+        fresh = [body | {"latent_id": i} for i in _upload(urls["on"], w, rounds * blocks * BLOCK)]
 
         for r in range(rounds):
             ctx.log(f"vector: round {r + 1}/{rounds}: engine forward and HTTP, one request at a time")
-            for _ in range(max(1, n // BLOCK)):  # what is compared alternates every BLOCK calls
+            for b in range(blocks):  # what is compared alternates every BLOCK calls
                 out.engine += repeat(lambda: apply_vectors(bundle, w, [(vector, 1.0)]), BLOCK)
                 out.http += _sequential(urls["on"], body, BLOCK, out.http_engine)
+                out.first_edit += _first_edits(urls["on"], fresh[(r * blocks + b) * BLOCK :][:BLOCK])
                 out.floor += _floor(urls["on"], BLOCK)
                 out.redis += repeat(service.redis.ping, BLOCK)
                 out.preview_http += _sequential(urls["on"], body | {"preview": True}, BLOCK)
@@ -242,6 +264,17 @@ def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
         out.sweep = [load(urls["on"], body, c, seconds) for c in CONCURRENCY]
         out.memory = {f"gateway_{k}_gib": gib(g.process.peak_rss()) for k, g in gateways.items()}
     return out
+
+
+def _upload(url: str, w: Tensor, count: int) -> list[str]:
+    """`w` [1, L, S] stored `count` times through `POST /latents`: `count` new latent ids."""
+    data, ids = npy(w[0]), []
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for _ in range(count):
+            response = client.post("/latents", files={"file": ("w.npy", data, "application/octet-stream")})
+            response.raise_for_status()
+            ids.append(response.json()["latent_id"])
+    return ids
 
 
 def _preview_count(bundle: Bundle) -> int:
@@ -303,6 +336,8 @@ def run(ctx: Context) -> SectionResult:
         "engine_forward": engine,
         "engine_batched_ms_per_edit": {str(b): summary_ms(t)["p50_ms"] for b, t in s.per_edit.items()},
         "http_end_to_end": http,
+        # each request the first edit of its latent: read from Redis, not from the gateway's latent cache
+        "http_first_edit_of_a_latent": summary_ms(s.first_edit),
         "http_over_engine_p50": over,
         "target_http_over_engine_p50": 1.2,
         "gateway_engine": summary_ms(s.http_engine),
@@ -326,7 +361,8 @@ def run(ctx: Context) -> SectionResult:
     }
     rps = "/".join(f"{x['throughput_rps']:.0f}" for x in s.sweep)
     cells = {
-        "vector": f"{over}x (in the gateway: {paired}x, +{overhead:.1f} ms; HTTP p50 {http['p50_ms']:.1f}, "
+        "vector": f"{over}x (in the gateway: {paired}x, +{overhead:.1f} ms; HTTP p50 {http['p50_ms']:.1f} (a latent's "
+        f"first edit {summary_ms(s.first_edit)['p50_ms']:.1f}), "
         f"p99 {http['p99_ms']:.1f} ms; preview p50 "
         f"{preview['p50_ms']:.1f} ms); {rps} req/s at 1/4/16",
         "batching": f"{batching['throughput_gain_16_clients']}x at 16 clients (engine alone, batch 16 vs 1: "

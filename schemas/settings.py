@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     editgan_max_batch: int = Field(
         16, ge=1, le=256, description="Most vector edits in one batched pass; 1 turns micro-batching off."
     )
+    editgan_latent_cache: int = Field(
+        256,
+        ge=0,
+        le=65_536,
+        description="Latents the gateway keeps in memory for real-time edits (those it wrote or read, each until "
+        "its TTL): a slider's repeated edits of one latent skip the Redis read; 0 turns the cache off.",
+    )
     editgan_precision: Literal["float32", "tf32", "bfloat16"] | None = Field(
         None,
         description="Arithmetic of the workers' optimisation loops: float32, tf32 (CUDA tensor cores) or bfloat16 "

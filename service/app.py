@@ -31,7 +31,7 @@ from service.state import Services
 from workers.models import load_models, resolve_device
 from workers.queue import job_queue, sweep_lost_jobs
 from workers.registry import Registry
-from workers.store import Store
+from workers.store import LatentCache, Store
 
 log = logging.getLogger("editgan.gateway")
 SWEEP_SECONDS = 5.0  # how often started jobs are checked for a lost worker
@@ -81,6 +81,7 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
             loaded = await asyncio.wrap_future(engine.submit(load_models, settings.editgan_models_dir, device))
         redis = connect()
         aredis = connect_async()
+        latent_cache = LatentCache(settings.editgan_latent_cache) if settings.editgan_latent_cache else None
         batchers = {
             name: render_batcher(
                 bundle,
@@ -94,7 +95,7 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
         app.state.services = Services(
             settings=settings,
             redis=redis,
-            store=Store(redis, settings.editgan_result_ttl, aredis=aredis),
+            store=Store(redis, settings.editgan_result_ttl, aredis=aredis, latent_cache=latent_cache),
             registry=Registry(redis),
             queue=job_queue(redis, settings),
             bundles=loaded,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import secrets
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +68,48 @@ class StoredArray:
     meta: dict[str, str]
 
 
+class LatentCache:
+    """Latents a gateway has written or read, in memory until their TTL, least recently used out first.
+
+    A latent never changes after it is written and is never deleted before its TTL, so a copy is exact for as
+    long as Redis keeps the original: a slider's repeated real-time edits of one latent (and edits chained
+    on a result) skip the Redis read. Each entry keeps its owner, checked on every hit as on a read.
+    Used from the event loop only (the `a...` methods), so it needs no lock.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, tuple[float, str | None, StoredArray]] = OrderedDict()
+
+    def get(self, key: str) -> tuple[str | None, StoredArray] | None:
+        """(owner, a copy of the latent) or None when absent or past its TTL."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, owner, stored = entry
+        if time.monotonic() >= expires:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return owner, StoredArray(stored.model, stored.array.copy(), dict(stored.meta))  # callers may write
+
+    def put(self, key: str, owner: str | None, stored: StoredArray, ttl_seconds: float) -> None:
+        if self.size <= 0 or ttl_seconds <= 0:
+            return
+        array = np.array(stored.array, dtype=np.float32, copy=True)  # the caller's array may change later
+        self._entries[key] = (
+            time.monotonic() + ttl_seconds,
+            owner,
+            StoredArray(stored.model, array, dict(stored.meta)),
+        )
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 def _npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
@@ -90,16 +134,18 @@ class Store:
         prefix: str = PREFIX,
         owner: str | None = None,
         aredis: AsyncRedis | None = None,
+        latent_cache: LatentCache | None = None,
     ) -> None:
         self.redis = redis
         self.ttl = ttl
         self.prefix = prefix
         self.owner = owner
         self.aredis = aredis
+        self.latent_cache = latent_cache  # serves the `a...` methods only
 
     def scoped(self, owner: str | None) -> Store:
         """The same store, reading and writing as `owner`."""
-        return Store(self.redis, self.ttl, self.prefix, owner, self.aredis)
+        return Store(self.redis, self.ttl, self.prefix, owner, self.aredis, self.latent_cache)
 
     def _async_client(self) -> AsyncRedis:
         if self.aredis is None:
@@ -165,9 +211,22 @@ class Store:
         return self._get_array("latent", latent_id)
 
     async def aget_latent(self, latent_id: str) -> StoredArray:
-        """`get_latent` on the asyncio client."""
-        raw = await self._async_client().hgetall(self._key("latent", latent_id))
-        return self._parse_array("latent", latent_id, raw)
+        """`get_latent` on the asyncio client, from the latent cache when it holds the latent."""
+        key = self._key("latent", latent_id)
+        cache = self.latent_cache
+        if cache is not None and (hit := cache.get(key)) is not None:
+            owner, stored = hit
+            self._check_owner("latent", latent_id, owner)
+            return stored
+        async with self._async_client().pipeline(transaction=False) as pipe:
+            pipe.hgetall(key)
+            pipe.pttl(key)  # how long the copy may live: no longer than the original
+            raw, pttl = await pipe.execute()
+        stored = self._parse_array("latent", latent_id, raw)
+        if cache is not None:
+            owner_field = raw.get(b"owner", raw.get("owner"))
+            cache.put(key, None if owner_field is None else as_str(owner_field), stored, int(pttl) / 1000)
+        return stored
 
     def put_edit(self, model: str, delta: np.ndarray, classes: list[int], region: str | None) -> str:
         """An optimisation edit's vector, usable by id until its TTL runs out -> `edv_...`."""
@@ -200,6 +259,9 @@ class Store:
             latent_id = self._stage_array(pipe, "latent", "lat", model, w_plus, {})
             image_ids = [self._stage_png(pipe, png, "image") for png in pngs]
             await pipe.execute()
+        if self.latent_cache is not None:  # the next edit is often of this result
+            stored = StoredArray(model, np.ascontiguousarray(w_plus, dtype=np.float32), {})
+            self.latent_cache.put(self._key("latent", latent_id), self.owner, stored, self.ttl)
         return latent_id, image_ids
 
     def get_png(self, item_id: str, kind: str = "image") -> bytes:

@@ -16,7 +16,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from engine import InputError
 from schemas.edits import EDIT_ID, IMAGE_ID, LATENT_ID
-from workers.store import PREFIX, ForbiddenError, NotFoundError, Store, image_url
+from workers.store import PREFIX, ForbiddenError, LatentCache, NotFoundError, Store, image_url
 
 TTL = 300
 UPLOAD_ID = IMAGE_ID.replace("img_", "upl_")  # uploads share the image ids' alphabet and length
@@ -184,6 +184,65 @@ def test_the_asyncio_methods_share_the_layout_ownership_and_transaction(
     assert read_back.tobytes() == other.tobytes()
     with pytest.raises(RuntimeError, match="asyncio"):
         asyncio.run(Store(redis_client, TTL).aget_latent(latent_id))
+
+
+def test_the_latent_cache_serves_repeated_reads_owned_copies_until_the_ttl(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """What the gateway's real-time route reads twice comes from memory (the key is gone from Redis here to
+    prove it), only to its owner, as a copy, and not after the TTL that Redis would apply."""
+    latent, other = awkward_array(14), awkward_array(15)
+
+    async def scenario() -> None:
+        aclient = AsyncRedis.from_url(redis_url)
+        try:
+            cache = LatentCache(size=2)
+            alice = Store(redis_client, ttl=2, owner="alice", aredis=aclient, latent_cache=cache)
+            read_id = alice.put_latent("tiny", latent)  # written by the sync store: cached on first read
+            assert (await alice.aget_latent(read_id)).array.tobytes() == latent.tobytes()
+            redis_client.delete(key_of(redis_client, read_id))
+            first = await alice.aget_latent(read_id)  # from memory
+            assert first.array.tobytes() == latent.tobytes() and first.model == "tiny"
+            first.array[:] = 0  # callers get copies: the next read is unchanged
+            assert (await alice.aget_latent(read_id)).array.tobytes() == latent.tobytes()
+            with pytest.raises(ForbiddenError):
+                await alice.scoped("bob").aget_latent(read_id)
+
+            written_id, _ = await alice.aput_result("tiny", other, [])  # a result is cached as it is written
+            redis_client.delete(key_of(redis_client, written_id))
+            assert (await alice.aget_latent(written_id)).array.tobytes() == other.tobytes()
+
+            third = alice.put_latent("tiny", latent)  # a third latent evicts the least recently used
+            await alice.aget_latent(third)
+            assert len(cache) == 2
+            with pytest.raises(NotFoundError):
+                await alice.aget_latent(read_id)
+
+            await asyncio.sleep(2.1)  # past the TTL: Redis dropped `third`, and so does the cache
+            with pytest.raises(NotFoundError):
+                await alice.aget_latent(third)
+        finally:
+            await aclient.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_without_a_cache_every_read_goes_to_redis(redis_client: redis.Redis, redis_url: str) -> None:
+    latent = awkward_array(16)
+
+    async def scenario() -> None:
+        aclient = AsyncRedis.from_url(redis_url)
+        try:
+            store = Store(redis_client, TTL, aredis=aclient)
+            latent_id, _ = await store.aput_result("tiny", latent, [])
+            assert (await store.aget_latent(latent_id)).array.tobytes() == latent.tobytes()
+            redis_client.delete(key_of(redis_client, latent_id))
+            with pytest.raises(NotFoundError):
+                await store.aget_latent(latent_id)
+        finally:
+            await aclient.aclose()
+
+    asyncio.run(scenario())
 
 
 def test_another_connection_and_store_object_read_the_same_data(store: Store, redis_url: str) -> None:
