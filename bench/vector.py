@@ -104,12 +104,14 @@ def _sequential(url: str, body: dict[str, Any], n: int, inside: list[float] | No
         connection.close()
 
 
-def _first_edits(url: str, bodies: list[dict[str, Any]]) -> list[float]:
+def _first_edits(url: str, warm_up: dict[str, Any], bodies: list[dict[str, Any]]) -> list[float]:
     """One edit of each body's latent, none edited before: what the gateway's latent cache cannot serve (a
-    latent read from Redis), against `_sequential`'s repeated edits of one latent, a slider's pattern."""
+    latent read from Redis), against `_sequential`'s repeated edits of one latent, a slider's pattern. The
+    warm-up is `_sequential`'s (two edits of `warm_up`), so that only the latent read differs."""
     connection = _Connection(url)
     try:
-        connection.get("/healthz")  # warm-up: the connection
+        for _ in range(2):
+            _post_ok(connection, json.dumps(warm_up).encode())
         out = []
         for body in bodies:
             payload = json.dumps(body).encode()
@@ -241,7 +243,7 @@ def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
             for b in range(blocks):  # what is compared alternates every BLOCK calls
                 out.engine += repeat(lambda: apply_vectors(bundle, w, [(vector, 1.0)]), BLOCK)
                 out.http += _sequential(urls["on"], body, BLOCK, out.http_engine)
-                out.first_edit += _first_edits(urls["on"], fresh[(r * blocks + b) * BLOCK :][:BLOCK])
+                out.first_edit += _first_edits(urls["on"], body, fresh[(r * blocks + b) * BLOCK :][:BLOCK])
                 out.floor += _floor(urls["on"], BLOCK)
                 out.redis += repeat(service.redis.ping, BLOCK)
                 out.preview_http += _sequential(urls["on"], body | {"preview": True}, BLOCK)
