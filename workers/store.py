@@ -259,9 +259,8 @@ class Store:
             latent_id = self._stage_array(pipe, "latent", "lat", model, w_plus, {})
             image_ids = [self._stage_png(pipe, png, "image") for png in pngs]
             await pipe.execute()
-        if self.latent_cache is not None:  # the next edit is often of this result
-            stored = StoredArray(model, np.ascontiguousarray(w_plus, dtype=np.float32), {})
-            self.latent_cache.put(self._key("latent", latent_id), self.owner, stored, self.ttl)
+        if self.latent_cache is not None:  # the next edit is often of this result (the cache keeps a copy)
+            self.latent_cache.put(self._key("latent", latent_id), self.owner, StoredArray(model, w_plus, {}), self.ttl)
         return latent_id, image_ids
 
     def get_png(self, item_id: str, kind: str = "image") -> bytes:
