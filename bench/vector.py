@@ -87,27 +87,16 @@ def _post_ok(connection: _Connection, body: bytes) -> bytes:
 
 def _sequential(url: str, body: dict[str, Any], n: int, inside: list[float] | None = None) -> list[float]:
     """`n` requests one at a time: their durations; each response's own engine time goes to `inside`."""
-    payload = json.dumps(body).encode()
-    connection = _Connection(url)
-    try:
-        for _ in range(2):  # warm-up: connection, first-call allocations
-            _post_ok(connection, payload)
-        out = []
-        for _ in range(n):
-            start = time.perf_counter()
-            data = _post_ok(connection, payload)
-            out.append(time.perf_counter() - start)
-            if inside is not None:
-                inside.append(float(json.loads(data)["metrics"]["seconds"]))
-        return out
-    finally:
-        connection.close()
+    return _one_at_a_time(url, body, [body] * n, inside)
 
 
-def _first_edits(url: str, warm_up: dict[str, Any], bodies: list[dict[str, Any]]) -> list[float]:
-    """One edit of each body's latent, none edited before: what the gateway's latent cache cannot serve (a
-    latent read from Redis), against `_sequential`'s repeated edits of one latent, a slider's pattern. The
-    warm-up is `_sequential`'s (two edits of `warm_up`), so that only the latent read differs."""
+def _one_at_a_time(
+    url: str, warm_up: dict[str, Any], bodies: list[dict[str, Any]], inside: list[float] | None = None
+) -> list[float]:
+    """Each body posted once, one at a time, after two posts of `warm_up` (the connection, first-call
+    allocations): their durations; each response's own engine time goes to `inside`. With fresh latents in
+    `bodies` it times what the gateway's latent cache cannot serve (a latent read from Redis), against
+    `_sequential`'s repeated edits of one latent, a slider's pattern, with the same warm-up."""
     connection = _Connection(url)
     try:
         for _ in range(2):
@@ -116,8 +105,10 @@ def _first_edits(url: str, warm_up: dict[str, Any], bodies: list[dict[str, Any]]
         for body in bodies:
             payload = json.dumps(body).encode()
             start = time.perf_counter()
-            _post_ok(connection, payload)
+            data = _post_ok(connection, payload)
             out.append(time.perf_counter() - start)
+            if inside is not None:
+                inside.append(float(json.loads(data)["metrics"]["seconds"]))
         return out
     finally:
         connection.close()
@@ -243,7 +234,7 @@ def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
             for b in range(blocks):  # what is compared alternates every BLOCK calls
                 out.engine += repeat(lambda: apply_vectors(bundle, w, [(vector, 1.0)]), BLOCK)
                 out.http += _sequential(urls["on"], body, BLOCK, out.http_engine)
-                out.first_edit += _first_edits(urls["on"], body, fresh[(r * blocks + b) * BLOCK :][:BLOCK])
+                out.first_edit += _one_at_a_time(urls["on"], body, fresh[(r * blocks + b) * BLOCK :][:BLOCK])
                 out.floor += _floor(urls["on"], BLOCK)
                 out.redis += repeat(service.redis.ping, BLOCK)
                 out.preview_http += _sequential(urls["on"], body | {"preview": True}, BLOCK)

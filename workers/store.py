@@ -248,16 +248,20 @@ class Store:
         """A result's latent W+ [L, S] and its PNGs in one round trip (one MULTI/EXEC: all land or none)
         -> (`lat_...`, image ids)."""
         with self.redis.pipeline() as pipe:
-            latent_id = self._stage_array(pipe, "latent", "lat", model, w_plus, {})
-            image_ids = [self._stage_png(pipe, png, "image") for png in pngs]
+            latent_id, image_ids = self._stage_result(pipe, model, w_plus, pngs)
             pipe.execute()
         return latent_id, image_ids
+
+    def _stage_result(
+        self, pipe: Pipeline | AsyncPipeline, model: str, w_plus: np.ndarray, pngs: list[bytes]
+    ) -> tuple[str, list[str]]:
+        latent_id = self._stage_array(pipe, "latent", "lat", model, w_plus, {})
+        return latent_id, [self._stage_png(pipe, png, "image") for png in pngs]
 
     async def aput_result(self, model: str, w_plus: np.ndarray, pngs: list[bytes]) -> tuple[str, list[str]]:
         """`put_result` on the asyncio client (the same single MULTI/EXEC)."""
         async with self._async_client().pipeline() as pipe:
-            latent_id = self._stage_array(pipe, "latent", "lat", model, w_plus, {})
-            image_ids = [self._stage_png(pipe, png, "image") for png in pngs]
+            latent_id, image_ids = self._stage_result(pipe, model, w_plus, pngs)
             await pipe.execute()
         if self.latent_cache is not None:  # the next edit is often of this result (the cache keeps a copy)
             self.latent_cache.put(self._key("latent", latent_id), self.owner, StoredArray(model, w_plus, {}), self.ttl)
