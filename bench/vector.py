@@ -12,12 +12,19 @@
 - Micro-batching on (the default settings) against off (`EDITGAN_MAX_BATCH=1`): two gateways on the same
   Redis, measured in alternating blocks: the 16-client throughput gain and the single-client p50 change;
   beside it the engine's own time per edit in batches of 1, 4 and 16, the most batching can gain.
+- Open-loop latency, batching on and off: requests at Poisson times, at half and at nine tenths of the
+  throughput the gateway without batching reached at 16 clients. Each latency counts from the request's
+  scheduled time, so a late server cannot slow the offered load down and hide its queue (closed-loop
+  clients, as above, wait for each answer before they ask again).
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import math
+import queue
+import random
 import re
 import socket
 import statistics
@@ -47,6 +54,8 @@ CONCURRENCY = (1, 4, 16)
 # VM switches between two speeds for seconds at a time, and blocks of a whole round (100 calls) put the
 # two sides of one ratio in different speeds (HTTP p50 27.3 and 18.9 ms against one gateway in one run).
 BLOCK = 10
+OPEN_LOOP_LOADS = (0.5, 0.9)  # offered rates, as fractions of the batching-off gateway's 16-client throughput
+OPEN_LOOP_CONNECTIONS = 32  # the open-loop client's connections: requests beyond them queue in the client
 
 
 class _Connection:
@@ -178,6 +187,47 @@ def load(url: str, body: dict[str, Any], clients: int, seconds: float) -> dict[s
     }
 
 
+def open_loop(url: str, body: dict[str, Any], rate: float, seconds: float, seed: int = 0) -> tuple[list[float], int]:
+    """Requests at Poisson times of mean `rate` per second for `seconds`, whether or not earlier ones were
+    answered, the way a service sees independent users: (latencies, each from its request's scheduled time,
+    so a request that waited for a free connection counts its wait; the number of failed requests)."""
+    payload = json.dumps(body).encode()
+    schedule: queue.SimpleQueue[float | None] = queue.SimpleQueue()
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+
+    def client() -> None:
+        connection = _Connection(url)
+        try:
+            while (due := schedule.get()) is not None:
+                if (early := due - time.perf_counter()) > 0:
+                    time.sleep(early)
+                status, _ = connection.post("/edit/vector", payload)
+                with lock:
+                    if status == 200:
+                        latencies.append(time.perf_counter() - due)
+                    else:
+                        errors[0] += 1
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(OPEN_LOOP_CONNECTIONS)]
+    for t in threads:
+        t.start()
+    draw = random.Random(seed)
+    due = time.perf_counter() + 0.05  # the connections are opening
+    end = due + seconds
+    while due < end:
+        schedule.put(due)
+        due += draw.expovariate(rate)
+    for _ in threads:
+        schedule.put(None)
+    for t in threads:
+        t.join()
+    return latencies, errors[0]
+
+
 def _batches(url: str, model: str) -> tuple[float, float]:
     """(requests, batches) counted so far by the gateway's batch-size histogram."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
@@ -207,6 +257,11 @@ class Samples:
     loaded_rps: dict[str, list[float]] = field(default_factory=lambda: {"on": [], "off": []})  # 16 clients
     preview_rps: dict[str, list[float]] = field(default_factory=lambda: {"on": [], "off": []})  # the same, previews
     batched: list[float] = field(default_factory=lambda: [0.0, 0.0])  # (requests, batches) at 16 clients, on
+    # open loop, per load fraction and gateway: latencies of all repetitions (seconds), failed requests, and
+    # the rate offered
+    open_loop: dict[float, dict[str, list[float]]] = field(default_factory=dict)
+    open_errors: dict[float, dict[str, int]] = field(default_factory=dict)
+    open_rates: dict[float, float] = field(default_factory=dict)
     sweep: list[dict[str, Any]] = field(default_factory=list)
     memory: dict[str, float | None] = field(default_factory=dict)
 
@@ -253,6 +308,18 @@ def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
                     after = _batches(urls[key], bundle.spec.name)
                     out.batched = [out.batched[0] + after[0] - before[0], out.batched[1] + after[1] - before[1]]
 
+        capacity = statistics.mean(out.loaded_rps["off"])
+        for rep in range(2):
+            for load_share in OPEN_LOOP_LOADS:
+                rate = load_share * capacity
+                ctx.log(f"vector: open loop at {rate:.0f} req/s ({load_share:.0%} of unbatched capacity), {rep + 1}/2")
+                out.open_rates[load_share] = rate
+                samples = out.open_loop.setdefault(load_share, {"on": [], "off": []})
+                errors = out.open_errors.setdefault(load_share, {"on": 0, "off": 0})
+                for key in ("off", "on") if rep == 0 else ("on", "off"):
+                    latencies, failed = open_loop(urls[key], body, rate, seconds / 2, seed=rep)
+                    samples[key] += latencies
+                    errors[key] += failed
         ctx.log("vector: throughput at 1, 4 and 16 clients")
         out.sweep = [load(urls["on"], body, c, seconds) for c in CONCURRENCY]
         out.memory = {f"gateway_{k}_gib": gib(g.process.peak_rss()) for k, g in gateways.items()}
@@ -317,6 +384,8 @@ def run(ctx: Context) -> SectionResult:
         "preview_throughput_gain_16_clients": ratio(
             statistics.mean(s.preview_rps["on"]), statistics.mean(s.preview_rps["off"])
         ),
+        # independent users (Poisson arrivals) at a share of the unbatched gateway's 16-client throughput
+        "open_loop": [_open_loop_row(s, share) for share in OPEN_LOOP_LOADS],
     }
     over = ratio(http["p50_ms"], engine["p50_ms"])
     # The same ratio from one process: this VM runs a process's torch code in one of two speeds (about 19 or
@@ -353,6 +422,7 @@ def run(ctx: Context) -> SectionResult:
         "peak_memory": s.memory,
     }
     rps = "/".join(f"{x['throughput_rps']:.0f}" for x in s.sweep)
+    busy = batching["open_loop"][-1]
     cells = {
         "vector": f"{over}x (in the gateway: {paired}x, +{overhead:.1f} ms; HTTP p50 {http['p50_ms']:.1f} (a latent's "
         f"first edit {summary_ms(s.first_edit)['p50_ms']:.1f}), "
@@ -360,7 +430,8 @@ def run(ctx: Context) -> SectionResult:
         f"{preview['p50_ms']:.1f} ms); {rps} req/s at 1/4/16",
         "batching": f"{batching['throughput_gain_16_clients']}x at 16 clients (engine alone, batch 16 vs 1: "
         f"{ceiling}x; previews {batching['preview_throughput_gain_16_clients']}x); 1-client p50 "
-        f"{_percent(batching['single_client_p50_change'])}",
+        f"{_percent(batching['single_client_p50_change'])}; open loop at {busy['rate_rps']:.0f} req/s: p99 "
+        f"{_p99(busy, 'on')} ms on, {_p99(busy, 'off')} ms off",
     }
     return SectionResult(data, cells)
 
@@ -369,6 +440,23 @@ def _change(new: float, old: float) -> float | None:
     """new / old - 1: +0.05 is 5 % slower."""
     r = ratio(new, old, 4)
     return None if r is None else round(r - 1, 4)
+
+
+def _open_loop_row(s: Samples, share: float) -> dict[str, Any]:
+    latency = {k: summary_ms(v) for k, v in s.open_loop[share].items()}
+    p99 = {k: float(v.get("p99_ms", math.nan)) for k, v in latency.items()}
+    return {
+        "load": share,
+        "rate_rps": round(s.open_rates[share], 2),
+        "errors": s.open_errors[share],
+        "latency": latency,
+        "p99_on_over_off": ratio(p99["on"], p99["off"]),
+    }
+
+
+def _p99(open_loop: dict[str, Any], key: str) -> str:
+    p99 = open_loop["latency"][key].get("p99_ms")
+    return "-" if p99 is None else f"{p99:.0f}"
 
 
 def _percent(x: float | None) -> str:

@@ -247,13 +247,12 @@ def _deltas(bundle: Bundle, terms: Sequence[VectorTerm]) -> tuple[Tensor, set[in
     shape = (bundle.spec.n_latent, bundle.spec.generator.style_dim)
     for vector, scale in terms:
         if isinstance(vector, EditingVector):
-            vector.check(bundle.spec)
+            delta = vector.check(bundle.spec).delta  # checks shape and finiteness too
             classes |= set(vector.classes)
-            delta = vector.delta
+        elif tuple(vector.shape) != shape or not bool(torch.isfinite(vector).all()):
+            raise InputError(f"vector must be a finite [{shape[0]}, {shape[1]}] array, got {list(vector.shape)}")
         else:
             delta = vector
-        if tuple(delta.shape) != shape or not bool(torch.isfinite(delta).all()):
-            raise InputError(f"vector must be a finite [{shape[0]}, {shape[1]}] array, got {list(delta.shape)}")
         pairs.append((delta.to(bundle.device, torch.float32), float(scale)))
     return combine(pairs), classes
 

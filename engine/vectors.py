@@ -126,4 +126,7 @@ def combine(terms: list[tuple[Tensor, float]]) -> Tensor:
     for _, scale in terms:
         if not np.isfinite(scale) or abs(scale) > 100:
             raise InputError(f"scale must be finite with |scale| <= 100, got {scale}")
-    return torch.stack([delta * float(scale) for delta, scale in terms]).sum(0)
+    total = terms[0][0] * float(terms[0][1])
+    for delta, scale in terms[1:]:
+        total.add_(delta, alpha=float(scale))
+    return total

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.results import HEADER
 
 
@@ -40,6 +42,13 @@ def test_quick_vector_and_jobs_sections_print_json_and_append_a_row(tiny_models:
     assert [c["clients"] for c in vector["concurrency"]] == [1, 4, 16]
     assert all(c["errors"] == 0 and c["requests"] > 0 for c in vector["concurrency"])
     assert {"throughput_gain_16_clients", "single_client_p50_change"} <= set(vector["batching"])
+    open_loop = vector["batching"]["open_loop"]
+    assert [row["load"] for row in open_loop] == [0.5, 0.9]
+    capacity = vector["batching"]["throughput_16_clients_rps"]["off"]
+    for row in open_loop:  # offered at a share of the unbatched throughput; both gateways answered every request
+        assert row["rate_rps"] == pytest.approx(row["load"] * capacity, rel=0.05)
+        assert row["errors"] == {"on": 0, "off": 0}
+        assert row["latency"]["on"]["n"] > 0 and row["latency"]["off"]["n"] > 0
 
     jobs = report["sections"]["jobs"]
     assert set(jobs["engine"]) == set(jobs["service"]) == {"invert", "optimize", "refine"}
