@@ -491,6 +491,7 @@ def test_compose_services_wait_for_a_healthy_persistent_redis() -> None:
         assert services[name]["healthcheck"]["test"][:2] == ["CMD", "editgan"], name
     redis = services["redis"]
     assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    assert redis["command"][redis["command"].index("--save") + 1] == ""  # no snapshot bursts besides the log
     assert redis["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
     volume = next(v.split(":")[0] for v in redis["volumes"] if v.split(":")[1] == "/data")
     assert volume in compose["volumes"], "Redis' /data is not a named volume"
@@ -525,6 +526,7 @@ def test_k8s_redis_is_a_statefulset_with_a_volume_and_appendonly() -> None:
     (container,) = _containers(redis)
     args = container.get("command", []) + container.get("args", [])
     assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--save") + 1] == ""
     claims = {c["metadata"]["name"] for c in redis["spec"]["volumeClaimTemplates"]}
     assert {m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/data"} <= claims
     headless = _object("Service", redis["spec"]["serviceName"])

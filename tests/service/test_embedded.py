@@ -38,3 +38,16 @@ def test_close_stops_the_server_while_a_client_is_still_connected(tmp_path: Path
     finally:
         again.close()
     assert _gone(again.pid)
+
+
+def test_the_server_logs_every_write_and_takes_no_snapshots(tmp_path: Path) -> None:
+    embedded = EmbeddedRedis(tmp_path / "redis")
+    try:
+        client = Redis.from_url(embedded.url)
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+        # RDB snapshots would fork and rewrite the whole dataset every few seconds under load
+        assert client.config_get("save") == {"save": ""}
+        client.close()
+    finally:
+        embedded.close()
