@@ -68,7 +68,8 @@ class VectorEditRequest(BaseModel):
         False,
         description="Segment by a few ensemble members (EDITGAN_PREVIEW_MEMBERS) for interactive use, e.g. "
         "while a slider moves: the same image, labels that may differ on a few pixels, about half the time. "
-        "Real-time edits only; refinement always uses the whole ensemble.",
+        "Real-time edits only; refinement always uses the whole ensemble. Its result is kept for "
+        "EDITGAN_PREVIEW_TTL seconds, not EDITGAN_RESULT_TTL.",
     )
 
     model_config = {

@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         description="Ensemble members behind the labels of a preview vector edit (`preview: true`, the web "
         "editor's slider drags); 0: all of them.",
     )
+    editgan_preview_ttl: int = Field(
+        900,
+        ge=60,
+        description="Seconds that a preview vector edit's result (its latent and images) is kept, when shorter "
+        "than EDITGAN_RESULT_TTL: a preview is provisional, superseded by the full edit that follows it.",
+    )
     editgan_max_batch: int = Field(
         16, ge=1, le=256, description="Most vector edits in one batched pass; 1 turns micro-batching off."
     )

@@ -42,11 +42,18 @@ def publish(
 
 
 async def apublish(
-    store: Store, model: str, w_plus: np.ndarray, arrays: dict[str, np.ndarray], *, inline: bool = False
+    store: Store,
+    model: str,
+    w_plus: np.ndarray,
+    arrays: dict[str, np.ndarray],
+    *,
+    inline: bool = False,
+    ttl: int | None = None,
 ) -> tuple[str, ImageLinks]:
-    """`publish` on the store's asyncio client (the gateway's real-time route, on the event loop)."""
+    """`publish` on the store's asyncio client (the gateway's real-time route, on the event loop), kept for
+    `ttl` seconds (None: the store's)."""
     pngs = {name: png_bytes(array) for name, array in arrays.items()}
-    latent_id, ids = await store.aput_result(model, w_plus, [] if inline else list(pngs.values()))
+    latent_id, ids = await store.aput_result(model, w_plus, [] if inline else list(pngs.values()), ttl)
     return latent_id, _links(pngs, ids, inline)
 
 

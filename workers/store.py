@@ -169,21 +169,22 @@ class Store:
         model: str,
         array: np.ndarray,
         meta: dict[str, str],
+        ttl: int | None = None,
     ) -> str:
         item_id = new_id(id_prefix)
         key = self._key(kind, item_id)
         fields: dict[str, str | bytes] = {"model": model, "npy": _npy(array)}
         fields |= {f"meta:{k}": v for k, v in meta.items()} | ({"owner": self.owner} if self.owner else {})
         pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-        pipe.expire(key, self.ttl)
+        pipe.expire(key, ttl or self.ttl)
         return item_id
 
-    def _stage_png(self, pipe: Pipeline | AsyncPipeline, png: bytes, kind: str) -> str:
+    def _stage_png(self, pipe: Pipeline | AsyncPipeline, png: bytes, kind: str, ttl: int | None = None) -> str:
         item_id = new_id("img" if kind == "image" else "upl")
         key = self._key(kind, item_id)
-        pipe.set(key, png, ex=self.ttl)
+        pipe.set(key, png, ex=ttl or self.ttl)
         if self.owner:  # the owner lands with the image, and expires with it
-            pipe.set(f"{key}:owner", self.owner, ex=self.ttl)
+            pipe.set(f"{key}:owner", self.owner, ex=ttl or self.ttl)
         return item_id
 
     def _put_array(self, kind: str, id_prefix: str, model: str, array: np.ndarray, meta: dict[str, str]) -> str:
@@ -244,27 +245,32 @@ class Store:
             pipe.execute()
         return item_id
 
-    def put_result(self, model: str, w_plus: np.ndarray, pngs: list[bytes]) -> tuple[str, list[str]]:
-        """A result's latent W+ [L, S] and its PNGs in one round trip (one MULTI/EXEC: all land or none)
-        -> (`lat_...`, image ids)."""
+    def put_result(
+        self, model: str, w_plus: np.ndarray, pngs: list[bytes], ttl: int | None = None
+    ) -> tuple[str, list[str]]:
+        """A result's latent W+ [L, S] and its PNGs in one round trip (one MULTI/EXEC: all land or none), kept
+        for `ttl` seconds (None: the store's) -> (`lat_...`, image ids)."""
         with self.redis.pipeline() as pipe:
-            latent_id, image_ids = self._stage_result(pipe, model, w_plus, pngs)
+            latent_id, image_ids = self._stage_result(pipe, model, w_plus, pngs, ttl)
             pipe.execute()
         return latent_id, image_ids
 
     def _stage_result(
-        self, pipe: Pipeline | AsyncPipeline, model: str, w_plus: np.ndarray, pngs: list[bytes]
+        self, pipe: Pipeline | AsyncPipeline, model: str, w_plus: np.ndarray, pngs: list[bytes], ttl: int | None
     ) -> tuple[str, list[str]]:
-        latent_id = self._stage_array(pipe, "latent", "lat", model, w_plus, {})
-        return latent_id, [self._stage_png(pipe, png, "image") for png in pngs]
+        latent_id = self._stage_array(pipe, "latent", "lat", model, w_plus, {}, ttl)
+        return latent_id, [self._stage_png(pipe, png, "image", ttl) for png in pngs]
 
-    async def aput_result(self, model: str, w_plus: np.ndarray, pngs: list[bytes]) -> tuple[str, list[str]]:
+    async def aput_result(
+        self, model: str, w_plus: np.ndarray, pngs: list[bytes], ttl: int | None = None
+    ) -> tuple[str, list[str]]:
         """`put_result` on the asyncio client (the same single MULTI/EXEC)."""
         async with self._async_client().pipeline() as pipe:
-            latent_id, image_ids = self._stage_result(pipe, model, w_plus, pngs)
+            latent_id, image_ids = self._stage_result(pipe, model, w_plus, pngs, ttl)
             await pipe.execute()
         if self.latent_cache is not None:  # the next edit is often of this result (the cache keeps a copy)
-            self.latent_cache.put(self._key("latent", latent_id), self.owner, StoredArray(model, w_plus, {}), self.ttl)
+            key, stored = self._key("latent", latent_id), StoredArray(model, w_plus, {})
+            self.latent_cache.put(key, self.owner, stored, ttl or self.ttl)
         return latent_id, image_ids
 
     def get_png(self, item_id: str, kind: str = "image") -> bytes:

@@ -144,8 +144,12 @@ async def edit_with_vectors(
         bundle.spec.name, edited, lambda rendering: rendering_arrays(bundle, rendering, 0, request.outputs), members
     )
     seconds = time.perf_counter() - start
+    # A preview is provisional (the full edit follows it when a slider stops): kept briefly, so that a drag's
+    # many results do not fill Redis for a day.
+    settings = services.settings
+    ttl = min(settings.editgan_preview_ttl, settings.editgan_result_ttl) if request.preview else None
     latent_id, images = await apublish(
-        services.store, bundle.spec.name, edited[0].cpu().numpy(), arrays, inline=request.inline
+        services.store, bundle.spec.name, edited[0].cpu().numpy(), arrays, inline=request.inline, ttl=ttl
     )
     result = VectorEditResult(
         latent_id=latent_id,

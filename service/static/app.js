@@ -320,7 +320,10 @@ async function applyVectors({ preview = false } = {}) {
     await runJob(accepted, "Refining", (result) => showResult("vectors", result, `${caption}, refined`));
     return;
   }
-  const result = await api.editWithVectors({ ...body, outputs: ["image", "segmentation"], preview });
+  // A preview's images come back in the answer (data: URLs): no second and third request per slider step,
+  // and nothing stored for them. The full edit on release gets result URLs, as downloads expect.
+  const outputs = ["image", "segmentation"];
+  const result = await api.editWithVectors({ ...body, outputs, preview, inline: preview });
   if (seq === state.vectorRequest) showResult("vectors", result, caption); // a newer request supersedes it
 }
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 from schemas.edits import IMAGE_ID, LATENT_ID
 from tests.service.conftest import Live
+from workers.store import PREFIX
 
 
 def png(array: np.ndarray) -> bytes:
@@ -97,6 +98,21 @@ def test_inline_outputs_come_back_as_data_urls(live: Live) -> None:
     ).json()
     assert body["images"]["image"].startswith("data:image/png;base64,")
     assert body["images"]["segmentation"] is None
+
+
+def test_a_preview_is_kept_for_the_preview_ttl_and_a_full_edit_for_the_result_ttl(live: Live) -> None:
+    """A slider drag makes many provisional results: they expire soon, whatever the result TTL."""
+    latent_id = inverted(live)["latent_id"]
+    kept = {}
+    for preview in (True, False):
+        body = {"latent_id": latent_id, "vectors": [{"vector": "grow", "scale": 0.5}], "preview": preview}
+        result = live.http.post("/edit/vector", json=body).json()
+        image_ids = [url.removeprefix("/results/").removesuffix(".png") for url in result["images"].values() if url]
+        keys = [f"{PREFIX}:latent:{result['latent_id']}"] + [f"{PREFIX}:image:{i}" for i in image_ids]
+        kept[preview] = [live.redis.ttl(k) for k in keys]
+        assert len(keys) == 5 and fetch_png(live, result["images"]["image"]).shape == (24, 32, 3)
+    assert all(0 < t <= 900 for t in kept[True]), kept  # EDITGAN_PREVIEW_TTL's default
+    assert all(t > 80_000 for t in kept[False]), kept  # EDITGAN_RESULT_TTL's default, 86400
 
 
 def test_optimize_edit_saves_a_versioned_vector_that_applies_again(live: Live) -> None:

@@ -126,6 +126,13 @@ def test_upload_paint_edit_save_apply_and_download(page: EditorPage, api: httpx.
     realtime = fetch_png(api, page.attr("after-image", "src") or "")
     assert np.array_equal(realtime, fetch_png(api, expected["images"]["image"]))  # the page shows the API's answer
 
+    # While a slider moves (input events, no change yet) the page asks for previews, whose images come back
+    # inline: no request per image, and nothing kept in Redis for them.
+    page.driver.execute_script("const s = arguments[0]; s.value = s.min; s.dispatchEvent(new Event('input'))", smile)
+    bottom = float(smile.get_attribute("min") or 0)
+    page.wait(lambda: f"smile {bottom:g}" in page.text("after-caption"), what="the preview while dragging")
+    assert (page.attr("after-image", "src") or "").startswith("data:image/png;base64,")
+
     # With refinement steps, the same sliders make a job.
     page.fill("refine-steps", str(REFINE_STEPS))
     page.click("apply-button")

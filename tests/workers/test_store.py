@@ -300,6 +300,31 @@ def test_ttl_follows_the_store_setting(redis_client: redis.Redis) -> None:
             assert ttl - 2 <= remaining <= ttl  # set on write, not inherited from another Store
 
 
+def test_a_result_can_be_kept_shorter_than_the_store_ttl(redis_client: redis.Redis, redis_url: str) -> None:
+    """Previews: the latent, its images, their owner keys and the gateway's cached copy all get the shorter
+    TTL, on either kind of client."""
+
+    async def scenario() -> list[str]:
+        aclient = AsyncRedis.from_url(redis_url)
+        try:
+            store = Store(redis_client, 3600, owner="alice", aredis=aclient, latent_cache=LatentCache(4))
+            latent_id, image_ids = await store.aput_result("tiny", awkward_array(16), [png_bytes(16)], ttl=1)
+            await asyncio.sleep(1.1)  # gone from Redis, and from the cache with it
+            with pytest.raises(NotFoundError):
+                await store.aget_latent(latent_id)
+            return image_ids
+        finally:
+            await aclient.aclose()
+
+    image_ids = asyncio.run(scenario())
+    assert not [k for k in project_keys(redis_client) if any(i.encode() in k for i in image_ids)]  # images too
+    store = Store(redis_client, 3600, owner="alice")
+    latent_id, image_ids = store.put_result("tiny", awkward_array(17), [png_bytes(17)], ttl=60)  # sync client
+    keys = [key_of(redis_client, i) for i in (latent_id, *image_ids)] + [key_of(redis_client, image_ids[0]) + b":owner"]
+    assert all(55 <= redis_client.ttl(k) <= 60 for k in keys), [redis_client.ttl(k) for k in keys]
+    assert 3590 <= redis_client.ttl(key_of(redis_client, store.put_result("tiny", awkward_array(18), [])[0])) <= 3600
+
+
 def test_ids_are_unique_and_match_the_api_patterns(store: Store) -> None:
     n = 40
     ids = {
