@@ -203,7 +203,12 @@ def open_loop(url: str, body: dict[str, Any], rate: float, seconds: float, seed:
             while (due := schedule.get()) is not None:
                 if (early := due - time.perf_counter()) > 0:
                     time.sleep(early)
-                status, _ = connection.post("/edit/vector", payload)
+                try:
+                    status, _ = connection.post("/edit/vector", payload)
+                except (OSError, http.client.HTTPException):  # counted, and the next request gets a new connection
+                    status = 0
+                    connection.close()
+                    connection = _Connection(url)
                 with lock:
                     if status == 200:
                         latencies.append(time.perf_counter() - due)
