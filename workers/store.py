@@ -181,10 +181,10 @@ class Store:
 
     def _stage_png(self, pipe: Pipeline | AsyncPipeline, png: bytes, kind: str, ttl: int | None = None) -> str:
         item_id = new_id("img" if kind == "image" else "upl")
-        key = self._key(kind, item_id)
-        pipe.set(key, png, ex=ttl or self.ttl)
+        key, expiry = self._key(kind, item_id), ttl or self.ttl
+        pipe.set(key, png, ex=expiry)
         if self.owner:  # the owner lands with the image, and expires with it
-            pipe.set(f"{key}:owner", self.owner, ex=ttl or self.ttl)
+            pipe.set(f"{key}:owner", self.owner, ex=expiry)
         return item_id
 
     def _put_array(self, kind: str, id_prefix: str, model: str, array: np.ndarray, meta: dict[str, str]) -> str:
