@@ -18,15 +18,21 @@ class Rendering:
 
     image: Tensor  # [N, 3, h, w] in [-1, 1]
     labels: Tensor  # [N, h, w] class ids
-    uncertainty: Tensor  # [N, h, w] ensemble disagreement (>= 0 up to rounding)
+    uncertainty: Tensor | None  # [N, h, w] ensemble disagreement (>= 0 up to rounding); None: not asked for
 
 
 @torch.no_grad()
 def render(
-    bundle: Bundle, w_plus: Tensor, *, upsample: Upsample | None = None, members: int | None = None
+    bundle: Bundle,
+    w_plus: Tensor,
+    *,
+    upsample: Upsample | None = None,
+    members: int | None = None,
+    uncertainty: bool = True,
 ) -> Rendering:
     """Render W+ [N, L, S] (or [L, S]) and segment it, on the bundle's device: by the whole ensemble, or
-    by its first `members` classifiers (a preview: the same image, labels at a fraction of the cost)."""
+    by its first `members` classifiers (a preview: the same image, labels at a fraction of the cost). With
+    `uncertainty=False` the disagreement map is skipped (None), 5-9 % of a render on a CPU."""
     if w_plus.ndim == 2:
         w_plus = w_plus.unsqueeze(0)
     shape = (bundle.spec.n_latent, bundle.spec.generator.style_dim)
@@ -37,6 +43,7 @@ def render(
     mode: Upsample = upsample or bundle.spec.defaults.get("segment", {}).get("upsample", "bilinear")
     out = bundle.generator.synthesis(w_plus.to(bundle.device), return_features=True)
     assert out.features is not None
-    seg = bundle.segmenter.segment(out.features, box=(top, left, height, width), mode=mode, members=members)
+    box = (top, left, height, width)
+    seg = bundle.segmenter.segment(out.features, box=box, mode=mode, members=members, uncertainty=uncertainty)
     image = out.image[:, :, top : top + height, left : left + width]
     return Rendering(image=image, labels=seg.labels, uncertainty=seg.uncertainty)

@@ -131,7 +131,7 @@ class Segmentation:
     """Ensemble prediction over a rectangle of the canvas."""
 
     labels: Tensor  # [N, H, W] int64: argmax of the mean logits (EditGAN's rule)
-    uncertainty: Tensor  # [N, H, W] float: members' Jensen-Shannon divergence, in [0, log M]
+    uncertainty: Tensor | None  # [N, H, W] float: members' Jensen-Shannon divergence, in [0, log M]; None: not asked
 
 
 def all_pixels(size: int, device: torch.device | None = None) -> Tensor:
@@ -313,10 +313,11 @@ class Segmenter(nn.Module):
         box: tuple[int, int, int, int] | None = None,
         mode: Upsample = "bilinear",
         members: int | None = None,
+        uncertainty: bool = True,
     ) -> Segmentation:
         """Labels and uncertainty over a rectangle of the canvas (top, left, height, width; None: all),
         by the first `members` classifiers of the ensemble (None: all of them; fewer is a faster preview,
-        the cost being linear in the number).
+        the cost being linear in the number). Without `uncertainty` the map is not computed (None).
 
         Dense path for display, a chunk of output rows at a time (about `_CHUNK_FLOATS` first-layer
         activations; in train mode one chunk, so that BatchNorm sees the whole box). Per chunk, every
@@ -349,10 +350,10 @@ class Segmenter(nn.Module):
         weights = frozen_derived(
             self, f"dense:{len(chosen)}:{layout}", sources, lambda: DenseWeights.build(chosen, features)
         )
-        labels, uncertainty = segment_in_chunks(
-            chosen, weights, features, plan, size, region, budget, training=self.training
+        labels, disagreement = segment_in_chunks(
+            chosen, weights, features, plan, size, region, budget, training=self.training, uncertainty=uncertainty
         )
-        return Segmentation(labels=labels, uncertainty=uncertainty)
+        return Segmentation(labels=labels, uncertainty=disagreement)
 
 
 def upsample_features(features: Sequence[Tensor], size: int, mode: Upsample) -> Tensor:

@@ -153,20 +153,23 @@ class MicroBatcher(Generic[T, R]):
 
 def split_rendering(rendering: Rendering) -> list[Rendering]:
     """A batch's rendering [N, ...] as N renderings [1, ...] (views, no copies)."""
+    u = rendering.uncertainty
     return [
-        Rendering(image=rendering.image[i : i + 1], labels=rendering.labels[i : i + 1], uncertainty=u[None])
-        for i, u in enumerate(rendering.uncertainty)
+        Rendering(rendering.image[i : i + 1], rendering.labels[i : i + 1], None if u is None else u[i : i + 1])
+        for i in range(rendering.image.shape[0])
     ]
 
 
 @dataclass(frozen=True)
 class RenderRequest:
-    """Render and segment one W+ latent [1, L, S] by `members` of the ensemble (None: all), then turn the
-    rendering into the response's arrays on the engine thread too (`finish`), in the same pass."""
+    """Render and segment one W+ latent [1, L, S] by `members` of the ensemble (None: all), with the
+    uncertainty map or without it, then turn the rendering into the response's arrays on the engine thread
+    too (`finish`), in the same pass."""
 
     w_plus: Tensor
     finish: Callable[[Rendering], Any]
     members: int | None = None
+    uncertainty: bool = True
 
 
 def render_batcher(
@@ -179,15 +182,16 @@ def render_batcher(
 ) -> MicroBatcher[RenderRequest, Any]:
     """A batcher that renders and segments W+ latents of `bundle` on `engine` (the one-thread executor of
     every heavy torch call: one OpenMP team, see `service.app`), concurrent ones in one pass per member
-    count (previews and full renders arriving together are two passes). Each result is the request's
-    `finish` of its own rendering."""
+    count (previews and full renders arriving together are two passes); a pass computes the uncertainty
+    map when any of its requests wants it. Each result is the request's `finish` of its own rendering."""
 
     def render_all(requests: list[RenderRequest]) -> list[Any]:
         results: list[Any] = [None] * len(requests)
         done = [False] * len(requests)
         for members in dict.fromkeys(r.members for r in requests):
             index = [i for i, r in enumerate(requests) if r.members == members]
-            batch = render(bundle, torch.cat([requests[i].w_plus for i in index]), members=members)
+            w_plus = torch.cat([requests[i].w_plus for i in index])
+            batch = render(bundle, w_plus, members=members, uncertainty=any(requests[i].uncertainty for i in index))
             for i, one in zip(index, split_rendering(batch), strict=True):
                 results[i], done[i] = requests[i].finish(one), True
         assert all(done)  # every request belongs to exactly one group

@@ -108,6 +108,7 @@ def _render(args: argparse.Namespace) -> int:
         stem = out / f"sample_{args.seed + i}"
         save_png(image_to_uint8(result.image)[0], stem.with_name(stem.name + "_image.png"))
         save_png(colorize(result.labels[0], bundle.spec.classes), stem.with_name(stem.name + "_mask.png"))
+        assert result.uncertainty is not None  # rendered with it, the default
         save_png(uncertainty_to_uint8(result.uncertainty[0]), stem.with_name(stem.name + "_uncertainty.png"))
     print(json.dumps({"out_dir": str(out), "device": device, "render_seconds": [round(t, 3) for t in timings]}))
     return 0

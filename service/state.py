@@ -57,18 +57,31 @@ class Services:
             raise ApiError(404, ErrorCode.unknown_model, f"unknown model {name!r}; served: {sorted(self.bundles)}")
         return self.bundles[name]
 
-    def render(self, model: str, w_plus: Tensor, finish: Callable[[Rendering], T], members: int | None = None) -> T:
+    def render(
+        self,
+        model: str,
+        w_plus: Tensor,
+        finish: Callable[[Rendering], T],
+        members: int | None = None,
+        uncertainty: bool = True,
+    ) -> T:
         """Render and segment one latent [1, L, S] of a served model, batched with concurrent requests, and
         return `finish(rendering)`, run on the engine thread in the same pass."""
-        result: T = self.batchers[model].run(RenderRequest(w_plus, finish, members))
+        result: T = self.batchers[model].run(RenderRequest(w_plus, finish, members, uncertainty))
         return result
 
     async def arender(
-        self, model: str, w_plus: Tensor, finish: Callable[[Rendering], T], members: int | None = None
+        self,
+        model: str,
+        w_plus: Tensor,
+        finish: Callable[[Rendering], T],
+        members: int | None = None,
+        uncertainty: bool = True,
     ) -> T:
         """`render` awaited on the event loop: the engine thread hands the result straight back to the loop,
         with no request thread in between."""
-        result: T = await asyncio.wrap_future(self.batchers[model].submit(RenderRequest(w_plus, finish, members)))
+        request = RenderRequest(w_plus, finish, members, uncertainty)
+        result: T = await asyncio.wrap_future(self.batchers[model].submit(request))
         return result
 
     def preview_members(self, model: str) -> int:

@@ -27,6 +27,8 @@ def rendering_arrays(
     if Output.segmentation_color in outputs:
         arrays["segmentation_color"] = colorize(rendering.labels[index], bundle.spec.classes)
     if Output.uncertainty in outputs:
+        if rendering.uncertainty is None:
+            raise ValueError("uncertainty asked for a rendering made without it (render(..., uncertainty=True))")
         arrays["uncertainty"] = uncertainty_to_uint8(rendering.uncertainty[index])
     return arrays
 

@@ -17,6 +17,7 @@ from schemas.edits import (
     VECTOR_NAME,
     Fit,
     Metrics,
+    Output,
     VectorEditRequest,
     VectorEditResult,
     VectorTerm,
@@ -141,7 +142,11 @@ async def edit_with_vectors(
     edited = add_vectors(bundle, w, [(r.vector, t.scale) for r, t in zip(resolved, request.vectors, strict=True)])
     members = services.preview_members(bundle.spec.name) if request.preview else None
     arrays = await services.arender(
-        bundle.spec.name, edited, lambda rendering: rendering_arrays(bundle, rendering, 0, request.outputs), members
+        bundle.spec.name,
+        edited,
+        lambda rendering: rendering_arrays(bundle, rendering, 0, request.outputs),
+        members,
+        uncertainty=Output.uncertainty in request.outputs,  # the map is 5-9 % of a render: only when asked
     )
     seconds = time.perf_counter() - start
     # A preview is provisional (the full edit follows it when a slider stops): kept briefly, so that a drag's

@@ -103,7 +103,8 @@ def test_segmenting_by_the_first_members_is_the_smaller_ensemble() -> None:
 
 
 def _dense_check(s: Segmenter, features: list[torch.Tensor], mode: str, box: tuple[int, int, int, int]) -> None:
-    """`segment` over `box` equals the official computation: labels exactly, uncertainty to rounding."""
+    """`segment` over `box` equals the official computation: labels exactly, uncertainty to rounding; without
+    the uncertainty map, the same labels and no map."""
     n, size = features[0].shape[0], s.config.out_size
     top, left, height, width = box
     logits = s.logits_reference(features, mode=mode).reshape(n, s.config.num_models, size, size, -1)
@@ -112,6 +113,8 @@ def _dense_check(s: Segmenter, features: list[torch.Tensor], mode: str, box: tup
     assert torch.equal(seg.labels, crop.mean(1).argmax(-1))
     expected = js_uncertainty(crop.reshape(n, s.config.num_models, height * width, -1)).reshape(n, height, width)
     torch.testing.assert_close(seg.uncertainty, expected, rtol=1e-4, atol=1e-5)
+    labels_only = s.segment(features, box=box, mode=mode, uncertainty=False)
+    assert torch.equal(labels_only.labels, seg.labels) and labels_only.uncertainty is None
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])

@@ -98,6 +98,13 @@ def test_inline_outputs_come_back_as_data_urls(live: Live) -> None:
     ).json()
     assert body["images"]["image"].startswith("data:image/png;base64,")
     assert body["images"]["segmentation"] is None
+    # The uncertainty map alone (rendered only when asked for): a grey map of the content box.
+    body = live.http.post(
+        "/edit/vector",
+        json={"latent_id": result["latent_id"], "vectors": [{"vector": "grow"}], "outputs": ["uncertainty"]},
+    ).json()
+    assert body["images"]["image"] is None
+    assert fetch_png(live, body["images"]["uncertainty"]).shape == (24, 32)
 
 
 def test_a_preview_is_kept_for_the_preview_ttl_and_a_full_edit_for_the_result_ttl(live: Live) -> None:

@@ -215,3 +215,32 @@ def test_the_render_batcher_answers_each_caller_with_its_own_rendering(tiny_bund
         alone = render(tiny_bundle, latents[i], members=members[i])
         assert torch.allclose(results[i].image, alone.image, rtol=0, atol=1e-5)
         assert torch.equal(results[i].labels, alone.labels)
+
+
+def test_a_pass_computes_the_uncertainty_map_when_one_of_its_requests_wants_it(tiny_bundle: Bundle) -> None:
+    """Three requests held behind other engine work form one batch: the full-ensemble pair shares a pass that
+    computes the map (one of them wants it), the lone preview that does not want it gets none, and every
+    rendering equals its unbatched one."""
+    latents = tiny_bundle.generator.sample_w_plus(3, seed=6, psi=0.7)
+    asked = [(None, False), (None, True), (2, False)]  # (members, uncertainty)
+    engine = ThreadPoolExecutor(max_workers=1)
+    held = threading.Event()
+    engine.submit(held.wait, TIMEOUT)  # the requests queue behind it
+    batcher = render_batcher(tiny_bundle, engine, max_batch=8, wait_seconds=0.0)
+    try:
+        futures = [
+            batcher.submit(RenderRequest(latents[i : i + 1], lambda r: r, members, wanted))
+            for i, (members, wanted) in enumerate(asked)
+        ]
+        held.set()
+        results = [f.result(TIMEOUT) for f in futures]
+    finally:
+        batcher.close()
+        engine.shutdown()
+    assert [r.uncertainty is not None for r in results] == [True, True, False]
+    for i, (members, _) in enumerate(asked):
+        alone = render(tiny_bundle, latents[i], members=members)
+        assert torch.allclose(results[i].image, alone.image, rtol=0, atol=1e-5)
+        assert torch.equal(results[i].labels, alone.labels)
+        if results[i].uncertainty is not None:
+            assert torch.allclose(results[i].uncertainty, alone.uncertainty, rtol=0, atol=1e-5)
