@@ -32,7 +32,7 @@ def render(
 ) -> Rendering:
     """Render W+ [N, L, S] (or [L, S]) and segment it, on the bundle's device: by the whole ensemble, or
     by its first `members` classifiers (a preview: the same image, labels at a fraction of the cost). With
-    `uncertainty=False` the disagreement map is skipped (None), 5-9 % of a render on a CPU."""
+    `uncertainty=False` the disagreement map is skipped (None), 4-9 % of a render on a CPU."""
     if w_plus.ndim == 2:
         w_plus = w_plus.unsqueeze(0)
     shape = (bundle.spec.n_latent, bundle.spec.generator.style_dim)

@@ -64,7 +64,7 @@ class VectorEditRequest(BaseModel):
     refine_steps: int = Field(0, ge=0, le=5000, description="0: vector only (real time, 200); > 0: a job (202).")
     outputs: list[Output] = Field(
         default_factory=lambda: list(Output),
-        description="Which PNGs to produce. The uncertainty map is computed only when asked for (5-9 % of a render).",
+        description="Which PNGs to produce. The uncertainty map is computed only when asked for (4-9 % of a render).",
     )
     inline: bool = Field(False, description="Return PNGs as data: URLs in the body instead of result URLs.")
     preview: bool = Field(

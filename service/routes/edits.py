@@ -146,7 +146,7 @@ async def edit_with_vectors(
         edited,
         lambda rendering: rendering_arrays(bundle, rendering, 0, request.outputs),
         members,
-        uncertainty=Output.uncertainty in request.outputs,  # the map is 5-9 % of a render: only when asked
+        uncertainty=Output.uncertainty in request.outputs,  # the map is 4-9 % of a render: only when asked
     )
     seconds = time.perf_counter() - start
     # A preview is provisional (the full edit follows it when a slider stops): kept briefly, so that a drag's
