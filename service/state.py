@@ -10,9 +10,8 @@ from typing import Any, TypeVar
 
 from redis import Redis
 from rq import Queue
-from torch import Tensor
 
-from engine import Bundle, Rendering
+from engine import Bundle
 from schemas.errors import ErrorCode
 from schemas.settings import Settings
 from service.batching import MicroBatcher, RenderRequest
@@ -57,32 +56,15 @@ class Services:
             raise ApiError(404, ErrorCode.unknown_model, f"unknown model {name!r}; served: {sorted(self.bundles)}")
         return self.bundles[name]
 
-    def render(
-        self,
-        model: str,
-        w_plus: Tensor,
-        finish: Callable[[Rendering], T],
-        members: int | None = None,
-        uncertainty: bool = True,
-    ) -> T:
-        """Render and segment one latent [1, L, S] of a served model, batched with concurrent requests, and
-        return `finish(rendering)`, run on the engine thread in the same pass."""
-        result: T = self.batchers[model].run(RenderRequest(w_plus, finish, members, uncertainty))
-        return result
+    def render(self, model: str, request: RenderRequest) -> Any:
+        """Render and segment one latent of a served model, batched with concurrent requests, and return
+        `request.finish(rendering)`, run on the engine thread in the same pass."""
+        return self.batchers[model].run(request)
 
-    async def arender(
-        self,
-        model: str,
-        w_plus: Tensor,
-        finish: Callable[[Rendering], T],
-        members: int | None = None,
-        uncertainty: bool = True,
-    ) -> T:
+    async def arender(self, model: str, request: RenderRequest) -> Any:
         """`render` awaited on the event loop: the engine thread hands the result straight back to the loop,
         with no request thread in between."""
-        request = RenderRequest(w_plus, finish, members, uncertainty)
-        result: T = await asyncio.wrap_future(self.batchers[model].submit(request))
-        return result
+        return await asyncio.wrap_future(self.batchers[model].submit(request))
 
     def preview_members(self, model: str) -> int:
         return preview_members(self.bundle(model), self.settings.editgan_preview_members)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
+import numpy as np
 import torch
 from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.responses import JSONResponse
@@ -24,6 +25,7 @@ from schemas.edits import (
 )
 from schemas.errors import ErrorCode
 from schemas.jobs import JobAccepted, JobKind
+from service.batching import RenderRequest
 from service.deps import ServicesDep
 from service.errors import ApiError
 from service.idempotency import Idempotency, fingerprint
@@ -141,12 +143,14 @@ async def edit_with_vectors(
     # The arithmetic (and its input checks) stays in this request; the render may share a batched pass.
     edited = add_vectors(bundle, w, [(r.vector, t.scale) for r, t in zip(resolved, request.vectors, strict=True)])
     members = services.preview_members(bundle.spec.name) if request.preview else None
-    arrays = await services.arender(
+    arrays: dict[str, np.ndarray] = await services.arender(
         bundle.spec.name,
-        edited,
-        lambda rendering: rendering_arrays(bundle, rendering, 0, request.outputs),
-        members,
-        uncertainty=Output.uncertainty in request.outputs,  # the map is 4-9 % of a render: only when asked
+        RenderRequest(
+            edited,
+            lambda rendering: rendering_arrays(bundle, rendering, 0, request.outputs),
+            members,
+            uncertainty=Output.uncertainty in request.outputs,  # the map is 4-9 % of a render: only when asked
+        ),
     )
     seconds = time.perf_counter() - start
     # A preview is provisional (the full edit follows it when a slider stops): kept briefly, so that a drag's

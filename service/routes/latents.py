@@ -5,12 +5,14 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING, Annotated
 
+import numpy as np
 from fastapi import APIRouter, File, Form, Path, Response, UploadFile
 
 from engine import Bundle
 from engine.npyio import read_w_plus, write_npy
 from schemas.edits import IMAGE_ID, LATENT_ID, MODEL_NAME, LatentInfo, Output, SampleRequest, SampleResult
 from schemas.errors import ErrorCode
+from service.batching import RenderRequest
 from service.deps import ServicesDep
 from service.errors import ApiError
 from service.routes.common import ERRORS
@@ -61,8 +63,8 @@ def sample_latent(services: ServicesDep, request: SampleRequest, response: Respo
     """Start without a photo: store a random sample (or an example latent) of a model and render it."""
     bundle = services.bundle(request.model)
     w, seed = services.on_engine(_starting_latent, bundle, request)
-    arrays = services.render(
-        bundle.spec.name, w, lambda rendering: rendering_arrays(bundle, rendering, 0, list(Output))
+    arrays: dict[str, np.ndarray] = services.render(
+        bundle.spec.name, RenderRequest(w, lambda rendering: rendering_arrays(bundle, rendering, 0, list(Output)))
     )
     latent_id, images = publish(services.store, bundle.spec.name, w[0].cpu().numpy(), arrays)
     response.headers["Location"] = f"/latents/{latent_id}"
