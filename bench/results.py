@@ -31,7 +31,8 @@ the added ms; HTTP p50 and p99 in ms; throughput at 1, 4 and 16 clients in reque
 the requests go through a lean standard-library client (httpx added 1.1-1.5 ms of client time per request) and \
 what is compared alternates every 10 calls |
 | batching | throughput at 16 clients, micro-batching on / off (target >= 2); single-client p50, on / off - 1 \
-(target <= +10 %) |
+(target <= +10 %). From 2026-11-27 also the lowest and highest gain of the rounds (each round measures on and \
+off back to back), for the gain and for the engine's own batch gain |
 | jobs | queue overhead (enqueue -> worker start) p50 in ms; inversion, optimisation edit and refinement \
 in ms per step; worker cold start to its first result in s; peak resident memory of gateway and worker |
 | naive | `optimize_edit` speed-up over the official loop written plainly (`bench/naive.py`), per step and \

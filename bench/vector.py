@@ -250,6 +250,7 @@ class Samples:
 
     engine: list[float] = field(default_factory=list)  # apply_vectors, one edit
     per_edit: dict[int, list[float]] = field(default_factory=lambda: {b: [] for b in CONCURRENCY})  # batched
+    engine_gain_rounds: list[float | None] = field(default_factory=list)  # per round: batch 1 / batch 16 per edit
     http: list[float] = field(default_factory=list)  # POST /edit/vector, one at a time, batching on
     # the same requests' engine time inside the gateway (vector arithmetic, render, arrays: `metrics.seconds`)
     http_engine: list[float] = field(default_factory=list)
@@ -301,9 +302,12 @@ def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
                 out.preview_engine += repeat(lambda: render(bundle, w, members=_preview_count(bundle)), BLOCK)
                 for key in ("off", "on"):
                     out.single[key] += _sequential(urls[key], body, BLOCK)
+            per_edit: dict[int, float] = {}
             for size in CONCURRENCY:  # what one batched pass costs per edit: the ceiling of batching's gain
                 times = repeat(partial(render, bundle, w.expand(size, -1, -1)), max(3, n // size), warmup=1)
                 out.per_edit[size] += [t / size for t in times]
+                per_edit[size] = statistics.median(times) / size
+            out.engine_gain_rounds.append(ratio(per_edit[1], per_edit[16]))
             for key in ("off", "on"):
                 ctx.log(f"vector: round {r + 1}/{rounds}: batching {key}, 16 clients")
                 before = _batches(urls[key], bundle.spec.name)
@@ -378,10 +382,15 @@ def run(ctx: Context) -> SectionResult:
         "single_client": single,
         "throughput_16_clients_rps": {k: round(v, 2) for k, v in loaded.items()},
         "throughput_gain_16_clients": ratio(loaded["on"], loaded["off"]),
+        # each round's on and off measured back to back: the spread says how much of a difference is this VM's drift
+        "throughput_gain_per_round": [
+            ratio(a, b) for a, b in zip(s.loaded_rps["on"], s.loaded_rps["off"], strict=True)
+        ],
         "target_throughput_gain": 2.0,
         "mean_batch_16_clients": ratio(s.batched[0], s.batched[1], 2),
         # engine time per edit alone / in a batch of 16, in this process: what batching can gain at most
         "engine_gain_batch_16": ceiling,
+        "engine_gain_per_round": s.engine_gain_rounds,
         "single_client_p50_change": _change(single["on"]["p50_ms"], single["off"]["p50_ms"]),
         "target_single_client_p50_change": 0.10,
         # slider drags: the segmentation is a smaller share of a preview, so batching's gain is larger
@@ -433,8 +442,9 @@ def run(ctx: Context) -> SectionResult:
         f"first edit {summary_ms(s.first_edit)['p50_ms']:.1f}), "
         f"p99 {http['p99_ms']:.1f} ms; preview p50 "
         f"{preview['p50_ms']:.1f} ms); {rps} req/s at 1/4/16",
-        "batching": f"{batching['throughput_gain_16_clients']}x at 16 clients (engine alone, batch 16 vs 1: "
-        f"{ceiling}x; previews {batching['preview_throughput_gain_16_clients']}x); 1-client p50 "
+        "batching": f"{batching['throughput_gain_16_clients']}x at 16 clients"
+        f"{_spread(batching['throughput_gain_per_round'])} (engine alone, batch 16 vs 1: {ceiling}x"
+        f"{_spread(s.engine_gain_rounds)}; previews {batching['preview_throughput_gain_16_clients']}x); 1-client p50 "
         f"{_percent(batching['single_client_p50_change'])}; open loop at {busy['rate_rps']:.0f} req/s: p99 "
         f"{_p99(busy, 'on')} ms on, {_p99(busy, 'off')} ms off",
     }
@@ -457,6 +467,12 @@ def _open_loop_row(s: Samples, share: float) -> dict[str, Any]:
         "latency": latency,
         "p99_on_over_off": ratio(p99["on"], p99["off"]),
     }
+
+
+def _spread(values: list[float | None]) -> str:
+    """', rounds 1.85-2.02' from per-round figures; nothing for fewer than two."""
+    known = [v for v in values if v is not None]
+    return f", rounds {min(known)}-{max(known)}" if len(known) > 1 else ""
 
 
 def _p99(open_loop: dict[str, Any], key: str) -> str:

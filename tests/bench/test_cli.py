@@ -42,6 +42,10 @@ def test_quick_vector_and_jobs_sections_print_json_and_append_a_row(tiny_models:
     assert [c["clients"] for c in vector["concurrency"]] == [1, 4, 16]
     assert all(c["errors"] == 0 and c["requests"] > 0 for c in vector["concurrency"])
     assert {"throughput_gain_16_clients", "single_client_p50_change"} <= set(vector["batching"])
+    # a quick run has one round: its one per-round gain is the gain itself
+    batching = vector["batching"]
+    assert batching["throughput_gain_per_round"] == [batching["throughput_gain_16_clients"]]
+    assert len(batching["engine_gain_per_round"]) == 1 and batching["engine_gain_per_round"][0] > 0
     open_loop = vector["batching"]["open_loop"]
     assert [row["load"] for row in open_loop] == [0.5, 0.9]
     capacity = vector["batching"]["throughput_16_clients_rps"]["off"]

@@ -9,6 +9,7 @@ import pytest
 from bench.results import FIGURE_COLUMNS, HEADER, append_row
 from bench.runner import parse_sections
 from bench.timing import StepClock, summary_ms
+from bench.vector import _spread
 
 
 def test_rows_are_appended_under_one_header(tmp_path: Path) -> None:
@@ -41,3 +42,8 @@ def test_percentiles_and_step_clock() -> None:
     clock = StepClock()
     clock.stamps = [0.0, 1.0, 3.0, 4.0]  # gaps 1, 2, 1
     assert clock.per_step == 1.0
+
+
+def test_a_cell_shows_the_spread_of_per_round_figures() -> None:
+    assert _spread([2.02, None, 1.85, 1.9]) == ", rounds 1.85-2.02"  # a round without a figure is left out
+    assert _spread([1.9]) == "" and _spread([1.9, None]) == ""  # one round has no spread
