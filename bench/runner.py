@@ -17,6 +17,7 @@ import torch
 from bench.context import Context
 from bench.hardware import commit, describe
 from bench.results import FIGURE_COLUMNS, SECTIONS, SectionResult, append_row
+from engine.precision import ieee_float32
 
 Section = Callable[[Context], SectionResult]
 
@@ -40,6 +41,8 @@ def run_bench(ctx: Context, sections: tuple[str, ...], results: Path | None) -> 
     """Run `sections`; returns (report, every section succeeded). Appends the row to `results` if given."""
     if ctx.threads:
         torch.set_num_threads(ctx.threads)
+    if ctx.device.type == "cuda":  # as the service processes: float32 is IEEE, TF32 only where a mode asks
+        ieee_float32()
     started = dt.datetime.now(dt.UTC)
     report: dict[str, Any] = {
         "date": started.isoformat(timespec="seconds"),

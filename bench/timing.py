@@ -31,9 +31,11 @@ def summary_ms(seconds: Sequence[float]) -> dict[str, float | int]:
 
 
 def sync() -> None:
-    """Wait for queued GPU work, so that a clock read after a call covers it (CUDA runs asynchronously)."""
+    """Wait for queued GPU work, so that a clock read after a call covers it (CUDA runs asynchronously): on
+    every GPU, since `synchronize()` alone waits for the current one (cuda:0), not the one measured."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(index)
 
 
 def repeat(fn: Callable[[], Any], n: int, *, warmup: int = 2) -> list[float]:

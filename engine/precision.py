@@ -25,14 +25,25 @@ Precision = Literal["float32", "tf32", "bfloat16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
+def ieee_float32() -> None:
+    """cuDNN convolutions in IEEE float32 for the whole process, as matrix products already are.
+
+    PyTorch runs convolutions in TF32 by default on Ampere and later GPUs, so without this a "float32"
+    render on CUDA would be approximate. The service processes and the bench call it when they load models
+    on CUDA; `loop_precision` switches TF32 on for a "tf32" loop only.
+    """
+    torch.backends.cudnn.allow_tf32 = False
+
+
 @contextmanager
 def loop_precision(device: torch.device, precision: Precision) -> Iterator[None]:
-    """Around a whole loop (forward and backward passes): TF32 switched on for "tf32" on CUDA, restored after."""
-    if precision != "tf32" or device.type != "cuda":
+    """Around a whole loop (forward and backward passes) on CUDA: TF32 on for "tf32" and off for the other
+    modes, whatever the process had (PyTorch's default has it on for convolutions), restored after."""
+    if device.type != "cuda":
         yield
         return
     matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
     try:
         yield
     finally:

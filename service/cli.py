@@ -104,6 +104,8 @@ def _render(args: argparse.Namespace) -> int:
         w = bundle.generator.sample_w_plus(1, seed=args.seed + i, psi=psi)
         start = time.perf_counter()
         result = render(bundle, w)
+        if bundle.device.type == "cuda":  # the kernels run asynchronously: wait for them before reading the clock
+            torch.cuda.synchronize(bundle.device)
         timings.append(time.perf_counter() - start)
         stem = out / f"sample_{args.seed + i}"
         save_png(image_to_uint8(result.image)[0], stem.with_name(stem.name + "_image.png"))

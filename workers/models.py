@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from engine import Bundle, BundleError, load_bundle
+from engine.precision import ieee_float32
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,10 @@ def bundle_dirs(models_dir: Path) -> list[Path]:
 
 
 def load_models(models_dir: Path, device: torch.device, *, verify: bool = True) -> dict[str, Bundle]:
-    """name -> loaded bundle for every bundle found; at least one is required."""
+    """name -> loaded bundle for every bundle found; at least one is required. On CUDA the process's
+    convolutions become IEEE float32 (`ieee_float32`): renders are exact, TF32 is a loop's opt-in."""
+    if device.type == "cuda":
+        ieee_float32()
     bundles: dict[str, Bundle] = {}
     for path in bundle_dirs(models_dir):
         bundle = load_bundle(path, device, verify=verify)

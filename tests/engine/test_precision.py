@@ -11,7 +11,7 @@ from engine.errors import InputError
 from engine.inversion import invert
 from engine.params import EditParams, InvertParams, RefineParams
 from engine.perceptual import ConvPerceptual, ConvPerceptualConfig, PerceptualLoss
-from engine.precision import loop_precision
+from engine.precision import Precision, ieee_float32, loop_precision
 from tests.engine.test_editing import _edit_mask
 
 
@@ -82,3 +82,26 @@ def test_tf32_switches_are_restored_after_a_cuda_loop() -> None:
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
     with loop_precision(torch.device("cpu"), "tf32"):
         assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_a_cuda_loop_other_than_tf32_runs_without_tf32_whatever_the_process_default(precision: Precision) -> None:
+    # PyTorch's own default has TF32 on for cuDNN convolutions: "float32" must not inherit it.
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        with loop_precision(torch.device("cuda"), precision):
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_ieee_float32_turns_tf32_off_for_convolutions() -> None:
+    before = torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        ieee_float32()
+        assert not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
