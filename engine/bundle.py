@@ -198,7 +198,9 @@ class Bundle:
     segmenter: Segmenter
     encoder: Encoder | None = None
     perceptual_state: dict[str, Tensor] | None = None  # weights of a kind-"conv" perceptual network
-    vectors: dict[str, Tensor] = field(default_factory=dict)  # shipped editing vectors [L, S]
+    # Shipped editing vectors [L, S], on the CPU whatever `device`: the engine moves a sum of them where it
+    # is needed, and the gateway adds them on its event loop, which must never wait for a GPU's queue.
+    vectors: dict[str, Tensor] = field(default_factory=dict)
     examples: Tensor | None = None  # example W+ codes [E, L, S]
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _perceptual: dict[tuple[str, bool], PerceptualLoss] = field(default_factory=dict, repr=False)
@@ -307,7 +309,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu", *, verify:
         segmenter=segmenter.to(dev),
         encoder=encoder.to(dev) if encoder is not None else None,
         perceptual_state=perceptual,
-        vectors={k: v.to(dev) for k, v in vectors.items()},
+        vectors=vectors,  # on the CPU: see `Bundle.vectors`
         examples=examples.to(dev) if examples is not None else None,
         device=dev,
     )

@@ -53,8 +53,8 @@ class VectorEdit:
     params: dict[str, Any] = field(default_factory=dict)  # the refinement's resolved parameters
 
 
-def check_w_plus(bundle: Bundle, w: Tensor) -> Tensor:
-    """[L, S] or [N, L, S] finite -> [N, L, S] on the bundle's device."""
+def check_w_plus(bundle: Bundle, w: Tensor, device: torch.device | None = None) -> Tensor:
+    """[L, S] or [N, L, S] finite -> [N, L, S] float32 on `device` (default the bundle's)."""
     shape = (bundle.spec.n_latent, bundle.spec.generator.style_dim)
     if w.ndim == 2:
         w = w.unsqueeze(0)
@@ -62,7 +62,7 @@ def check_w_plus(bundle: Bundle, w: Tensor) -> Tensor:
         raise InputError(f"latent must be [{shape[0]}, {shape[1]}] or [N, {shape[0]}, {shape[1]}], got {list(w.shape)}")
     if not bool(torch.isfinite(w).all()):
         raise InputError("latent contains NaN or infinite values")
-    return w.detach().to(bundle.device, torch.float32)
+    return w.detach().to(device or bundle.device, torch.float32)
 
 
 def _region_classes(bundle: Bundle, region: str | Sequence[int] | None) -> set[int] | None:
@@ -240,8 +240,11 @@ def optimize_edit(
     )
 
 
-def _deltas(bundle: Bundle, terms: Sequence[VectorTerm]) -> tuple[Tensor, set[int]]:
-    """The summed offset [L, S] of (vector, scale) pairs and the union of their class groups."""
+def _deltas(
+    bundle: Bundle, terms: Sequence[VectorTerm], device: torch.device | None = None
+) -> tuple[Tensor, set[int]]:
+    """The summed offset [L, S] of (vector, scale) pairs, on `device` (default the bundle's), and the union
+    of their class groups."""
     pairs: list[tuple[Tensor, float]] = []
     classes: set[int] = set()
     shape = (bundle.spec.n_latent, bundle.spec.generator.style_dim)
@@ -253,15 +256,20 @@ def _deltas(bundle: Bundle, terms: Sequence[VectorTerm]) -> tuple[Tensor, set[in
             raise InputError(f"vector must be a finite [{shape[0]}, {shape[1]}] array, got {list(vector.shape)}")
         else:
             delta = vector
-        pairs.append((delta.to(bundle.device, torch.float32), float(scale)))
+        pairs.append((delta.to(device or bundle.device, torch.float32), float(scale)))
     return combine(pairs), classes
 
 
-def add_vectors(bundle: Bundle, w: Tensor, terms: Sequence[VectorTerm]) -> Tensor:
+def add_vectors(
+    bundle: Bundle, w: Tensor, terms: Sequence[VectorTerm], *, device: torch.device | None = None
+) -> Tensor:
     """w + sum_i scale_i * v_i for every latent of [N, L, S] (or [L, S]), checked: the W+ that
-    `apply_vectors` renders. Split out so that a caller can batch the rendering of several edits."""
-    w0 = check_w_plus(bundle, w)
-    delta, _ = _deltas(bundle, terms)
+    `apply_vectors` renders. Split out so that a caller can batch the rendering of several edits.
+
+    Computed on `device` (default the bundle's): the gateway adds on the CPU, where its latents and the
+    vectors are, so that its event loop issues no GPU work (each would wait for the queued renders)."""
+    w0 = check_w_plus(bundle, w, device)
+    delta, _ = _deltas(bundle, terms, device)
     return w0 + delta
 
 

@@ -43,7 +43,7 @@ def bundle_vector(bundle: Bundle, name: str) -> EditingVector:
 def record_vector(bundle: Bundle, record: VectorRecord) -> EditingVector:
     lo, hi = record.meta.get("scale_range", (-2.0, 2.0))
     return EditingVector(
-        delta=torch.from_numpy(record.delta).to(bundle.device),
+        delta=torch.from_numpy(record.delta),  # on the CPU, as a bundle's own (`Bundle.vectors`)
         model=record.model,
         classes=list(record.meta.get("classes", [])),
         region=record.meta.get("region"),
@@ -78,7 +78,7 @@ def resolve(ref: str, bundle: Bundle, registry: Registry, store: Store) -> Resol
             raise ModelMismatchError(f"edit {ref} belongs to model {stored.model!r}, not {model!r}")
         classes = [int(c) for c in stored.meta.get("classes", "").split(",") if c]
         vector = EditingVector(
-            delta=torch.from_numpy(stored.array).to(bundle.device),
+            delta=torch.from_numpy(stored.array),
             model=model,
             classes=classes,
             region=stored.meta.get("region") or None,

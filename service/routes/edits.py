@@ -140,8 +140,11 @@ async def edit_with_vectors(
 
     w = torch.from_numpy(stored.array)
     start = time.perf_counter()
-    # The arithmetic (and its input checks) stays in this request; the render may share a batched pass.
-    edited = add_vectors(bundle, w, [(r.vector, t.scale) for r, t in zip(resolved, request.vectors, strict=True)])
+    # The arithmetic (and its input checks) stays in this request; the render may share a batched pass. On
+    # the CPU, where the latent and the vectors are, whatever the models' device: the engine thread moves
+    # the batch, and the event loop never waits behind queued GPU work.
+    pairs = [(r.vector, t.scale) for r, t in zip(resolved, request.vectors, strict=True)]
+    edited = add_vectors(bundle, w, pairs, device=torch.device("cpu"))
     members = services.preview_members(bundle.spec.name) if request.preview else None
     arrays: dict[str, np.ndarray] = await services.arender(
         bundle.spec.name,
@@ -158,7 +161,7 @@ async def edit_with_vectors(
     settings = services.settings
     ttl = min(settings.editgan_preview_ttl, settings.editgan_result_ttl) if request.preview else None
     latent_id, images = await apublish(
-        services.store, bundle.spec.name, edited[0].cpu().numpy(), arrays, inline=request.inline, ttl=ttl
+        services.store, bundle.spec.name, edited[0].numpy(), arrays, inline=request.inline, ttl=ttl
     )
     result = VectorEditResult(
         latent_id=latent_id,

@@ -54,6 +54,15 @@ def test_loaded_models_are_frozen_and_in_eval_mode(tiny_bundle: Bundle, tmp_path
         assert not any(p.requires_grad for p in net.parameters())
 
 
+def test_networks_go_to_the_device_and_vectors_stay_on_the_cpu(tiny_bundle: Bundle, tmp_path: Path) -> None:
+    # "meta" stands in for a GPU here: a device that is not the CPU. The gateway adds vectors on its event
+    # loop, which must not issue GPU work.
+    save_bundle(tiny_bundle, tmp_path / "b")
+    b = load_bundle(tmp_path / "b", "meta")
+    assert b.device.type == "meta" and next(b.generator.parameters()).device.type == "meta"
+    assert b.vectors and all(v.device.type == "cpu" for v in b.vectors.values())
+
+
 def test_render_crops_to_the_content_box(tiny_bundle: Bundle) -> None:
     r = render(tiny_bundle, tiny_bundle.generator.sample_w_plus(2, seed=0))
     assert r.image.shape == (2, 3, 24, 32)  # geometry: rows 4:28 of the 32 px canvas

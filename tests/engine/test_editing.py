@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from engine.bundle import Bundle
-from engine.editing import _SegmentationLoss, apply_vectors, optimize_edit, refine
+from engine.editing import _SegmentationLoss, add_vectors, apply_vectors, optimize_edit, refine
 from engine.errors import CancelledError, InputError
 from engine.images import dilate
 from engine.optim import optimize_w
@@ -189,6 +191,17 @@ def test_vectors_add_linearly_in_one_pass(tiny_bundle: Bundle) -> None:
     torch.testing.assert_close(two.w_plus, one.w_plus)
     torch.testing.assert_close(two.rendering.image, one.rendering.image, rtol=1e-5, atol=1e-5)
     assert two.rendering.image.shape[0] == 3  # batched over latents
+
+
+def test_vectors_add_on_the_device_asked_for_not_only_the_models(tiny_bundle: Bundle) -> None:
+    # The gateway's event loop adds on the CPU while the models may live on a GPU ("meta" stands in for it).
+    elsewhere = dataclasses.replace(tiny_bundle, device=torch.device("meta"))
+    w = tiny_bundle.generator.sample_w_plus(1, seed=4)
+    vector = EditingVector(torch.randn(8, 32, generator=torch.Generator().manual_seed(3)), tiny_bundle.spec.name, [1])
+    on_cpu = add_vectors(elsewhere, w, [(vector, 0.5)], device=torch.device("cpu"))
+    assert on_cpu.device.type == "cpu"
+    torch.testing.assert_close(on_cpu, w + 0.5 * vector.delta)
+    assert add_vectors(elsewhere, w, [(vector, 0.5)]).device.type == "meta"  # by default on the models' device
 
 
 def test_bad_edits_are_refused(tiny_bundle: Bundle, perceptual: PerceptualLoss) -> None:
