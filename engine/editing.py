@@ -240,9 +240,7 @@ def optimize_edit(
     )
 
 
-def _deltas(
-    bundle: Bundle, terms: Sequence[VectorTerm], device: torch.device | None = None
-) -> tuple[Tensor, set[int]]:
+def _deltas(bundle: Bundle, terms: Sequence[VectorTerm], device: torch.device | None = None) -> tuple[Tensor, set[int]]:
     """The summed offset [L, S] of (vector, scale) pairs, on `device` (default the bundle's), and the union
     of their class groups."""
     pairs: list[tuple[Tensor, float]] = []
