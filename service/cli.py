@@ -89,6 +89,7 @@ def _render(args: argparse.Namespace) -> int:
     from engine.bundle import load_bundle
     from engine.images import colorize, image_to_uint8, save_png, uncertainty_to_uint8
     from engine.rendering import render
+    from engine.timing import elapsed
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     bundle = load_bundle(args.bundle, device)
@@ -104,9 +105,7 @@ def _render(args: argparse.Namespace) -> int:
         w = bundle.generator.sample_w_plus(1, seed=args.seed + i, psi=psi)
         start = time.perf_counter()
         result = render(bundle, w)
-        if bundle.device.type == "cuda":  # the kernels run asynchronously: wait for them before reading the clock
-            torch.cuda.synchronize(bundle.device)
-        timings.append(time.perf_counter() - start)
+        timings.append(elapsed(start, bundle.device))
         stem = out / f"sample_{args.seed + i}"
         save_png(image_to_uint8(result.image)[0], stem.with_name(stem.name + "_image.png"))
         save_png(colorize(result.labels[0], bundle.spec.classes), stem.with_name(stem.name + "_mask.png"))

@@ -20,6 +20,7 @@ from rq import get_current_job
 from rq.job import Job
 
 from engine import Bundle, CancelledError, EngineError, invert, optimize_edit, refine
+from engine.timing import elapsed
 from schemas.edits import (
     EditVectorInfo,
     InvertResult,
@@ -92,13 +93,6 @@ ERRORS: dict[type[Exception], str] = {
 HANDLED: tuple[type[Exception], ...] = (EngineError, *ERRORS)  # recorded as the job's {code, message}
 
 
-def _elapsed(start: float, device: torch.device) -> float:
-    """Seconds since `start`, once the device's queued work is done (CUDA returns before its kernels run)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
-
-
 @contextmanager
 def _job_context(payload: dict[str, Any]) -> Iterator[tuple[Runtime, Job, Reporter]]:
     runtime, job = current(), get_current_job()
@@ -166,7 +160,7 @@ def run_invert(payload: dict[str, Any]) -> dict[str, Any]:
             progress=reporter.progress,
             should_stop=reporter.should_stop,
         )
-        seconds = _elapsed(start, bundle.device)
+        seconds = elapsed(start, bundle.device)
         reporter.stage("storing")
         arrays = rendering_arrays(bundle, inv.rendering, 0, _outputs(payload))
         latent_id, images = publish(rt.store, bundle.spec.name, inv.w_plus[0].cpu().numpy(), arrays)
@@ -204,7 +198,7 @@ def run_optimize(payload: dict[str, Any]) -> dict[str, Any]:
             progress=reporter.progress,
             should_stop=reporter.should_stop,
         )
-        seconds = _elapsed(start, bundle.device)
+        seconds = elapsed(start, bundle.device)
         reporter.stage("storing")
         vector = edit.vector
         delta = vector.delta.cpu().numpy()
@@ -249,7 +243,7 @@ def run_refine(payload: dict[str, Any]) -> dict[str, Any]:
             progress=reporter.progress,
             should_stop=reporter.should_stop,
         )
-        seconds = _elapsed(start, bundle.device)
+        seconds = elapsed(start, bundle.device)
         reporter.stage("storing")
         arrays = rendering_arrays(bundle, result.rendering, 0, _outputs(payload))
         latent_id, images = publish(rt.store, bundle.spec.name, result.w_plus[0].cpu().numpy(), arrays)
