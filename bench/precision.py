@@ -1,13 +1,14 @@
 """Section `precision`: the optimisation loops in reduced precision (engine/precision.py) against float32.
 
-Each mode (inversion, optimisation edit, refinement) runs with the model's default steps in float32 and
-in every other precision the device offers: bfloat16 autocast everywhere, TF32 on CUDA only (on a CPU it
-is float32). Speed: ms per update, as a ratio to float32 in the same run. Quality is measured on what the
-loops return, rendered in float32 either way: inversion PSNR, the share of the painted pixels the edit
-reached and the PSNR outside its region, the refinement's PSNR outside that region. (The losses the loop
-logs are not compared: they are computed in the reduced precision itself, and Adam's first, sign-like
-steps make two exact-enough runs take different paths.) A precision has equal quality when every PSNR is
-within `PSNR_TOLERANCE_DB` of float32's and the reached share within `REACHED_TOLERANCE`.
+Each mode (inversion, optimisation edit, refinement) runs with the model's default steps in float32 and in
+every other precision the device offers (`engine.precision.native_precisions`): bfloat16 autocast on CPUs
+and on GPUs from Ampere on, TF32 on those GPUs only (elsewhere it is float32). Speed: ms per update, as a
+ratio to float32 in the same run. Quality is measured on what the loops return, rendered in float32 either
+way: inversion PSNR, the share of the painted pixels the edit reached and the PSNR outside its region, the
+refinement's PSNR outside that region. (The losses the loop logs are not compared: they are computed in the
+reduced precision itself, and Adam's first, sign-like steps make two exact-enough runs take different
+paths.) A precision has equal quality when every PSNR is within `PSNR_TOLERANCE_DB` of float32's and the
+reached share within `REACHED_TOLERANCE`.
 """
 
 from __future__ import annotations
@@ -20,19 +21,21 @@ import torch
 from bench.context import Context
 from bench.inputs import EditInput, canvas, default_steps, edit_input
 from bench.results import SectionResult
-from bench.timing import StepClock, gib, ratio, timed
+from bench.timing import StepClock, ratio, timed
 from engine import Bundle, EditingVector, invert, optimize_edit, refine, render
 from engine.evaluate import PSNR_CAP, psnr_outside
+from engine.memory import peak_gib, reset_peak
 from engine.perceptual import PerceptualLoss
-from engine.precision import Precision
+from engine.precision import Precision, native_precisions
 
 PSNR_TOLERANCE_DB = 0.5
 REACHED_TOLERANCE = 0.05
 
 
 def precisions(device: torch.device) -> list[Precision]:
-    """What to compare on `device`: float32 first (the reference), then each reduced precision it has."""
-    return ["float32", "tf32", "bfloat16"] if device.type == "cuda" else ["float32", "bfloat16"]
+    """What to compare on `device`: float32 first (the reference), then each reduced precision it runs
+    (`engine.precision.native_precisions`: none on a GPU before Ampere)."""
+    return list(native_precisions(device))
 
 
 def _psnr_outside(x: torch.Tensor, y: torch.Tensor, region: torch.Tensor) -> float:
@@ -53,8 +56,7 @@ def run_modes(
     """The three modes once in `precision`: ms per update, total s and quality (float32 renders). The
     refinement applies `vector` (default: the edit's own), so that every precision refines the same one."""
     out: dict[str, Any] = {}
-    if bundle.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(bundle.device)
+    reset_peak(bundle.device)
 
     def measure(mode: str, call: Callable[[StepClock], Any]) -> Any:
         clock = StepClock()
@@ -94,8 +96,8 @@ def run_modes(
 
     refined = measure("refine", refinement)
     out["refine"]["psnr_outside_db"] = round(_psnr_outside(refined.rendering.image, before.image, edited.region), 3)
-    if bundle.device.type == "cuda":
-        out["peak_memory_gib"] = gib(int(torch.cuda.max_memory_allocated(bundle.device)))
+    if (peak := peak_gib(bundle.device)) is not None:
+        out["peak_memory_gib"] = peak
     return out, vector
 
 

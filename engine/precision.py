@@ -3,10 +3,10 @@
 - "float32": exact, the default everywhere.
 - "tf32": CUDA matrix products and convolutions on TF32 tensor cores (10-bit mantissa, float32 range);
   elsewhere the same as float32, since CPUs have no TF32.
-- "bfloat16": the loss forward under `torch.autocast` in bfloat16 (CUDA, and CPUs; those with native
-  bfloat16 dot products gain most). Products run in bfloat16 and reductions, softmax and losses in float32,
-  while the latent, its gradient and Adam's state stay float32; the backward pass follows the dtypes
-  autocast recorded.
+- "bfloat16": the loss forward under `torch.autocast` in bfloat16 (CUDA GPUs from Ampere on, and CPUs;
+  those with native bfloat16 dot products gain most). Products run in bfloat16 and reductions, softmax
+  and losses in float32, while the latent, its gradient and Adam's state stay float32; the backward pass
+  follows the dtypes autocast recorded.
 
 Only the loop's loss is computed this way: the encoder's starting point, and the final rendering, PSNR
 and segmentation that a job returns, always run in float32, so what a user sees is exact for the latent
@@ -23,6 +23,40 @@ import torch
 
 Precision = Literal["float32", "tf32", "bfloat16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+AMPERE = (8, 0)  # the first compute capability with TF32 and bfloat16 tensor cores
+
+
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
+def native_precisions(device: torch.device, capability: tuple[int, int] | None = None) -> tuple[Precision, ...]:
+    """The precisions that change the arithmetic on `device`, float32 first: TF32 and bfloat16 on CUDA GPUs
+    of compute capability 8.0 or later (`capability`: the GPU's, read from it when None); bfloat16 on CPUs,
+    which all run it (natively or by conversion)."""
+    if device.type != "cuda":
+        return ("float32", "bfloat16")
+    if (capability or _capability(device)) >= AMPERE:
+        return ("float32", "tf32", "bfloat16")
+    return ("float32",)
+
+
+def check_precision(
+    device: torch.device, precision: Precision, capability: tuple[int, int] | None = None
+) -> str | None:
+    """None when `precision` runs on `device`, else a warning for one that runs, unchanged, as float32
+    ("tf32" without TF32 tensor cores, as on every CPU). Raises ValueError for bfloat16 on a CUDA GPU
+    without bfloat16 tensor cores: autocast would emulate it there, slower than float32."""
+    if precision in native_precisions(device, capability):
+        return None
+    if precision == "tf32":
+        return f"precision tf32 has no TF32 tensor cores on {device}: the loops run in float32"
+    cap = capability or _capability(device)
+    raise ValueError(
+        f"precision {precision} needs a GPU with bfloat16 tensor cores (compute capability "
+        f"{AMPERE[0]}.{AMPERE[1]} or later); {device} has {cap[0]}.{cap[1]}: use float32"
+    )
 
 
 def ieee_float32() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from engine import Bundle, BundleError, load_bundle
-from engine.precision import ieee_float32
+from engine.precision import Precision, check_precision, ieee_float32
 
 log = logging.getLogger(__name__)
 
@@ -47,3 +47,21 @@ def load_models(models_dir: Path, device: torch.device, *, verify: bool = True) 
     if not bundles:
         raise BundleError(f"no bundle (a directory with bundle.json) in {models_dir}")
     return bundles
+
+
+def check_precisions(bundles: dict[str, Bundle], setting: Precision | None) -> None:
+    """At start-up, each loop's precision (EDITGAN_PRECISION, else the bundle's default) on the bundle's
+    device: one without tensor cores for it is a BundleError for bfloat16 on a GPU (emulated, slower than
+    float32) and a logged warning for tf32 (which then runs as float32)."""
+    warnings: dict[str, None] = {}  # once each, in order
+    for name, bundle in bundles.items():
+        for mode in ("invert", "edit", "refine"):
+            precision = setting or bundle.spec.defaults.get(mode, {}).get("precision") or "float32"
+            source = "EDITGAN_PRECISION" if setting else f"bundle {name} defaults.{mode}.precision"
+            try:
+                if warning := check_precision(bundle.device, precision):
+                    warnings[f"{source}: {warning}"] = None
+            except ValueError as exc:
+                raise BundleError(f"{source}: {exc}") from exc
+    for warning in warnings:
+        log.warning("%s", warning)

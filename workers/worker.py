@@ -32,7 +32,7 @@ from rq.utils import now
 from engine import EngineError
 from schemas.settings import Settings
 from workers.jobs import ShutdownRequestedError
-from workers.models import load_models, resolve_device
+from workers.models import check_precisions, load_models, resolve_device
 from workers.queue import job_queue, sweep_lost_jobs
 from workers.registry import Registry
 from workers.runtime import Runtime, install
@@ -130,6 +130,7 @@ def build_runtime(settings: Settings, redis: Redis) -> Runtime:
         torch.set_num_threads(settings.editgan_threads)
     device = resolve_device(settings.editgan_device)
     bundles = load_models(settings.editgan_models_dir, device)
+    check_precisions(bundles, settings.editgan_precision)
     return Runtime(
         settings=settings,
         redis=redis,

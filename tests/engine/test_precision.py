@@ -11,7 +11,7 @@ from engine.errors import InputError
 from engine.inversion import invert
 from engine.params import EditParams, InvertParams, RefineParams
 from engine.perceptual import ConvPerceptual, ConvPerceptualConfig, PerceptualLoss
-from engine.precision import Precision, ieee_float32, loop_precision
+from engine.precision import Precision, check_precision, ieee_float32, loop_precision, native_precisions
 from tests.engine.test_editing import _edit_mask
 
 
@@ -105,3 +105,32 @@ def test_ieee_float32_turns_tf32_off_for_convolutions() -> None:
         assert not torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32 = before
+
+
+@pytest.mark.parametrize(
+    ("capability", "expected"),
+    [
+        ((7, 0), ("float32",)),
+        ((7, 5), ("float32",)),
+        ((8, 0), ("float32", "tf32", "bfloat16")),
+        ((9, 0), ("float32", "tf32", "bfloat16")),
+    ],
+)
+def test_a_gpu_offers_reduced_precisions_from_ampere_on(capability: tuple[int, int], expected: tuple[str, ...]) -> None:
+    # V100 (7.0) and T4 (7.5) have neither TF32 nor bfloat16 tensor cores; A100 (8.0) and H100 (9.0) both.
+    assert native_precisions(torch.device("cuda:0"), capability) == expected
+
+
+def test_a_cpu_offers_bfloat16_and_runs_tf32_as_float32() -> None:
+    cpu = torch.device("cpu")
+    assert native_precisions(cpu) == ("float32", "bfloat16")
+    assert check_precision(cpu, "float32") is None and check_precision(cpu, "bfloat16") is None
+    assert "float32" in (check_precision(cpu, "tf32") or "")
+
+
+def test_bfloat16_on_a_gpu_without_its_tensor_cores_is_refused() -> None:
+    gpu = torch.device("cuda:0")
+    with pytest.raises(ValueError, match=r"compute capability 8.0 or later.*has 7.0"):
+        check_precision(gpu, "bfloat16", (7, 0))
+    assert "no TF32" in (check_precision(gpu, "tf32", (7, 0)) or "")
+    assert check_precision(gpu, "bfloat16", (8, 0)) is None and check_precision(gpu, "tf32", (9, 0)) is None

@@ -1,0 +1,47 @@
+"""Start-up checks of the loaded models (workers/models.py)."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+import torch
+
+import engine.precision
+from engine import Bundle, BundleError
+from workers.models import check_precisions
+
+
+def _gpu_bundle(defaults: dict[str, Any]) -> Bundle:
+    # Only what check_precisions reads: a device and the bundle's defaults (no GPU here).
+    return cast(Bundle, SimpleNamespace(device=torch.device("cuda:0"), spec=SimpleNamespace(defaults=defaults)))
+
+
+def test_tf32_on_the_cpu_starts_with_one_warning(tiny_bundle: Bundle, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="workers.models"):
+        check_precisions({"tiny": tiny_bundle}, "tf32")
+        check_precisions({"tiny": tiny_bundle}, "bfloat16")
+        check_precisions({"tiny": tiny_bundle}, None)
+    assert [r.getMessage() for r in caplog.records] == [
+        "EDITGAN_PRECISION: precision tf32 has no TF32 tensor cores on cpu: the loops run in float32"
+    ]
+
+
+@pytest.mark.parametrize("capability", [(7, 0), (8, 0)])
+def test_bfloat16_is_refused_at_start_up_on_a_gpu_without_its_tensor_cores(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int]
+) -> None:
+    monkeypatch.setattr(engine.precision, "_capability", lambda device: capability)
+    from_setting = {"m": _gpu_bundle({})}
+    from_bundle = {"m": _gpu_bundle({"edit": {"precision": "bfloat16"}})}
+    if capability >= (8, 0):
+        check_precisions(from_setting, "bfloat16")
+        check_precisions(from_bundle, None)
+        return
+    with pytest.raises(BundleError, match=r"^EDITGAN_PRECISION: precision bfloat16 needs a GPU"):
+        check_precisions(from_setting, "bfloat16")
+    with pytest.raises(BundleError, match=r"^bundle m defaults\.edit\.precision: precision bfloat16"):
+        check_precisions(from_bundle, None)
+    check_precisions(from_bundle, "float32")  # the setting wins over the bundle's default
