@@ -6,7 +6,8 @@
   to `started_at`), run time (`started_at` to `ended_at`) against the engine time the job reports.
 - Worker cold start: a job is queued before the worker process exists; then process start -> registered
   on the queue (models loaded) -> job started -> result.
-- Peak resident memory of the gateway and worker processes (the kernel's high-water mark).
+- Peak resident memory of the gateway and worker processes (the kernel's high-water mark) and, with the
+  worker on a GPU, the most GPU memory a job held (its result's `peak_device_memory_gib`).
 """
 
 from __future__ import annotations
@@ -154,18 +155,22 @@ def through_service(
     times: dict[str, Any] = {}
     for kind in ("invert", "optimize", "refine"):
         ctx.log(f"jobs: {reps} x {kind} through the service")
-        runs, engine_s = [], []
+        runs, engine_s, gpu_gib = [], [], []
         for _ in range(reps):
             job = wait_job(service.redis, getattr(submit, kind)())
             overhead.append(_at(job, "started_at") - _at(job, "enqueued_at"))
             runs.append(_at(job, "ended_at") - _at(job, "started_at"))
-            engine_s.append(float(submit.result(job.id)["metrics"]["seconds"]))
+            metrics = submit.result(job.id)["metrics"]
+            engine_s.append(float(metrics["seconds"]))
+            if metrics.get("peak_device_memory_gib") is not None:  # a worker on a GPU
+                gpu_gib.append(float(metrics["peak_device_memory_gib"]))
         run_ms, eng_ms = summary_ms(runs), summary_ms(engine_s)
         times[kind] = {
             "steps": steps[kind],
             "job_run": run_ms,
             "engine_reported": eng_ms,
             "job_run_over_engine_p50": ratio(run_ms["p50_ms"], eng_ms["p50_ms"]),
+            "peak_gpu_gib": max(gpu_gib, default=None),  # the worker's, for one job of this kind
         }
     return overhead, times
 
@@ -185,6 +190,8 @@ def run(ctx: Context) -> SectionResult:
             cold, worker = cold_start(service, submit)
             overhead, service_times = through_service(ctx, service, submit, steps, 2 if ctx.quick else 5)
             memory = {"gateway_gib": gib(gateway.process.peak_rss()), "worker_gib": gib(worker.peak_rss())}
+    gpu = [t["peak_gpu_gib"] for t in service_times.values() if t["peak_gpu_gib"] is not None]
+    memory["worker_gpu_gib"] = max(gpu, default=None)
 
     queue = summary_ms(overhead)
     data = {
@@ -199,5 +206,6 @@ def run(ctx: Context) -> SectionResult:
     cell = (
         f"queue p50 {queue['p50_ms']:.1f} ms; ms/step {per_step}; cold start {cold['to_first_result_s']:.1f} s; "
         f"RSS gateway {memory['gateway_gib']} / worker {memory['worker_gib']} GiB"
+        + (f"; worker GPU {memory['worker_gpu_gib']} GiB" if memory["worker_gpu_gib"] is not None else "")
     )
     return SectionResult(data, {"jobs": cell})

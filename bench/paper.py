@@ -28,6 +28,7 @@ from engine import Bundle, BundleSpec, ClassInfo, Geometry, apply_vectors, inver
 from engine.bundle import build_networks
 from engine.encoder import EncoderConfig
 from engine.generator import GeneratorConfig
+from engine.memory import peak_gib, reset_peak
 from engine.perceptual import LPIPSLoss
 from engine.segmenter import SegmenterConfig
 
@@ -70,9 +71,8 @@ def _free_bytes(device: torch.device) -> int:
 
 
 def _peak(device: torch.device, sampled: dict[str, int]) -> float | None:
-    if device.type == "cuda":
-        return gib(int(torch.cuda.max_memory_allocated(device)))
-    return gib(sampled["peak_bytes"])
+    gpu = peak_gib(device)
+    return gpu if gpu is not None else gib(sampled["peak_bytes"])
 
 
 def run(ctx: Context) -> SectionResult:
@@ -81,8 +81,7 @@ def run(ctx: Context) -> SectionResult:
         f", {ctx.paper_size} px (smoke)" if ctx.paper_size != 512 else ""
     )
     ctx.log(f"paper: building the car architecture at {ctx.paper_size} px ({label})")
-    if ctx.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(ctx.device)
+    reset_peak(ctx.device)
     out: dict[str, Any] = {"label": label, "resolution": ctx.paper_size, "steps": steps}
     with rss_peak() as sampled:
         bundle, seconds = timed(lambda: car_bundle(ctx.paper_size, ctx.device))

@@ -16,6 +16,8 @@
   throughput the gateway without batching reached at 16 clients. Each latency counts from the request's
   scheduled time, so a late server cannot slow the offered load down and hide its queue (closed-loop
   clients, as above, wait for each answer before they ask again).
+- Peak memory of each gateway: resident (the kernel's high-water mark) and, with its models on a GPU, GPU
+  memory (`editgan_device_memory_bytes` in its /metrics).
 """
 
 from __future__ import annotations
@@ -244,6 +246,13 @@ def _batches(url: str, model: str) -> tuple[float, float]:
     return read("sum"), read("count")
 
 
+def _gpu_peak_gib(url: str) -> float | None:
+    """The gateway's peak GPU memory since it started (its /metrics, all its models' devices); None on a CPU."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    found = re.findall(r'^editgan_device_memory_bytes\{device="[^"]*",kind="peak"\} (\S+)$', text, re.M)
+    return gib(int(sum(float(v) for v in found))) if found else None
+
+
 @dataclass
 class Samples:
     """Everything the section measured, in seconds (or requests/s) per sample."""
@@ -332,6 +341,7 @@ def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
         ctx.log("vector: throughput at 1, 4 and 16 clients")
         out.sweep = [load(urls["on"], body, c, seconds) for c in CONCURRENCY]
         out.memory = {f"gateway_{k}_gib": gib(g.process.peak_rss()) for k, g in gateways.items()}
+        out.memory |= {f"gateway_{k}_gpu_gib": _gpu_peak_gib(urls[k]) for k in gateways}
     return out
 
 

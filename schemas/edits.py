@@ -104,6 +104,9 @@ class Metrics(BaseModel):
     psnr: float | None = Field(None, description="Inversion: dB against the input inside the content box.")
     losses: dict[str, float] = Field(default_factory=dict)
     precision: str | None = Field(None, description="Jobs: the optimisation loop's arithmetic (EDITGAN_PRECISION).")
+    peak_device_memory_gib: float | None = Field(
+        None, description="Jobs on a GPU: the most GPU memory the job's tensors held (null on a CPU)."
+    )
 
 
 class InvertResult(BaseModel):

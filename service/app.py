@@ -63,7 +63,11 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
     def connect_async() -> AsyncRedis:  # the real-time route's client, on the event loop
         return AsyncRedis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
 
-    metrics = ServiceMetrics(connect, settings.editgan_queue)
+    def model_devices() -> list[torch.device]:  # for /metrics; empty until the lifespan has loaded them
+        services = getattr(app.state, "services", None)
+        return [bundle.device for bundle in services.bundles.values()] if services else []
+
+    metrics = ServiceMetrics(connect, settings.editgan_queue, devices=model_devices)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -3,7 +3,9 @@
 Process-local instruments (request durations, in-flight requests, errors) live in a private
 `CollectorRegistry` per `ServiceMetrics`, never the global default one, so several apps in one process
 (tests) do not collide. Queue, worker and job figures are shared by every gateway replica, so they are
-read from Redis at scrape time by `QueueCollector` instead of being counted here.
+read from Redis at scrape time by `QueueCollector` instead of being counted here. The process's own
+resident memory and CPU time (prometheus_client's `process_*` series) and, with models on a GPU, the GPU
+memory torch holds (`DeviceMemoryCollector`) are read at scrape time too.
 """
 
 from __future__ import annotations
@@ -13,12 +15,22 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import torch
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from redis import Redis, RedisError
 from rq import Queue, Worker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from engine.memory import usage_bytes
 from workers.stats import read_job_stats
 
 log = logging.getLogger(__name__)
@@ -107,6 +119,33 @@ class QueueCollector:
         yield totals
 
 
+class DeviceMemoryCollector:
+    """GPU memory torch holds in this process for each device the models are on, read at every scrape:
+    `editgan_device_memory_bytes{device, kind}` with kind allocated (by tensors now), reserved (cached by
+    torch's allocator: what the GPU sees taken) and peak (allocated, at most, since start-up). Nothing on a
+    CPU, whose figure is `process_resident_memory_bytes`."""
+
+    def __init__(
+        self,
+        devices: Callable[[], Iterable[torch.device]],
+        usage: Callable[[torch.device], dict[str, int] | None] = usage_bytes,
+    ) -> None:
+        self.devices, self.usage = devices, usage
+
+    def describe(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily("editgan_device_memory_bytes", "")
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "editgan_device_memory_bytes", "GPU memory held by torch in this process", labels=["device", "kind"]
+        )
+        for device in sorted({str(d) for d in self.devices()}):
+            for kind, value in (self.usage(torch.device(device)) or {}).items():
+                family.add_metric([device, kind], value)
+        if family.samples:
+            yield family
+
+
 def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
 
@@ -114,8 +153,16 @@ def _le(bound: float) -> str:
 class ServiceMetrics:
     """The gateway's metrics: a private registry, the HTTP instruments and the Redis collector."""
 
-    def __init__(self, redis_factory: Callable[[], Redis], queue_name: str, prefix: str = "editgan") -> None:
+    def __init__(
+        self,
+        redis_factory: Callable[[], Redis],
+        queue_name: str,
+        prefix: str = "editgan",
+        devices: Callable[[], Iterable[torch.device]] = tuple,
+    ) -> None:
+        """`devices`: the devices the gateway's models are on now (none before they load)."""
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
         self.request_duration = Histogram(
             "editgan_http_request_duration_seconds",
             "HTTP request latency by method, route template and status",
@@ -141,6 +188,7 @@ class ServiceMetrics:
         )
         self.collector = QueueCollector(redis_factory, queue_name, prefix)
         self.registry.register(self.collector)
+        self.registry.register(DeviceMemoryCollector(devices))
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition of every metric and its content type, for the /metrics route."""

@@ -20,6 +20,7 @@ from rq import get_current_job
 from rq.job import Job
 
 from engine import Bundle, CancelledError, EngineError, invert, optimize_edit, refine
+from engine.memory import peak_gib, reset_peak
 from engine.timing import elapsed
 from schemas.edits import (
     EditVectorInfo,
@@ -151,6 +152,7 @@ def run_invert(payload: dict[str, Any]) -> dict[str, Any]:
     with _job_context(payload) as (rt, _, reporter):
         bundle = _bundle(rt, payload["model"])
         canvas = torch.from_numpy(_upload(rt, payload["upload_id"]).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+        reset_peak(bundle.device)
         start = time.perf_counter()
         inv = invert(
             bundle,
@@ -171,6 +173,7 @@ def run_invert(payload: dict[str, Any]) -> dict[str, Any]:
             psnr=round(inv.psnr, 3),
             losses=inv.losses,
             precision=inv.params["precision"],
+            peak_device_memory_gib=peak_gib(bundle.device),
         )
         return InvertResult(latent_id=latent_id, model=bundle.spec.name, images=images, metrics=metrics).model_dump(
             mode="json"
@@ -186,6 +189,7 @@ def run_optimize(payload: dict[str, Any]) -> dict[str, Any]:
         name = payload.get("save_vector_as")
         if name and name in bundle.vectors:  # refuse before spending the optimisation on it
             raise ReadOnlyVectorError(f"{name!r} is shipped with model {bundle.spec.name!r} and cannot be replaced")
+        reset_peak(bundle.device)
         start = time.perf_counter()
         edit = optimize_edit(
             bundle,
@@ -221,6 +225,7 @@ def run_optimize(payload: dict[str, Any]) -> dict[str, Any]:
                 best_step=edit.best_step,
                 losses=last,
                 precision=edit.params["precision"],
+                peak_device_memory_gib=peak_gib(bundle.device),
             ),
         ).model_dump(mode="json")
 
@@ -232,6 +237,7 @@ def run_refine(payload: dict[str, Any]) -> dict[str, Any]:
         w = _latent(rt, bundle, payload["latent_id"])
         terms = [VectorTerm.model_validate(t) for t in payload["vectors"]]
         resolved = [resolve(t.vector, bundle, rt.registry, rt.store) for t in terms]
+        reset_peak(bundle.device)
         start = time.perf_counter()
         result = refine(
             bundle,
@@ -259,6 +265,7 @@ def run_refine(payload: dict[str, Any]) -> dict[str, Any]:
                 best_step=result.best_step,
                 losses=last,
                 precision=result.params.get("precision"),
+                peak_device_memory_gib=peak_gib(bundle.device),
             ),
             segmentation_members=len(bundle.segmenter.classifiers()),
         ).model_dump(mode="json")

@@ -59,6 +59,10 @@ def test_quick_vector_and_jobs_sections_print_json_and_append_a_row(tiny_models:
     assert jobs["queue_overhead"]["n"] == 6  # 2 jobs of each kind
     assert jobs["worker_cold_start"]["to_first_result_s"] >= jobs["worker_cold_start"]["to_models_loaded_s"] > 0
     assert jobs["peak_memory"]["gateway_gib"] > 0 and jobs["peak_memory"]["worker_gib"] > 0
+    # GPU memory only where the models are on a GPU: none here, so none reported rather than a made-up 0
+    assert jobs["peak_memory"]["worker_gpu_gib"] is None
+    assert all(jobs["service"][kind]["peak_gpu_gib"] is None for kind in jobs["service"])
+    assert vector["peak_memory"]["gateway_on_gpu_gib"] is None and vector["peak_memory"]["gateway_on_gib"] > 0
 
     text = results.read_text()
     assert text.startswith(HEADER)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 
 import redis
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue, Worker
 
-from service.metrics import MetricsMiddleware, ServiceMetrics, record_error
+from service.metrics import DeviceMemoryCollector, MetricsMiddleware, ServiceMetrics, record_error
 from workers.stats import read_job_stats, record_job
 
 QUEUE = "editgan-test"
@@ -134,3 +135,28 @@ def test_two_instances_in_one_process_do_not_collide(redis_client: redis.Redis) 
     assert ("editgan_http_errors_total", frozenset({("code", "invalid_input"), ("status", "422")})) not in _samples(
         second
     )
+
+
+def test_device_memory_is_exported_per_model_device_and_only_for_gpus(redis_client: redis.Redis) -> None:
+    # No GPU here: the allocator's figures come from a stand-in that knows only cuda:0 and cuda:1.
+    figures = {
+        "cuda:0": {"allocated": 1, "reserved": 2, "peak": 3},
+        "cuda:1": {"allocated": 4, "reserved": 5, "peak": 6},
+    }
+    devices = [torch.device("cuda:1"), torch.device("cpu"), torch.device("cuda:0"), torch.device("cuda:0")]
+    collector = DeviceMemoryCollector(lambda: devices, lambda d: figures.get(str(d)))
+    (family,) = collector.collect()
+    assert [(s.labels["device"], s.labels["kind"], s.value) for s in family.samples] == [
+        ("cuda:0", "allocated", 1),
+        ("cuda:0", "reserved", 2),
+        ("cuda:0", "peak", 3),
+        ("cuda:1", "allocated", 4),
+        ("cuda:1", "reserved", 5),
+        ("cuda:1", "peak", 6),
+    ]
+    # The real allocator reader on the CPU: nothing to export, so no empty family either.
+    assert list(DeviceMemoryCollector(lambda: [torch.device("cpu")]).collect()) == []
+    metrics = ServiceMetrics(lambda: redis_client, QUEUE, devices=lambda: [torch.device("cpu")])
+    samples = _samples(metrics)
+    assert not [name for name, _ in samples if name.startswith("editgan_device_memory")]
+    assert _value(samples, "process_resident_memory_bytes") > 0
