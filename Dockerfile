@@ -46,6 +46,8 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv pip install --python /opt/venv/bin/python --no-deps .
 
 # ---- runtime: no compiler, no uv, no apt packages (the health check is Python, the CUDA libs are wheels) ----
+# EDITGAN_COMPILE (torch.compile) needs a C/C++ compiler, so a process started with it here refuses to start
+# and says so; an image derived from this one with `apt-get install -y g++` runs it.
 FROM ${BASE_IMAGE} AS runtime
 # A fixed numeric id, so that Kubernetes' runAsNonRoot can verify it (Ubuntu's own user takes 1000).
 RUN groupadd --gid 10001 editgan && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin editgan

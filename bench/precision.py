@@ -61,7 +61,13 @@ def run_modes(
     def measure(mode: str, call: Callable[[StepClock], Any]) -> Any:
         clock = StepClock()
         result, seconds = timed(lambda: call(clock))
-        out[mode] = {"steps": steps[mode], "ms_per_step": round(clock.per_step * 1000, 2), "total_s": round(seconds, 3)}
+        out[mode] = {
+            "steps": steps[mode],
+            "ms_per_step": round(clock.per_step * 1000, 2),
+            "total_s": round(seconds, 3),
+            "loss_start": float(f"{clock.first['total']:.8g}"),  # the total loss of the first and last iterates
+            "loss_final": float(f"{clock.last['total']:.8g}"),
+        }
         return result
 
     params = {"precision": precision}

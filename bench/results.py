@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-SECTIONS = ("vector", "jobs", "naive", "precision", "paper")
-FIGURE_COLUMNS = ("vector", "batching", "jobs", "naive", "precision", "paper")  # the row's cells filled by the sections
+SECTIONS = ("vector", "jobs", "naive", "precision", "compile", "paper")  # in the order they run
+# The row's cells filled by the sections; `compile` came last, so that older rows keep their columns.
+FIGURE_COLUMNS = ("vector", "batching", "jobs", "naive", "precision", "paper", "compile")
 
 HEADER = """# Benchmark results
 
@@ -42,9 +43,12 @@ per update; the largest PSNR difference and the difference in painted pixels rea
 the tolerances (0.5 dB, 0.05) |
 | paper | the 512 px car architecture with random weights: optimisation edit, refinement and inversion in s \
 per step, naive speed-up, peak memory, and the label (device, steps) |
+| compile | from 2026-11-27: the generator's synthesis through `torch.compile` (EDITGAN_COMPILE) against eager \
+mode: speed-up of a render of 1 and of 16 latents and per update of each loop; the largest relative \
+difference of the first iterate's loss (tolerance 1e-5) and of the last's; the verdict; compile time |
 
-| date | commit | run | hardware | model | vector | batching | jobs | naive | precision | paper |
-|---|---|---|---|---|---|---|---|---|---|---|
+| date | commit | run | hardware | model | vector | batching | jobs | naive | precision | paper | compile |
+|---|---|---|---|---|---|---|---|---|---|---|---|
 """
 
 

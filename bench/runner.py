@@ -49,7 +49,7 @@ def run_bench(ctx: Context, sections: tuple[str, ...], results: Path | None) -> 
         "commit": commit(),
         "run": "quick" if ctx.quick else "full",
         "hardware": describe(ctx.device),
-        "model": str(ctx.bundle_dir) if {"vector", "jobs", "naive", "precision"} & set(sections) else None,
+        "model": str(ctx.bundle_dir) if {"vector", "jobs", "naive", "precision", "compile"} & set(sections) else None,
         "sections": {},
     }
     cells: dict[str, str] = {}

@@ -57,11 +57,13 @@ class StepClock:
 
     def __init__(self) -> None:
         self.stamps: list[float] = []
+        self.first: dict[str, float] = {}  # the losses of the first iterate
         self.last: dict[str, float] = {}
 
     def __call__(self, step: int, total: int, losses: dict[str, float]) -> None:
         sync()  # mostly a no-op: the loop has already read its losses as floats
         self.stamps.append(time.perf_counter())
+        self.first = self.first or losses
         self.last = losses
 
     @property

@@ -20,8 +20,8 @@ def frozen_derived(module: nn.Module, name: str, sources: Sequence[Tensor], make
     Sources that require gradients are never cached: autograd must reach them, and training changes them
     every step. (A write through `.data` bypasses the version counter: the code base makes none.)
     """
-    if any(s.requires_grad for s in sources):
-        return make()
+    if any(s.requires_grad for s in sources) or torch.compiler.is_compiling():
+        return make()  # (compiled: the graph computes it, fused with its neighbours, instead of a graph break)
     key = tuple((s._version, s.data_ptr(), s.dtype, s.device) for s in sources)
     cache: dict[str, tuple[tuple[Any, ...], Any]] = module.__dict__.setdefault("_frozen_derived", {})
     hit = cache.get(name)

@@ -8,6 +8,7 @@ buffers `noises.noise_{i}` are used unless random noise is asked for (GAN traini
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -102,6 +103,7 @@ class Generator(nn.Module):
     """
 
     w_avg: Tensor
+    _compiled: Callable[[Tensor, list[Tensor]], tuple[Tensor, list[Tensor]]] | None = None  # compile_synthesis
 
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
@@ -204,6 +206,20 @@ class Generator(nn.Module):
             noises = self.random_noise(n)
         else:
             noises = noise
+        image, features = (self._compiled or self._synthesize)(w_plus, noises)
+        return SynthesisOutput(image=image, features=features if return_features else None)
+
+    def compile_synthesis(self) -> None:
+        """Opt-in (EDITGAN_COMPILE): from now on the layers of `synthesis` run through `torch.compile`.
+
+        The first call of each kind (batch size, with or without gradients) compiles a graph: tens of
+        seconds on a CPU. Later calls fuse the small element-wise operations between the convolutions;
+        `editgan bench --only compile` measures the gain and the losses against eager mode."""
+        self._compiled = torch.compile(self._synthesize)
+
+    def _synthesize(self, w_plus: Tensor, noises: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """The layers: the image and the maps (the maps cost nothing to keep: each is an output anyway)."""
+        n = w_plus.shape[0]
         features: list[Tensor] = []
         x = self.input(n)
         x = x.contiguous(memory_format=memory_format(x.device))  # every later map keeps this layout
@@ -219,7 +235,7 @@ class Generator(nn.Module):
             features.append(x)
             skip = to_rgb(x, w_plus[:, row + 2], skip)
             row += 2
-        return SynthesisOutput(image=skip, features=features if return_features else None)
+        return skip, features
 
     def forward(self, z: Tensor, *, psi: float = 1.0, noise: Literal["fixed", "random"] = "random") -> Tensor:
         """z [N, S] -> image [N, 3, size, size]: mapping, optional truncation, synthesis (training use)."""

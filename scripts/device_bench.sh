@@ -7,7 +7,7 @@
 #   scripts/device_bench.sh run       there, with .whl carried: installs them into /tmp/site when missing,
 #                                     then `editgan bench` on CUDA; JSON, results row and log under $OUT
 #
-# Settings (environment): DEVICE (default cuda), SECTIONS (default vector,jobs,naive,precision,paper),
+# Settings (environment): DEVICE (default cuda), SECTIONS (default vector,jobs,naive,precision,compile,paper),
 # PAPER_STEPS (default 29, the official default), QUICK=1 for a smoke run, OUT (default ./artifacts/device).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +36,7 @@ run() {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu.txt" || true
     local quick=()
     [ "${QUICK:-0}" = 1 ] && quick=(--quick)
-    python3 -m service.cli bench --device "${DEVICE:-cuda}" --only "${SECTIONS:-vector,jobs,naive,precision,paper}" \
+    python3 -m service.cli bench --device "${DEVICE:-cuda}" --only "${SECTIONS:-vector,jobs,naive,precision,compile,paper}" \
         --paper-steps "${PAPER_STEPS:-29}" --results "$out/RESULTS.md" "${quick[@]}" \
         >"$out/bench.json" 2> >(tee "$out/log" >&2)
     python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$out/bench.json" && echo "bench: $out/bench.json"

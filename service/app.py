@@ -28,7 +28,7 @@ from service.metrics import MetricsMiddleware, ServiceMetrics, record_error
 from service.ratelimit import RateLimiter
 from service.routes import editor, edits, health, jobs, latents, models, vectors
 from service.state import Services
-from workers.models import load_models, resolve_device
+from workers.models import Compile, load_models, resolve_device
 from workers.queue import job_queue, sweep_lost_jobs
 from workers.registry import Registry
 from workers.store import LatentCache, Store
@@ -82,7 +82,10 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
         loaded = bundles
         if loaded is None:
             device = resolve_device(settings.editgan_gateway_device)
-            loaded = await asyncio.wrap_future(engine.submit(load_models, settings.editgan_models_dir, device))
+            compiled: Compile | None = "renders" if settings.editgan_compile else None
+            loaded = await asyncio.wrap_future(
+                engine.submit(load_models, settings.editgan_models_dir, device, compiled=compiled)
+            )
         redis = connect()
         aredis = connect_async()
         latent_cache = LatentCache(settings.editgan_latent_cache) if settings.editgan_latent_cache else None

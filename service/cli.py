@@ -592,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: JSON on stdout, a dated row appended to bench/RESULTS.md")
     p.add_argument(
-        "--only", default="vector,jobs,naive,precision,paper", help="sections, comma-separated (default: all)"
+        "--only", default="vector,jobs,naive,precision,compile,paper", help="sections, comma-separated (default: all)"
     )
     p.add_argument("--quick", action="store_true", help="smoke run: few repetitions and steps, not figures to quote")
     p.add_argument("--model", type=Path, default=None, help="bundle directory (default: the shipped demo-faces)")

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import time
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from engine import Bundle, BundleError, load_bundle
+from engine import Bundle, BundleError, load_bundle, render
 from engine.precision import Precision, check_precision, ieee_float32
 
 log = logging.getLogger(__name__)
+
+Compile = Literal["renders", "loops"]  # what the process runs: a gateway's renders, or a worker's loops too
 
 
 def resolve_device(name: str) -> torch.device:
@@ -32,9 +38,12 @@ def bundle_dirs(models_dir: Path) -> list[Path]:
     return sorted(p for p in models_dir.iterdir() if (p / "bundle.json").is_file())
 
 
-def load_models(models_dir: Path, device: torch.device, *, verify: bool = True) -> dict[str, Bundle]:
+def load_models(
+    models_dir: Path, device: torch.device, *, verify: bool = True, compiled: Compile | None = None
+) -> dict[str, Bundle]:
     """name -> loaded bundle for every bundle found; at least one is required. On CUDA the process's
-    convolutions become IEEE float32 (`ieee_float32`): renders are exact, TF32 is a loop's opt-in."""
+    convolutions become IEEE float32 (`ieee_float32`): renders are exact, TF32 is a loop's opt-in. With
+    `compiled` (EDITGAN_COMPILE) each generator's synthesis is compiled before this returns (`compile_models`)."""
     if device.type == "cuda":
         ieee_float32()
     bundles: dict[str, Bundle] = {}
@@ -46,7 +55,31 @@ def load_models(models_dir: Path, device: torch.device, *, verify: bool = True) 
         log.info("loaded model %s from %s on %s", bundle.spec.name, path, device)
     if not bundles:
         raise BundleError(f"no bundle (a directory with bundle.json) in {models_dir}")
+    if compiled:
+        compile_models(bundles, gradients=compiled == "loops")
     return bundles
+
+
+def compile_models(bundles: dict[str, Bundle], *, gradients: bool) -> None:
+    """Compile each generator's synthesis (`Generator.compile_synthesis`) and run it once for each kind of
+    call the process makes, so that no request waits for a compilation: renders of one latent and of two
+    (the second size makes the batch dimension dynamic, so every micro-batch size shares one graph) and,
+    with `gradients`, a forward and backward pass (the optimisation loops)."""
+    for name, bundle in bundles.items():
+        if missing := missing_compiler(bundle.device):
+            raise BundleError(missing)
+        start = time.perf_counter()
+        generator = bundle.generator
+        generator.compile_synthesis()
+        w = generator.sample_w_plus(2, seed=0)
+        render(bundle, w[:1])
+        render(bundle, w)
+        if gradients:
+            with torch.enable_grad():
+                x = w[:1].clone().requires_grad_(True)
+                out = generator.synthesis(x, return_features=True)
+                (out.image.sum() + sum(f.sum() for f in out.features or [])).backward()
+        log.info("compiled model %s in %.1f s", name, time.perf_counter() - start)
 
 
 def check_precisions(bundles: dict[str, Bundle], setting: Precision | None) -> None:
@@ -65,3 +98,17 @@ def check_precisions(bundles: dict[str, Bundle], setting: Precision | None) -> N
                 raise BundleError(f"{source}: {exc}") from exc
     for warning in warnings:
         log.warning("%s", warning)
+
+
+def missing_compiler(device: torch.device) -> str | None:
+    """Why torch.compile cannot build kernels for `device` here, or None. Inductor compiles C++ for a CPU
+    and Triton builds a C launcher for a GPU, with the system's compiler; the service's image has none."""
+    kind, names = ("C++", ("g++", "clang++")) if device.type == "cpu" else ("C", ("gcc", "cc", "clang"))
+    variable = "CXX" if device.type == "cpu" else "CC"
+    if os.environ.get(variable) or any(shutil.which(n) for n in names):
+        return None
+    return (
+        f"EDITGAN_COMPILE needs a {kind} compiler on {device.type} ({variable}, or one of {', '.join(names)} on "
+        "PATH): torch.compile builds its kernels with it. Install one (Debian: apt-get install g++), or unset "
+        "EDITGAN_COMPILE."
+    )

@@ -129,7 +129,7 @@ def build_runtime(settings: Settings, redis: Redis) -> Runtime:
     if settings.editgan_threads:
         torch.set_num_threads(settings.editgan_threads)
     device = resolve_device(settings.editgan_device)
-    bundles = load_models(settings.editgan_models_dir, device)
+    bundles = load_models(settings.editgan_models_dir, device, compiled="loops" if settings.editgan_compile else None)
     check_precisions(bundles, settings.editgan_precision)
     return Runtime(
         settings=settings,

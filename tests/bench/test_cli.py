@@ -69,7 +69,7 @@ def test_quick_vector_and_jobs_sections_print_json_and_append_a_row(tiny_models:
     rows = text[len(HEADER) :].splitlines()
     assert len(rows) == 1 and rows[0].startswith(f"| {report['date']} |") and "quick: vector,jobs" in rows[0]
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
-    assert cells[-3:] == ["-", "-", "-"]  # naive, precision and paper were not run
+    assert cells[-4:] == ["-", "-", "-", "-"]  # naive, precision, paper and compile were not run
 
 
 def test_the_precision_section_compares_bfloat16_with_float32(tiny_models: Path, tmp_path: Path) -> None:
@@ -87,7 +87,26 @@ def test_the_precision_section_compares_bfloat16_with_float32(tiny_models: Path,
     differences = [*verdict["psnr_difference_db"].values(), verdict["reached_difference"]]
     assert isinstance(verdict["equal_quality"], bool) and all(isinstance(d, float) for d in differences)
     row = [c.strip() for c in results.read_text().splitlines()[-1].strip("|").split("|")]
-    assert row[-2].startswith("bfloat16: invert ") and row[-1] == "-"
+    assert row[-3].startswith("bfloat16: invert ") and row[-2:] == ["-", "-"]
+
+
+def test_the_compile_section_compares_a_compiled_generator_with_eager_mode(tiny_models: Path, tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    args = ["--quick", "--only", "compile", "--model", str(tiny_models), "--threads", "1", "--results"]
+    out = _bench(*args, str(results))
+    assert out.returncode == 0, out.stderr[-3000:]
+    section = json.loads(out.stdout)["sections"]["compile"]
+    assert section["compile_s"] > 0
+    for n in ("1", "16"):
+        render = section["render"][n]
+        assert render["ms"]["eager"] > 0 and render["ms"]["compiled"] > 0 and render["speedup"] > 0
+        assert render["image_max_difference"] < 1e-4 and render["labels_equal"] >= 0.99
+    loops = section["loops"]
+    assert set(loops["speedup_per_step"]) == {"invert", "optimize", "refine"}
+    assert all(d <= loops["start_tolerance"] for d in loops["start_loss_relative_difference"].values())
+    assert loops["same_losses"] is True, loops
+    row = [c.strip() for c in results.read_text().splitlines()[-1].strip("|").split("|")]
+    assert row[-1].startswith("render of 1: ") and row[-2] == "-"  # compile is the last column, paper before it
 
 
 def test_unknown_sections_are_refused() -> None:

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import engine.precision
+import workers.models
 from engine import Bundle, BundleError
-from workers.models import check_precisions
+from workers.models import check_precisions, compile_models, missing_compiler
 
 
 def _gpu_bundle(defaults: dict[str, Any]) -> Bundle:
@@ -45,3 +46,22 @@ def test_bfloat16_is_refused_at_start_up_on_a_gpu_without_its_tensor_cores(
     with pytest.raises(BundleError, match=r"^bundle m defaults\.edit\.precision: precision bfloat16"):
         check_precisions(from_bundle, None)
     check_precisions(from_bundle, "float32")  # the setting wins over the bundle's default
+
+
+@pytest.mark.parametrize(("device", "variable"), [("cpu", "CXX"), ("cuda:0", "CC")])
+def test_compiling_without_a_compiler_is_refused_with_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tiny_bundle: Bundle, device: str, variable: str
+) -> None:
+    assert missing_compiler(torch.device("cpu")) is None  # this machine has g++
+    monkeypatch.setattr(workers.models.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.delenv("CC", raising=False)
+    message = missing_compiler(torch.device(device))
+    assert message is not None and variable in message and "apt-get install g++" in message
+    monkeypatch.setenv(variable, "/opt/compiler")
+    assert missing_compiler(torch.device(device)) is None
+    monkeypatch.delenv(variable)
+    if device == "cpu":  # refused before anything is compiled
+        with pytest.raises(BundleError, match="EDITGAN_COMPILE needs a C\\+\\+ compiler"):
+            compile_models({"tiny": tiny_bundle}, gradients=False)
+        assert tiny_bundle.generator._compiled is None
