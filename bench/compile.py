@@ -10,8 +10,11 @@ and measured against the model as loaded, in the same run:
 - The three loops with the model's default steps (`bench.precision.run_modes`), eager and compiled in turn:
   ms per update and the speed-up; the total loss at the first iterate, where both start from the same
   latent and only rounding separates them (within `START_TOLERANCE`), and at the last, where Adam has
-  amplified that rounding (reported); and what the loops return, against the precision section's
-  tolerances. Same losses: every first-iterate loss within its tolerance and equal quality.
+  amplified that rounding: within the larger of `FINAL_TOLERANCE` and twice eager mode's own spread when
+  its inputs move by one float32 step (as the naive section). On the demo model that spread is 43 % of
+  the inversion's final loss (and 1.5 dB of its PSNR) over 300 steps: the loops are chaotic at the
+  rounding level, so a fixed tolerance would judge rounding, not the compiler. Same losses: every loss
+  within its tolerance. What the loops return (PSNR, painted pixels reached) is reported beside them.
 """
 
 from __future__ import annotations
@@ -26,15 +29,14 @@ import torch
 
 from bench.context import Context
 from bench.inputs import EditInput, default_steps, edit_input
-from bench.naive import START_TOLERANCE
-from bench.precision import compare, run_modes
+from bench.naive import FINAL_TOLERANCE, START_TOLERANCE
+from bench.precision import MODES, compare, rounding_spread, run_modes
 from bench.results import SectionResult
-from bench.timing import ratio, repeat, timed
+from bench.timing import ratio, relative, repeat, timed
 from engine import Bundle, EditingVector, render
 from engine.perceptual import PerceptualLoss
 from workers.models import compile_models
 
-MODES = ("invert", "optimize", "refine")
 RENDER_BATCHES = (1, 16)
 BLOCK = 5  # renders per block; the blocks alternate eager and compiled
 
@@ -68,10 +70,6 @@ def compare_renders(eager: Bundle, compiled: Bundle, blocks: int) -> dict[str, A
     return out
 
 
-def _relative(a: float, b: float) -> float:
-    return float(f"{abs(a - b) / max(abs(b), 1e-12):.3g}")
-
-
 def compare_loops(
     eager: Bundle, compiled: Bundle, inputs: EditInput, perceptual: PerceptualLoss, steps: dict[str, int], reps: int
 ) -> dict[str, Any]:
@@ -85,17 +83,22 @@ def compare_loops(
             runs[key].append(run)
     ms = {k: {m: round(statistics.median(r[m]["ms_per_step"] for r in v), 2) for m in MODES} for k, v in runs.items()}
     first = {k: v[0] for k, v in runs.items()}  # the losses and the quality of each one's first run
-    start = {m: _relative(first["compiled"][m]["loss_start"], first["eager"][m]["loss_start"]) for m in MODES}
-    final = {m: _relative(first["compiled"][m]["loss_final"], first["eager"][m]["loss_final"]) for m in MODES}
-    quality = {k: v for k, v in compare(first["eager"], first["compiled"]).items() if k != "speedup_per_step"}
+    start = {m: relative(first["compiled"][m]["loss_start"], first["eager"][m]["loss_start"]) for m in MODES}
+    final = {m: relative(first["compiled"][m]["loss_final"], first["eager"][m]["loss_final"]) for m in MODES}
+    assert vector is not None
+    spread = rounding_spread(eager, inputs, perceptual, steps, first["eager"], vector)
+    tolerance = {m: float(f"{max(FINAL_TOLERANCE, 2 * spread['loss'][m]):.3g}") for m in MODES}
+    quality = {k: v for k, v in compare(first["eager"], first["compiled"], spread).items() if k != "speedup_per_step"}
     return {
         "ms_per_step": ms,
         "speedup_per_step": {m: ratio(ms["eager"][m], ms["compiled"][m]) for m in MODES},
         "start_loss_relative_difference": start,
         "start_tolerance": START_TOLERANCE,
         "final_loss_relative_difference": final,
-        "quality": quality,
-        "same_losses": all(d <= START_TOLERANCE for d in start.values()) and quality["equal_quality"],
+        "rounding_spread": spread,
+        "final_tolerance": tolerance,
+        "quality": quality,  # what the loops return, for information: the losses decide
+        "same_losses": all(start[m] <= START_TOLERANCE and final[m] <= tolerance[m] for m in MODES),
         "runs": runs,
     }
 
@@ -105,10 +108,13 @@ def cell(result: dict[str, Any]) -> str:
     loops = result["loops"]
     per_step = ", ".join(f"{m} {loops['speedup_per_step'][m]}x" for m in MODES)
     verdict = "same losses" if loops["same_losses"] else "losses differ"
+    final = ", ".join(
+        f"{m} {loops['final_loss_relative_difference'][m]:.1e} (tol {loops['final_tolerance'][m]:.1e})" for m in MODES
+    )
     return (
         f"render of {renders}; per update {per_step}; first-iterate loss diff at most "
-        f"{max(loops['start_loss_relative_difference'].values()):.1e} (tol {START_TOLERANCE:.0e}), final at most "
-        f"{max(loops['final_loss_relative_difference'].values()):.1e}: {verdict}; compile {result['compile_s']} s"
+        f"{max(loops['start_loss_relative_difference'].values()):.1e} (tol {START_TOLERANCE:.0e}), final {final}: "
+        f"{verdict}; compile {result['compile_s']} s"
     )
 
 

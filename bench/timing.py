@@ -125,6 +125,11 @@ def gib(n: int | None) -> float | None:
     return None if n is None else round(n / 2**30, 3)
 
 
+def relative(a: float, b: float) -> float:
+    """|a - b| / |b| to 3 significant digits: how far `a` lies from the reference `b`."""
+    return float(f"{abs(a - b) / max(abs(b), 1e-12):.3g}")
+
+
 def ratio(a: float, b: float, digits: int = 3) -> float | None:
     """a / b rounded, None when b is 0 or either is not finite."""
     if not (np.isfinite(a) and np.isfinite(b)) or b == 0:

@@ -31,12 +31,21 @@ def _capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
+def _cpu_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 on this CPU (AVX-512 or newer). Without it PyTorch falls back to its
+    reference convolutions: an edit's step took 8-12x as long as in float32 on an AVX2-only EPYC."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
 def native_precisions(device: torch.device, capability: tuple[int, int] | None = None) -> tuple[Precision, ...]:
-    """The precisions that change the arithmetic on `device`, float32 first: TF32 and bfloat16 on CUDA GPUs
-    of compute capability 8.0 or later (`capability`: the GPU's, read from it when None); bfloat16 on CPUs,
-    which all run it (natively or by conversion)."""
+    """The precisions `device` runs natively, float32 first: TF32 and bfloat16 on CUDA GPUs of compute
+    capability 8.0 or later (`capability`: the GPU's, read from it when None); bfloat16 on CPUs whose
+    oneDNN has bfloat16 kernels."""
     if device.type != "cuda":
-        return ("float32", "bfloat16")
+        return ("float32", "bfloat16") if _cpu_bfloat16() else ("float32",)
     if (capability or _capability(device)) >= AMPERE:
         return ("float32", "tf32", "bfloat16")
     return ("float32",)
@@ -45,13 +54,18 @@ def native_precisions(device: torch.device, capability: tuple[int, int] | None =
 def check_precision(
     device: torch.device, precision: Precision, capability: tuple[int, int] | None = None
 ) -> str | None:
-    """None when `precision` runs on `device`, else a warning for one that runs, unchanged, as float32
-    ("tf32" without TF32 tensor cores, as on every CPU). Raises ValueError for bfloat16 on a CUDA GPU
-    without bfloat16 tensor cores: autocast would emulate it there, slower than float32."""
+    """None when `precision` runs natively on `device`; a warning for "tf32" without TF32 tensor cores
+    (as on every CPU), which then runs, unchanged, as float32. Raises ValueError for bfloat16 where it
+    would be emulated, far slower than float32: a GPU before Ampere, a CPU without oneDNN's bfloat16."""
     if precision in native_precisions(device, capability):
         return None
     if precision == "tf32":
         return f"precision tf32 has no TF32 tensor cores on {device}: the loops run in float32"
+    if device.type != "cuda":
+        raise ValueError(
+            "precision bfloat16 needs a CPU with AVX-512 (oneDNN's bfloat16 kernels); on this one PyTorch "
+            "would run it on reference convolutions, many times slower than float32: use float32"
+        )
     cap = capability or _capability(device)
     raise ValueError(
         f"precision {precision} needs a GPU with bfloat16 tensor cores (compute capability "

@@ -70,9 +70,10 @@ class Settings(BaseSettings):
     )
     editgan_precision: Literal["float32", "tf32", "bfloat16"] | None = Field(
         None,
-        description="Arithmetic of the workers' optimisation loops: float32, tf32 (CUDA tensor cores) or bfloat16 "
-        "(autocast); results are always rendered in float32. Unset: the bundle's default (float32 when it "
-        "names none). `editgan bench --only paper` measures each against float32.",
+        description="Arithmetic of the workers' optimisation loops: float32, tf32 (Ampere or later GPUs; "
+        "elsewhere float32) or bfloat16 (autocast; Ampere or later GPUs and AVX-512 CPUs: a worker refuses it "
+        "where it would be emulated); results are always rendered in float32. Unset: the bundle's default "
+        "(float32 when it names none). `editgan bench --only precision` measures each against float32.",
     )
     editgan_compile: bool = Field(
         False,

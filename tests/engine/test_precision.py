@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import engine.precision
 from engine.bundle import Bundle
 from engine.editing import EditingVector, optimize_edit, refine
 from engine.errors import InputError
@@ -121,11 +122,25 @@ def test_a_gpu_offers_reduced_precisions_from_ampere_on(capability: tuple[int, i
     assert native_precisions(torch.device("cuda:0"), capability) == expected
 
 
-def test_a_cpu_offers_bfloat16_and_runs_tf32_as_float32() -> None:
+@pytest.mark.parametrize("onednn_bfloat16", [True, False])
+def test_a_cpu_offers_bfloat16_where_onednn_has_it_and_runs_tf32_as_float32(
+    monkeypatch: pytest.MonkeyPatch, onednn_bfloat16: bool
+) -> None:
+    # Whether this machine's CPU has AVX-512 decides nothing here: both kinds are stood in for.
+    monkeypatch.setattr(engine.precision, "_cpu_bfloat16", lambda: onednn_bfloat16)
     cpu = torch.device("cpu")
-    assert native_precisions(cpu) == ("float32", "bfloat16")
-    assert check_precision(cpu, "float32") is None and check_precision(cpu, "bfloat16") is None
+    assert native_precisions(cpu) == (("float32", "bfloat16") if onednn_bfloat16 else ("float32",))
+    assert check_precision(cpu, "float32") is None
     assert "float32" in (check_precision(cpu, "tf32") or "")
+    if onednn_bfloat16:
+        assert check_precision(cpu, "bfloat16") is None
+    else:
+        with pytest.raises(ValueError, match="needs a CPU with AVX-512"):
+            check_precision(cpu, "bfloat16")
+
+
+def test_this_cpus_answer_comes_from_onednn() -> None:
+    assert engine.precision._cpu_bfloat16() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def test_bfloat16_on_a_gpu_without_its_tensor_cores_is_refused() -> None:

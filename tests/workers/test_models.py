@@ -20,7 +20,10 @@ def _gpu_bundle(defaults: dict[str, Any]) -> Bundle:
     return cast(Bundle, SimpleNamespace(device=torch.device("cuda:0"), spec=SimpleNamespace(defaults=defaults)))
 
 
-def test_tf32_on_the_cpu_starts_with_one_warning(tiny_bundle: Bundle, caplog: pytest.LogCaptureFixture) -> None:
+def test_tf32_on_the_cpu_starts_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, tiny_bundle: Bundle, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(engine.precision, "_cpu_bfloat16", lambda: True)  # a CPU with AVX-512
     with caplog.at_level(logging.WARNING, logger="workers.models"):
         check_precisions({"tiny": tiny_bundle}, "tf32")
         check_precisions({"tiny": tiny_bundle}, "bfloat16")
@@ -28,6 +31,15 @@ def test_tf32_on_the_cpu_starts_with_one_warning(tiny_bundle: Bundle, caplog: py
     assert [r.getMessage() for r in caplog.records] == [
         "EDITGAN_PRECISION: precision tf32 has no TF32 tensor cores on cpu: the loops run in float32"
     ]
+
+
+def test_bfloat16_is_refused_at_start_up_on_a_cpu_without_avx512(
+    monkeypatch: pytest.MonkeyPatch, tiny_bundle: Bundle
+) -> None:
+    monkeypatch.setattr(engine.precision, "_cpu_bfloat16", lambda: False)
+    with pytest.raises(BundleError, match=r"^EDITGAN_PRECISION: precision bfloat16 needs a CPU with AVX-512"):
+        check_precisions({"tiny": tiny_bundle}, "bfloat16")
+    check_precisions({"tiny": tiny_bundle}, "float32")
 
 
 @pytest.mark.parametrize("capability", [(7, 0), (8, 0)])

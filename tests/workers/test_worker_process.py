@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+import torch
 from PIL import Image
 from rq.job import Job
 
+from engine.precision import native_precisions
 from schemas.jobs import JobKind
 from schemas.settings import Settings
 from tests.conftest import save_tiny_model
@@ -156,9 +158,15 @@ def test_engine_errors_fail_the_job_with_a_code_and_are_not_retried(
 
 
 def test_the_worker_runs_its_loops_in_editgan_precision(
-    redis_client: redis.Redis, settings: Settings, spawn: Callable[..., object]
+    redis_client: redis.Redis, settings: Settings, spawn: Callable[..., object], tmp_path: Path
 ) -> None:
-    for env, expected in (({"EDITGAN_PRECISION": "bfloat16"}, "bfloat16"), ({}, "float32")):  # {}: the bundle's
+    asked = ({"EDITGAN_PRECISION": "bfloat16"}, "bfloat16"), ({}, "float32")  # {}: the bundle's default
+    if "bfloat16" not in native_precisions(torch.device("cpu")):  # this CPU would emulate it: refused
+        refused = spawn(EDITGAN_PRECISION="bfloat16")
+        assert refused.wait(60) != 0  # type: ignore[attr-defined]
+        assert "precision bfloat16 needs a CPU with AVX-512" in (tmp_path / "worker.log").read_text()
+        asked = asked[1:]
+    for env, expected in asked:
         worker = spawn(**env)
         job = submit_long_inversion(redis_client, settings, steps=3)
         wait_for(lambda job=job: job.get_status(refresh=True) == "finished", 90, f"a job in {expected}")
