@@ -3,8 +3,8 @@
 - "float32": exact, the default everywhere.
 - "tf32": CUDA matrix products and convolutions on TF32 tensor cores (10-bit mantissa, float32 range);
   elsewhere the same as float32, since CPUs have no TF32.
-- "bfloat16": the loss forward under `torch.autocast` in bfloat16 (CUDA GPUs from Ampere on, and CPUs;
-  those with native bfloat16 dot products gain most). Products run in bfloat16 and reductions, softmax
+- "bfloat16": the loss forward under `torch.autocast` in bfloat16 (CUDA GPUs from Ampere on, and CPUs
+  with AVX-512; those with native bfloat16 dot products gain most). Products run in bfloat16 and reductions, softmax
   and losses in float32, while the latent, its gradient and Adam's state stay float32; the backward pass
   follows the dtypes autocast recorded.
 

@@ -28,7 +28,7 @@ from service.metrics import MetricsMiddleware, ServiceMetrics, record_error
 from service.ratelimit import RateLimiter
 from service.routes import editor, edits, health, jobs, latents, models, vectors
 from service.state import Services
-from workers.models import Compile, load_models, resolve_device
+from workers.models import compile_models, load_models, resolve_device
 from workers.queue import job_queue, sweep_lost_jobs
 from workers.registry import Registry
 from workers.store import LatentCache, Store
@@ -82,10 +82,9 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
         loaded = bundles
         if loaded is None:
             device = resolve_device(settings.editgan_gateway_device)
-            compiled: Compile | None = "renders" if settings.editgan_compile else None
-            loaded = await asyncio.wrap_future(
-                engine.submit(load_models, settings.editgan_models_dir, device, compiled=compiled)
-            )
+            loaded = await asyncio.wrap_future(engine.submit(load_models, settings.editgan_models_dir, device))
+        if settings.editgan_compile:  # before the first request: each would otherwise wait for a compilation
+            await asyncio.wrap_future(engine.submit(compile_models, loaded, gradients=False))
         redis = connect()
         aredis = connect_async()
         latent_cache = LatentCache(settings.editgan_latent_cache) if settings.editgan_latent_cache else None

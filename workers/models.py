@@ -7,7 +7,6 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Literal
 
 import torch
 
@@ -15,8 +14,6 @@ from engine import Bundle, BundleError, load_bundle, render
 from engine.precision import Precision, check_precision, ieee_float32
 
 log = logging.getLogger(__name__)
-
-Compile = Literal["renders", "loops"]  # what the process runs: a gateway's renders, or a worker's loops too
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,12 +35,9 @@ def bundle_dirs(models_dir: Path) -> list[Path]:
     return sorted(p for p in models_dir.iterdir() if (p / "bundle.json").is_file())
 
 
-def load_models(
-    models_dir: Path, device: torch.device, *, verify: bool = True, compiled: Compile | None = None
-) -> dict[str, Bundle]:
+def load_models(models_dir: Path, device: torch.device, *, verify: bool = True) -> dict[str, Bundle]:
     """name -> loaded bundle for every bundle found; at least one is required. On CUDA the process's
-    convolutions become IEEE float32 (`ieee_float32`): renders are exact, TF32 is a loop's opt-in. With
-    `compiled` (EDITGAN_COMPILE) each generator's synthesis is compiled before this returns (`compile_models`)."""
+    convolutions become IEEE float32 (`ieee_float32`): renders are exact, TF32 is a loop's opt-in."""
     if device.type == "cuda":
         ieee_float32()
     bundles: dict[str, Bundle] = {}
@@ -55,8 +49,6 @@ def load_models(
         log.info("loaded model %s from %s on %s", bundle.spec.name, path, device)
     if not bundles:
         raise BundleError(f"no bundle (a directory with bundle.json) in {models_dir}")
-    if compiled:
-        compile_models(bundles, gradients=compiled == "loops")
     return bundles
 
 

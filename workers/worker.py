@@ -32,7 +32,7 @@ from rq.utils import now
 from engine import EngineError
 from schemas.settings import Settings
 from workers.jobs import ShutdownRequestedError
-from workers.models import check_precisions, load_models, resolve_device
+from workers.models import check_precisions, compile_models, load_models, resolve_device
 from workers.queue import job_queue, sweep_lost_jobs
 from workers.registry import Registry
 from workers.runtime import Runtime, install
@@ -129,8 +129,10 @@ def build_runtime(settings: Settings, redis: Redis) -> Runtime:
     if settings.editgan_threads:
         torch.set_num_threads(settings.editgan_threads)
     device = resolve_device(settings.editgan_device)
-    bundles = load_models(settings.editgan_models_dir, device, compiled="loops" if settings.editgan_compile else None)
-    check_precisions(bundles, settings.editgan_precision)
+    bundles = load_models(settings.editgan_models_dir, device)
+    check_precisions(bundles, settings.editgan_precision)  # before compiling: a refusal should not wait for it
+    if settings.editgan_compile:
+        compile_models(bundles, gradients=True)
     return Runtime(
         settings=settings,
         redis=redis,
