@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.results import FIGURE_COLUMNS, HEADER, append_row
+from bench.results import DEFAULT_RESULTS, FIGURE_COLUMNS, HEADER, append_row
 from bench.runner import parse_sections
 from bench.timing import StepClock, summary_ms
 from bench.vector import _spread
@@ -19,6 +19,15 @@ def test_rows_are_appended_under_one_header(tmp_path: Path) -> None:
     text = path.read_text()
     assert text.startswith(HEADER) and text.count("# Benchmark results") == 1
     assert text.endswith("| a | b / c |\n| d | - |\n")  # a pipe would split the cell
+
+
+def test_the_committed_results_carry_the_current_header() -> None:
+    # Rows are appended under the header a file was created with: a new column must reach this one too.
+    text = DEFAULT_RESULTS.read_text()
+    assert text.startswith(HEADER)
+    columns = HEADER.split("\n| date | commit |", 1)[1].splitlines()[0].count("|") + 2
+    cells = [row.count("|") - 1 for row in text[len(HEADER) :].splitlines()]  # a cell holds no pipe
+    assert cells[-1] == columns and max(cells) == columns  # older rows may lack the newest columns
 
 
 def test_the_header_documents_every_column() -> None:
