@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,12 +73,17 @@ def test_quick_vector_and_jobs_sections_print_json_and_append_a_row(tiny_models:
     assert cells[-4:] == ["-", "-", "-", "-"]  # naive, precision, paper and compile were not run
 
 
-def test_the_precision_section_compares_bfloat16_with_float32(tiny_models: Path, tmp_path: Path) -> None:
+def _quick_section(name: str, models: Path, tmp_path: Path) -> tuple[dict[str, Any], list[str]]:
+    """One section's JSON and the cells of its RESULTS.md row, from a quick run on `models`."""
     results = tmp_path / "RESULTS.md"
-    args = ["--quick", "--only", "precision", "--model", str(tiny_models), "--threads", "1", "--results"]
-    out = _bench(*args, str(results))
+    out = _bench("--quick", "--only", name, "--model", str(models), "--threads", "1", "--results", str(results))
     assert out.returncode == 0, out.stderr[-3000:]
-    section = json.loads(out.stdout)["sections"]["precision"]
+    section: dict[str, Any] = json.loads(out.stdout)["sections"][name]
+    return section, [c.strip() for c in results.read_text().splitlines()[-1].strip("|").split("|")]
+
+
+def test_the_precision_section_compares_bfloat16_with_float32(tiny_models: Path, tmp_path: Path) -> None:
+    section, row = _quick_section("precision", tiny_models, tmp_path)
     assert list(section["runs"]) == ["float32", "bfloat16"]  # no TF32 on a CPU
     for run in section["runs"].values():
         assert set(run) == {"invert", "optimize", "refine"} and all(run[m]["ms_per_step"] > 0 for m in run)
@@ -86,16 +92,15 @@ def test_the_precision_section_compares_bfloat16_with_float32(tiny_models: Path,
     assert set(verdict["speedup_per_step"]) == {"invert", "optimize", "refine"}
     differences = [*verdict["psnr_difference_db"].values(), verdict["reached_difference"]]
     assert isinstance(verdict["equal_quality"], bool) and all(isinstance(d, float) for d in differences)
-    row = [c.strip() for c in results.read_text().splitlines()[-1].strip("|").split("|")]
+    # tolerances: the fixed ones, or twice float32's own spread when every input moves one float32 step
+    spread = section["rounding_spread"]
+    for mode, tolerance in verdict["psnr_tolerance_db"].items():
+        assert tolerance == pytest.approx(max(0.5, 2 * spread["psnr_db"][mode]), abs=1e-3)
     assert row[-3].startswith("bfloat16: invert ") and row[-2:] == ["-", "-"]
 
 
 def test_the_compile_section_compares_a_compiled_generator_with_eager_mode(tiny_models: Path, tmp_path: Path) -> None:
-    results = tmp_path / "RESULTS.md"
-    args = ["--quick", "--only", "compile", "--model", str(tiny_models), "--threads", "1", "--results"]
-    out = _bench(*args, str(results))
-    assert out.returncode == 0, out.stderr[-3000:]
-    section = json.loads(out.stdout)["sections"]["compile"]
+    section, row = _quick_section("compile", tiny_models, tmp_path)
     assert section["compile_s"] > 0
     for n in ("1", "16"):
         render = section["render"][n]
@@ -105,7 +110,6 @@ def test_the_compile_section_compares_a_compiled_generator_with_eager_mode(tiny_
     assert set(loops["speedup_per_step"]) == {"invert", "optimize", "refine"}
     assert all(d <= loops["start_tolerance"] for d in loops["start_loss_relative_difference"].values())
     assert loops["same_losses"] is True, loops
-    row = [c.strip() for c in results.read_text().splitlines()[-1].strip("|").split("|")]
     assert row[-1].startswith("render of 1: ") and row[-2] == "-"  # compile is the last column, paper before it
 
 
