@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from engine import Bundle, BundleError, load_bundle, render
-from engine.precision import Precision, check_precision, ieee_float32
+from engine.precision import Precision, check_precision, forward_precision, ieee_float32, loop_precision
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,12 @@ def load_models(models_dir: Path, device: torch.device, *, verify: bool = True) 
     return bundles
 
 
-def compile_models(bundles: dict[str, Bundle], *, gradients: bool) -> None:
+def compile_models(bundles: dict[str, Bundle], *, gradients: bool, setting: Precision | None = None) -> None:
     """Compile each generator's synthesis (`Generator.compile_synthesis`) and run it once for each kind of
     call the process makes, so that no request waits for a compilation: renders of one latent and of two
     (the second size makes the batch dimension dynamic, so every micro-batch size shares one graph) and,
-    with `gradients`, a forward and backward pass (the optimisation loops)."""
+    with `gradients`, a forward and backward pass in each precision the loops run in (`loop_precisions`
+    of EDITGAN_PRECISION `setting`: autocast is part of what a graph is compiled for)."""
     for name, bundle in bundles.items():
         if missing := missing_compiler(bundle.device):
             raise BundleError(missing)
@@ -66,22 +67,29 @@ def compile_models(bundles: dict[str, Bundle], *, gradients: bool) -> None:
         w = generator.sample_w_plus(2, seed=0)
         render(bundle, w[:1])
         render(bundle, w)
-        if gradients:
-            with torch.enable_grad():
+        for precision in sorted(set(loop_precisions(bundle, setting).values())) if gradients else []:
+            with torch.enable_grad(), loop_precision(bundle.device, precision):
                 x = w[:1].clone().requires_grad_(True)
-                out = generator.synthesis(x, return_features=True)
-                (out.image.sum() + sum(f.sum() for f in out.features or [])).backward()
+                with forward_precision(bundle.device, precision):
+                    out = generator.synthesis(x, return_features=True)
+                    loss = out.image.float().sum() + sum(f.float().sum() for f in out.features or [])
+                loss.backward()
         log.info("compiled model %s in %.1f s", name, time.perf_counter() - start)
 
 
+def loop_precisions(bundle: Bundle, setting: Precision | None) -> dict[str, Precision]:
+    """The precision of each loop (invert, edit, refine): EDITGAN_PRECISION, else the bundle's default."""
+    defaults = bundle.spec.defaults
+    return {m: setting or defaults.get(m, {}).get("precision") or "float32" for m in ("invert", "edit", "refine")}
+
+
 def check_precisions(bundles: dict[str, Bundle], setting: Precision | None) -> None:
-    """At start-up, each loop's precision (EDITGAN_PRECISION, else the bundle's default) on the bundle's
-    device: one without tensor cores for it is a BundleError for bfloat16 on a GPU (emulated, slower than
-    float32) and a logged warning for tf32 (which then runs as float32)."""
+    """At start-up, each loop's precision (`loop_precisions`) on the bundle's device: bfloat16 where it
+    would be emulated (a GPU before Ampere, a CPU without AVX-512) is a BundleError, tf32 without TF32 a
+    logged warning (it then runs as float32)."""
     warnings: dict[str, None] = {}  # once each, in order
     for name, bundle in bundles.items():
-        for mode in ("invert", "edit", "refine"):
-            precision = setting or bundle.spec.defaults.get(mode, {}).get("precision") or "float32"
+        for mode, precision in loop_precisions(bundle, setting).items():
             source = "EDITGAN_PRECISION" if setting else f"bundle {name} defaults.{mode}.precision"
             try:
                 if warning := check_precision(bundle.device, precision):

@@ -132,7 +132,7 @@ def build_runtime(settings: Settings, redis: Redis) -> Runtime:
     bundles = load_models(settings.editgan_models_dir, device)
     check_precisions(bundles, settings.editgan_precision)  # before compiling: a refusal should not wait for it
     if settings.editgan_compile:
-        compile_models(bundles, gradients=True)
+        compile_models(bundles, gradients=True, setting=settings.editgan_precision)
     return Runtime(
         settings=settings,
         redis=redis,

@@ -8,10 +8,12 @@ from typing import Any, cast
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 import engine.precision
 import workers.models
-from engine import Bundle, BundleError
+from engine import Bundle, BundleError, render
+from engine.precision import forward_precision, loop_precision
 from workers.models import check_precisions, compile_models, missing_compiler
 
 
@@ -77,3 +79,17 @@ def test_compiling_without_a_compiler_is_refused_with_what_to_install(
         with pytest.raises(BundleError, match="EDITGAN_COMPILE needs a C\\+\\+ compiler"):
             compile_models({"tiny": tiny_bundle}, gradients=False)
         assert tiny_bundle.generator._compiled is None
+
+
+def test_a_workers_compilation_covers_its_loops_precision(tiny_bundle: Bundle) -> None:
+    # autocast is part of what a graph is compiled for: a bfloat16 loop's first job must not compile again.
+    compile_models({"tiny": tiny_bundle}, gradients=True, setting="bfloat16")
+    counters.clear()
+    generator = tiny_bundle.generator
+    for batch in (1, 2, 5):  # renders: the batch sizes micro-batching makes
+        render(tiny_bundle, generator.sample_w_plus(batch, seed=batch))
+    w = generator.sample_w_plus(1, seed=9).requires_grad_(True)
+    with loop_precision(w.device, "bfloat16"), forward_precision(w.device, "bfloat16"):
+        out = generator.synthesis(w, return_features=True)
+    out.image.float().sum().backward()
+    assert w.grad is not None and not counters["stats"]["unique_graphs"], dict(counters["stats"])
