@@ -3,7 +3,7 @@
 # (`editgan worker`, set by docker-compose.yml and deploy/k8s/worker.yaml).
 #
 #   docker build -t editgan:0.1.0 .                        # bakes models/ into /app/models
-#   docker build -t editgan:0.1.0 --build-arg BAKE_MODELS=0 .   # models mounted at run time instead
+#   docker build -t editgan-unbaked:0.1.0 --build-arg BAKE_MODELS=0 .   # models mounted at run time instead
 #
 # Base: NVIDIA's CUDA runtime image for the CUDA of the torch wheel (torch 2.14.1 cu130, so CUDA 13.0).
 # torch loads the CUDA libraries its wheel brings (nvidia-* wheels), not the base's copies; the base is chosen

@@ -268,7 +268,15 @@ def add_vectors(
     vectors are, so that its event loop issues no GPU work (each would wait for the queued renders)."""
     w0 = check_w_plus(bundle, w, device)
     delta, _ = _deltas(bundle, terms, device)
-    return w0 + delta
+    return _shifted(w0, delta)
+
+
+def _shifted(w: Tensor, delta: Tensor) -> Tensor:
+    """w + delta, refused when the sum leaves float32's range (finite vectors at large scales can)."""
+    edited = w + delta
+    if not bool(torch.isfinite(edited).all()):
+        raise InputError("the edited latent is not finite: the vectors' scaled sum exceeds float32's range")
+    return edited
 
 
 def apply_vectors(bundle: Bundle, w: Tensor, terms: Sequence[VectorTerm]) -> VectorEdit:
@@ -312,7 +320,7 @@ def refine(
     best_step = 0
     for i in range(w0.shape[0]):
         w_i = w0[i : i + 1]
-        w_edit = w_i + delta
+        w_edit = _shifted(w_i, delta)
         with torch.no_grad():
             before = bundle.generator.synthesis(w_i, return_features=True)
             after = bundle.generator.synthesis(w_edit, return_features=True)

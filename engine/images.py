@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -70,7 +72,13 @@ def open_image(source: bytes | Path | Image.Image) -> Image.Image:
             img.load()
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise InputError(f"cannot decode image: {exc}") from exc
-    img = ImageOps.exif_transpose(img)
+    # A malformed EXIF block: the pixels are still a photo, only their orientation tag is unreadable.
+    with contextlib.suppress(OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error):
+        img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I;16") or img.mode == "I":
+        # 16-bit grey (PNG): Pillow's conversion to RGB clips each sample at 255; keep the top 8 bits instead
+        wide = np.asarray(img, dtype=np.int64)
+        img = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (0, 0, 0, 255))

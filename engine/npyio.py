@@ -40,9 +40,11 @@ def read_w_plus(source: bytes | Path, n_latent: int, style_dim: int, *, what: st
             f"{what}: shape {array.shape} does not fit this model; expected ({n_latent}, {style_dim}) "
             f"or (1, {n_latent}, {style_dim})"
         )
-    if not np.isfinite(array).all():
-        raise InputError(f"{what}: contains NaN or infinite values")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    with np.errstate(over="ignore"):  # checked after the cast, where 1e300 has become inf
+        as_float32 = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(as_float32).all():
+        raise InputError(f"{what}: contains NaN or infinite values, or values beyond float32's range")
+    return torch.from_numpy(as_float32)
 
 
 def write_npy(tensor: Tensor, *, batch_axis: bool = False) -> bytes:

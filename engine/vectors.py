@@ -71,7 +71,7 @@ class EditingVector:
             "scale_range": list(self.scale_range),
             "created_at": self.created_at,
             "has_source_latent": self.source_latent is not None,
-            "norm": round(float(self.delta.norm()), 6),
+            "norm": round(float(self.delta.double().norm()), 6),  # float64: in float32 a huge vector's is inf
         }
 
     # ------------------------------------------------------------------ official formats

@@ -107,8 +107,8 @@ class Settings(BaseSettings):
     )
     editgan_public_reads: bool = Field(
         True,
-        description="With keys on: GET of models, vectors and health/metrics needs no key (jobs, latents and "
-        "results always do).",
+        description="With keys on: GET of models, vectors and metrics needs no key (jobs, latents and results "
+        "always do; the health probes and the web editor's files never do).",
     )
     editgan_cors_origins: str = Field(
         "", description="Origins allowed by CORS, comma-separated (e.g. https://app.example). Empty: CORS closed."
@@ -164,3 +164,8 @@ class ClientSettings(BaseSettings):
 def env_names() -> list[str]:
     """Every environment variable Settings reads (README and deployment files are checked against it)."""
     return sorted(name.upper() for name in Settings.model_fields)
+
+
+def client_env_names() -> list[str]:
+    """Every environment variable the client commands read (ClientSettings)."""
+    return sorted(name.upper() for name in ClientSettings.model_fields)

@@ -23,7 +23,10 @@ MIN_SECRET = 16  # characters: shorter secrets are refused at start-up, they cou
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # Paths whose GET answers hold one caller's data: a key is needed even with EDITGAN_PUBLIC_READS.
 PRIVATE_READS = ("/jobs/", "/latents/", "/results/")
-ALWAYS_PUBLIC = ("/",)  # the editor's page: it holds no data and is where a key is typed in
+# Public even with EDITGAN_PUBLIC_READS=false (none holds data): the editor's page, where a key is typed in
+# (its /static/ files are a mount outside the routes' authentication), and the health probes, since
+# Kubernetes' probes and the image's HEALTHCHECK send no key.
+ALWAYS_PUBLIC = ("/", "/healthz", "/readyz")
 READ_METHODS = ("GET", "HEAD")
 
 

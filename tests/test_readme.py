@@ -6,7 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from schemas.settings import env_names
+from schemas.settings import client_env_names, env_names
 from tests.processes import free_port, start, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ def test_the_two_setup_commands_are_make_targets() -> None:
 
 def test_every_setting_is_documented() -> None:
     documented = set(re.findall(r"^\| `([A-Z_]+)` \|", README, flags=re.M))
-    assert documented == set(env_names())
+    assert documented == set(env_names()) | set(client_env_names())
 
 
 def test_the_curl_walkthrough_runs_as_written_against_editgan_up(tmp_path: Path) -> None:

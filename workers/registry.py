@@ -74,7 +74,7 @@ class Registry:
         unknown = set(meta) - set(META_FIELDS)
         if unknown:
             raise ValueError(f"unknown vector metadata fields {sorted(unknown)}")
-        meta = meta | {"norm": round(float(np.linalg.norm(delta)), 6)}
+        meta = meta | {"norm": round(float(np.linalg.norm(delta.astype(np.float64))), 6)}  # float32's overflows
         payload, meta_json = _npy(delta), json.dumps(meta)
         key = self._key(model, name)
         with self.redis.pipeline() as pipe:

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from engine import Bundle, EditingVector
+from engine import Bundle, EditingVector, InputError
 from workers.registry import ReadOnlyVectorError, Registry, VectorNotFoundError, VectorRecord
-from workers.store import NotFoundError, Store
+from workers.store import EDIT_PREFIX, NotFoundError, Store
 
 
 class ModelMismatchError(ValueError):
@@ -60,7 +60,7 @@ def _name_version(ref: str) -> tuple[str, int | None]:
 
 def is_shipped(ref: str, bundle: Bundle) -> bool:
     """Whether `resolve` finds `ref` in the bundle itself, without reading Redis."""
-    if ref.startswith("edv_"):
+    if ref.startswith(EDIT_PREFIX):
         return False
     name, version = _name_version(ref)
     return version == 0 or (version is None and name in bundle.vectors)
@@ -69,7 +69,7 @@ def is_shipped(ref: str, bundle: Bundle) -> bool:
 def resolve(ref: str, bundle: Bundle, registry: Registry, store: Store) -> Resolved:
     """Registry names shadow nothing: a shipped name cannot be saved, so a plain name is one or the other."""
     model = bundle.spec.name
-    if ref.startswith("edv_"):
+    if ref.startswith(EDIT_PREFIX):
         try:
             stored = store.get_edit(ref)
         except NotFoundError:
@@ -91,12 +91,21 @@ def resolve(ref: str, bundle: Bundle, registry: Registry, store: Store) -> Resol
     return Resolved(record_vector(bundle, record), f"{name}@{record.version}")
 
 
-def save_vector(registry: Registry, bundle: Bundle, name: str, vector: EditingVector) -> int:
-    """Store `vector` as a new version of `name`; names shipped inside the bundle are read-only."""
+def check_new_name(bundle: Bundle, name: str) -> None:
+    """Refuse a name that a new registry version cannot take: one shipped inside the bundle (read-only), or
+    one starting with `edv_`, which references read as an unsaved edit's id (such a vector could never be
+    applied by name)."""
     if name in bundle.vectors:
         raise ReadOnlyVectorError(
             f"{name!r} is shipped with model {bundle.spec.name!r} and cannot be replaced; choose a new name"
         )
+    if name.startswith(EDIT_PREFIX):
+        raise InputError(f"vector names cannot start with {EDIT_PREFIX!r}: it marks an unsaved edit's id")
+
+
+def save_vector(registry: Registry, bundle: Bundle, name: str, vector: EditingVector) -> int:
+    """Store `vector` as a new version of `name` (see `check_new_name`)."""
+    check_new_name(bundle, name)
     meta = {
         "classes": vector.classes,
         "region": vector.region,

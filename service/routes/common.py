@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Header, Response
@@ -52,10 +53,13 @@ def submit(
     response: Response,
     kind: JobKind,
     model: str,
-    payload: dict[str, Any],
+    payload: dict[str, Any] | Callable[[], dict[str, Any]],
     idem: Idempotency | None = None,
 ) -> JobAccepted:
-    """Queue a job (within the queue bounds, once per Idempotency-Key) and describe it as a 202 with its Location."""
+    """Queue a job (within the queue bounds, once per Idempotency-Key) and describe it as a 202 with its Location.
+
+    `payload` may be a function: called only when the request goes ahead (not for a replay), after the key
+    is reserved, so that what it reads (a vector's latest version) cannot change what a retry is matched on."""
     redis, owner, settings = services.redis, services.owner, services.settings
     replay = idempotency.reserve(redis, owner, idem) if idem else None
     if replay is not None:
@@ -63,11 +67,12 @@ def submit(
         accepted = replay
     else:
         try:
+            body = payload() if callable(payload) else payload
             job: Job = backpressure.admit(
                 redis,
                 services.queue,
                 owner,
-                lambda: enqueue(services.queue, settings, kind, model, payload, owner),
+                lambda: enqueue(services.queue, settings, kind, model, body, owner),
                 max_total=settings.editgan_max_queued_jobs,
                 max_per_key=settings.editgan_max_queued_per_key,
                 ttl=settings.editgan_result_ttl,

@@ -33,9 +33,8 @@ from service.routes.common import ERRORS, IdempotencyKey, check_steps, submit
 from service.state import Services
 from service.uploads import decode_canvas, decode_mask, read_limited
 from workers.png import png_bytes
-from workers.registry import ReadOnlyVectorError
 from workers.results import apublish, rendering_arrays
-from workers.vectors import ModelMismatchError, Resolved, is_shipped, resolve
+from workers.vectors import ModelMismatchError, Resolved, check_new_name, is_shipped, resolve
 
 router = APIRouter(tags=["edits"], responses=ERRORS)
 
@@ -84,8 +83,8 @@ def optimize(
         raise ApiError(
             422, ErrorCode.invalid_input, f"unknown region {region!r}; the model has {sorted(bundle.spec.regions)}"
         )
-    if save_vector_as is not None and save_vector_as in bundle.vectors:
-        raise ReadOnlyVectorError(f"{save_vector_as!r} is shipped with model {bundle.spec.name!r}; choose a new name")
+    if save_vector_as is not None:
+        check_new_name(bundle, save_vector_as)  # before the job runs: a shipped or reserved name is refused now
     mask_data = read_limited(mask, services.settings.editgan_max_upload_bytes, "mask")
     labels = decode_mask(mask_data, bundle)
     mask_id = services.store.put_png(png_bytes(labels), kind="upload")
@@ -120,24 +119,30 @@ async def edit_with_vectors(
     bundle = services.bundle(stored.model)
     check_steps(request.refine_steps or None, services)
     refs = [t.vector for t in request.vectors]
+    if request.refine_steps > 0:
+        asked = {
+            "model": bundle.spec.name,
+            "latent_id": request.latent_id,
+            "vectors": [t.model_dump() for t in request.vectors],  # as sent: `smile`, not the version it resolves to
+            "refine_steps": request.refine_steps,
+            "outputs": [o.value for o in request.outputs],
+        }
+        idem = Idempotency(idempotency_key, fingerprint(route="refine", **asked)) if idempotency_key else None
+
+        def payload() -> dict[str, object]:  # resolved once the key is reserved: a retry replays, resolving nothing
+            resolved = _resolve_all(refs, bundle, services)
+            pinned = [VectorTerm(vector=r.ref, scale=t.scale) for r, t in zip(resolved, request.vectors, strict=True)]
+            return asked | {"vectors": [t.model_dump() for t in pinned]}
+
+        accepted = await run_in_threadpool(submit, services, response, JobKind.refine, bundle.spec.name, payload, idem)
+        headers = {k: v for k, v in response.headers.items() if k in ("location", "idempotent-replayed")}
+        return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers=headers)
+
     if all(is_shipped(ref, bundle) for ref in refs):
         resolved = _resolve_all(refs, bundle, services)
     else:
         resolved = await run_in_threadpool(_resolve_all, refs, bundle, services)
     terms = [VectorTerm(vector=r.ref, scale=t.scale) for r, t in zip(resolved, request.vectors, strict=True)]
-    if request.refine_steps > 0:
-        payload = {
-            "model": bundle.spec.name,
-            "latent_id": request.latent_id,
-            "vectors": [t.model_dump() for t in terms],
-            "refine_steps": request.refine_steps,
-            "outputs": [o.value for o in request.outputs],
-        }
-        idem = Idempotency(idempotency_key, fingerprint(route="refine", **payload)) if idempotency_key else None
-        accepted = await run_in_threadpool(submit, services, response, JobKind.refine, bundle.spec.name, payload, idem)
-        headers = {k: v for k, v in response.headers.items() if k in ("location", "idempotent-replayed")}
-        return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers=headers)
-
     w = torch.from_numpy(stored.array)
     start = time.perf_counter()
     # The arithmetic (and its input checks) stays in this request; the render may share a batched pass. On

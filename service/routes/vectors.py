@@ -116,8 +116,10 @@ def upload_vector(
     region: Annotated[str | None, Form(description="The class group it edits (a model region).")] = None,
     classes: Annotated[str | None, Form(pattern=r"^\d{1,3}(,\d{1,3}){0,255}$", description="Or class ids: 1,2")] = None,
     description: Annotated[str, Form(max_length=500)] = "",
-    scale_min: Annotated[float, Form(ge=-100, le=100)] = -2.0,
-    scale_max: Annotated[float, Form(ge=-100, le=100)] = 2.0,
+    scale_min: Annotated[
+        float, Form(ge=-10, le=10, description="Advertised slider range (`/edit/vector` allows +-10).")
+    ] = -2.0,
+    scale_max: Annotated[float, Form(ge=-10, le=10)] = 2.0,
 ) -> VectorInfo:
     """Store an official `.npy` vector as a new version of `name`."""
     bundle = services.bundle(model)

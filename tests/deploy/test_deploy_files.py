@@ -469,6 +469,11 @@ def test_images_carry_the_project_version() -> None:
     images = [s["image"] for s in _compose()["services"].values() if "build" in s]
     images += [c["image"] for w in _objects("Deployment") for c in _containers(w) if c["image"].startswith("editgan")]
     assert images and {i.rpartition(":")[2] for i in images} == {version}, images
+    # compose builds without the models (BAKE_MODELS=0): a name of its own, so that a local build is never
+    # mistaken for the image deploy/k8s runs, which serves the models baked into it
+    compose = {s["image"] for s in _compose()["services"].values() if "build" in s}
+    assert all(s["build"]["args"]["BAKE_MODELS"] == "0" for s in _compose()["services"].values() if "build" in s)
+    assert not compose & {c["image"] for w in _objects("Deployment") for c in _containers(w)}, compose
 
 
 def test_compose_worker_reserves_a_gpu_and_can_be_scaled() -> None:

@@ -233,6 +233,14 @@ def test_bad_edits_are_refused(tiny_bundle: Bundle, perceptual: PerceptualLoss) 
         apply_vectors(tiny_bundle, w, [(torch.zeros(8, 32), float("inf"))])
     with pytest.raises(InputError, match="vector must be"):
         apply_vectors(tiny_bundle, w, [(torch.zeros(7, 32), 1.0)])
+    huge = EditingVector(torch.full((8, 32), 3e38), tiny_bundle.spec.name, [1])  # finite, as is its scale
+    assert huge.metadata()["norm"] > 3e38  # reported, not inf (an overflowing float32 norm)
+    for call in (
+        lambda: add_vectors(tiny_bundle, w, [(huge, 2.0)]),
+        lambda: refine(tiny_bundle, w, [(huge, 2.0)], steps=2, perceptual=perceptual),
+    ):
+        with pytest.raises(InputError, match="float32's range"):
+            call()
 
 
 def test_region_dilation_matches_repeated_3x3_dilation() -> None:

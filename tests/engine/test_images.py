@@ -44,6 +44,23 @@ def test_transparency_becomes_black_and_exif_rotation_applies() -> None:
     assert open_image(buf.getvalue()).size == (10, 20)
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "JPEG"])
+def test_a_malformed_exif_block_is_ignored(fmt: str) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 20, 30)).save(buf, format=fmt, exif=b"garbage")  # not a TIFF structure
+    img = open_image(buf.getvalue())
+    assert img.size == (40, 30)
+    assert np.abs(np.asarray(img, dtype=int) - [10, 20, 30]).max() <= 3  # JPEG rounds a little
+
+
+def test_16_bit_grey_keeps_its_levels() -> None:
+    wide = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    img = open_image(_png(Image.fromarray(wide)))
+    grey = np.asarray(img)
+    assert img.mode == "RGB" and np.array_equal(grey[..., 0], (wide >> 8).astype(np.uint8))
+    assert np.array_equal(grey[..., 0], grey[..., 2])
+
+
 def test_undecodable_images_are_input_errors() -> None:
     with pytest.raises(InputError, match="cannot decode"):
         open_image(b"not an image")

@@ -144,6 +144,12 @@ def test_npy_vectors_are_parsed_safely() -> None:
         read_w_plus(write_npy(torch.full((TINY.n_latent, TINY.style_dim), float("nan"))), TINY.n_latent, TINY.style_dim)
     with pytest.raises(InputError, match="unreadable"):
         read_w_plus(write_npy(good)[:-10], TINY.n_latent, TINY.style_dim)
+    too_large = np.zeros((TINY.n_latent, TINY.style_dim))  # float64, finite, beyond float32 once cast
+    too_large[0, 5] = 1e300
+    buf = io.BytesIO()
+    np.save(buf, too_large)
+    with pytest.raises(InputError, match="float32's range"):
+        read_w_plus(buf.getvalue(), TINY.n_latent, TINY.style_dim)
 
 
 def test_missing_release_is_a_clear_error(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import socket
 import time
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -164,6 +165,73 @@ def test_refinement_is_a_job_returning_a_vector_edit(live: Live) -> None:
     assert info["status"] == "finished", info
     assert info["result"]["metrics"]["steps"] == 2 and info["result"]["vectors"][0]["vector"] == "every@1"
     assert re.match(IMAGE_ID, info["result"]["images"]["image"].removeprefix("/results/").removesuffix(".png"))
+
+
+def _save_npy(live: Live, name: str, delta: np.ndarray) -> httpx.Response:
+    buf = io.BytesIO()
+    np.save(buf, delta)
+    return live.http.post("/vectors", data={"name": name, "classes": "0,1,2,3,4"}, files={"file": buf.getvalue()})
+
+
+def test_a_refinement_retried_with_its_key_replays_after_the_vector_changed_or_went(live: Live) -> None:
+    result = inverted(live)
+    delta = np.random.default_rng(1).normal(size=(8, 32)).astype(np.float32) * 0.1
+    assert _save_npy(live, "idem_vec", delta).status_code == 201
+    body = {"latent_id": result["latent_id"], "vectors": [{"vector": "idem_vec"}], "refine_steps": 1}
+    headers = {"Idempotency-Key": "refine-retry-1"}
+    first = live.http.post("/edit/vector", json=body, headers=headers)
+    assert first.status_code == 202, first.text
+    assert _save_npy(live, "idem_vec", -delta).status_code == 201  # version 2: `idem_vec` now means another vector
+    again = live.http.post("/edit/vector", json=body, headers=headers)
+    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["job_id"] == first.json()["job_id"]
+    assert live.http.delete("/vectors/tiny/idem_vec").status_code == 204
+    gone = live.http.post("/edit/vector", json=body, headers=headers)
+    assert gone.status_code == 202 and gone.json()["job_id"] == first.json()["job_id"]
+    info = live.wait_job(first.headers["location"])
+    assert info["status"] == "finished" and info["result"]["vectors"][0]["vector"] == "idem_vec@1"  # pinned at first
+    # a new key after the deletion: the name resolves now, and is gone; the key stays free for a corrected request
+    missing = live.http.post("/edit/vector", json=body, headers={"Idempotency-Key": "refine-retry-2"})
+    assert missing.status_code == 404 and missing.json()["code"] == "vector_not_found"
+    assert _save_npy(live, "idem_vec", delta).status_code == 201
+    retried = live.http.post("/edit/vector", json=body, headers={"Idempotency-Key": "refine-retry-2"})
+    assert retried.status_code == 202 and retried.json()["job_id"] != first.json()["job_id"]
+
+
+def test_names_that_read_as_edit_ids_are_refused_everywhere_a_vector_is_named(live: Live) -> None:
+    delta = np.zeros((8, 32), np.float32)
+    refused = _save_npy(live, "edv_smile", delta)
+    assert refused.status_code == 422 and refused.json()["code"] == "invalid_input", refused.text
+    assert "edv_" in refused.json()["message"]
+    assert live.http.get("/vectors/tiny/edv_smile").status_code == 404
+    result = inverted(live)
+    labels = fetch_png(live, result["images"]["segmentation"])
+    edited = labels.copy()
+    edited[6:14, 8:20] = (labels[6:14, 8:20] + 1) % 5
+    optimize = live.http.post(
+        "/edit/optimize",
+        data={"latent_id": result["latent_id"], "save_vector_as": "edv_block"},
+        files={"mask": ("m.png", png(edited), "image/png")},
+    )
+    assert optimize.status_code == 422 and optimize.json()["code"] == "invalid_input"  # before any job is queued
+    from_edit = live.http.post("/vectors/from-edit", json={"edit_id": "edv_" + "A" * 22, "name": "edv_x"})
+    assert from_edit.status_code in (404, 422)  # the id is unknown or the name reserved: never a 201
+
+
+def test_values_beyond_float32_are_refused_not_stored_as_infinity(live: Live) -> None:
+    wide = np.zeros((8, 32))  # float64: finite here, infinite once cast to float32
+    wide[0, 5] = 1e300
+    buf = io.BytesIO()
+    np.save(buf, wide)
+    latent = live.http.post("/latents", files={"file": buf.getvalue()})
+    assert latent.status_code == 422 and latent.json()["code"] == "invalid_input"
+    huge = _save_npy(live, "huge_vec", np.full((8, 32), 3e38, np.float32))  # finite, and so is its norm
+    assert huge.status_code == 201 and huge.json()["norm"] > 3e38
+    result = inverted(live)
+    edit = live.http.post(
+        "/edit/vector", json={"latent_id": result["latent_id"], "vectors": [{"vector": "huge_vec", "scale": 2}]}
+    )
+    assert edit.status_code == 422 and edit.json()["code"] == "invalid_input" and "float32" in edit.json()["message"]
 
 
 def _running(live: Live, location: str) -> dict[str, Any]:

@@ -52,8 +52,12 @@ def test_the_policy_needs_a_key_for_writes_and_private_reads() -> None:
     assert auth.needs_key("GET", "/results/img_x.png") and auth.needs_key("GET", "/latents/lat_x")
     assert not auth.needs_key("GET", "/models") and not auth.needs_key("GET", "/")
     closed = Authenticator(parse_keys(SECRET_A), public_reads=False)
-    assert closed.needs_key("GET", "/models") and closed.needs_key("GET", "/healthz")
-    assert not closed.needs_key("GET", "/")
+    assert closed.needs_key("GET", "/models") and closed.needs_key("GET", "/metrics")
+    assert closed.needs_key("GET", "/vectors") and closed.needs_key("GET", "/models/demo-faces")
+    # the editor's page and the health probes hold no data, and their callers send no key
+    for path in ("/", "/healthz", "/readyz"):
+        assert not closed.needs_key("GET", path), path
+    assert closed.needs_key("POST", "/healthz")
     with pytest.raises(ApiError) as missing:
         closed.identify("GET", "/models", None, "127.0.0.1")
     assert missing.value.status == 401
@@ -73,3 +77,13 @@ def test_cors_is_closed_by_default_and_open_to_configured_origins(tmp_path: Path
     opened = TestClient(create_app(Settings(**base, editgan_cors_origins="https://a.example")))
     answer = opened.get("/healthz", headers={"Origin": "https://a.example"})
     assert answer.headers["access-control-allow-origin"] == "https://a.example"
+
+
+def test_with_keys_off_an_authorization_header_of_another_scheme_is_ignored(tmp_path: Path) -> None:
+    # e.g. a proxy's own Basic credentials passed through: without keys the gateway reads no key header
+    base = {"redis_url": "redis://127.0.0.1:6379/9", "editgan_models_dir": tmp_path}
+    client = TestClient(create_app(Settings(**base)))  # no lifespan: /healthz needs no models
+    assert client.get("/healthz", headers={"Authorization": "Basic Zm9vOmJhcg=="}).status_code == 200
+    assert client.get("/healthz", headers={"X-API-Key": "not-a-key"}).status_code == 200
+    keyed = TestClient(create_app(Settings(**base, editgan_api_keys=SECRET_A)))
+    assert keyed.get("/metrics", headers={"Authorization": "Basic Zm9vOmJhcg=="}).status_code == 401

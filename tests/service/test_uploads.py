@@ -271,6 +271,20 @@ def test_a_palette_png_in_the_models_colours_decodes_by_colour(bundle: Bundle) -
     assert not np.array_equal(decoded, indices)
 
 
+def test_a_palette_png_in_the_models_colours_with_a_stray_entry_is_refused(bundle: Bundle) -> None:
+    # Mostly the model's colours in the file's own order, one entry changed: reading the indices as class
+    # ids would silently give other classes; as RGB the same picture is refused, and so is it here.
+    k = len(bundle.spec.classes)
+    order = np.roll(np.arange(k), 1)
+    colours = palette_array(bundle.spec.classes)[order].copy()
+    colours[0] = (0xFA, 0xC8, 0x96)
+    assert (0xFA, 0xC8, 0x96) not in {c.rgb for c in bundle.spec.classes}
+    img = Image.fromarray(np.resize(np.arange(k, dtype=np.uint8), mask_shape(bundle)), mode="P")  # every entry used
+    img.putpalette(colours.reshape(-1).tolist())
+    with pytest.raises(InputError, match="#fac896"):
+        decode_mask(encode(img, "PNG"), bundle)
+
+
 def test_a_palette_png_in_other_colours_decodes_by_index(bundle: Bundle) -> None:
     labels = random_labels(bundle, seed=5)
     img = Image.fromarray(labels, mode="P")
