@@ -18,6 +18,7 @@ from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
 from engine import Bundle, EngineError
+from schemas.errors import ErrorCode
 from schemas.settings import Settings
 from service.auth import Authenticator, parse_keys
 from service.batching import render_batcher
@@ -139,7 +140,11 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
         app.include_router(router)
     app.include_router(editor.router)
     app.mount("/static", StaticFiles(directory=editor.STATIC_DIR), name="static")  # the web editor's files
-    app.add_middleware(BodyLimitMiddleware, limit=settings.editgan_max_upload_bytes + 64 * 1024)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.editgan_max_upload_bytes + 64 * 1024,
+        on_refuse=lambda: record_error(metrics, ErrorCode.payload_too_large, 413),
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     origins = [o.strip() for o in settings.editgan_cors_origins.split(",") if o.strip()]
     if origins:  # closed by default: browsers refuse cross-origin calls unless an origin is named

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -14,8 +15,8 @@ class _TooLargeError(Exception):
 class BodyLimitMiddleware:
     """Answer 413 `{code, message}` for bodies over `limit` bytes (multipart overhead included)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, on_refuse: Callable[[], None] | None = None) -> None:
+        self.app, self.limit, self.on_refuse = app, limit, on_refuse  # on_refuse: count the error (metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,6 +56,8 @@ class BodyLimitMiddleware:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
+        if self.on_refuse is not None:
+            self.on_refuse()
         body = json.dumps(
             {"code": "payload_too_large", "message": f"request body is larger than the limit of {self.limit} bytes"}
         ).encode()

@@ -275,6 +275,12 @@ class Store:
             self.latent_cache.put(key, self.owner, stored, ttl or self.ttl)
         return latent_id, image_ids
 
+    def seconds_left(self, kind: str, item_id: str) -> int:
+        """How long a stored item has left before it expires (0 when gone or expiring now; items without an
+        expiry count as the result TTL's worth): what a client may cache it for."""
+        pttl = int(self.redis.pttl(self._key(kind, item_id)))
+        return self.ttl if pttl == -1 else max(pttl, 0) // 1000
+
     def get_png(self, item_id: str, kind: str = "image") -> bytes:
         key = self._key(kind, item_id)
         data, owner = self.redis.mget([key, f"{key}:owner"])

@@ -20,6 +20,7 @@ from workers.queue import enqueue
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in (
+        (400, "The body cannot be parsed: malformed JSON or multipart."),
         (401, "API keys are on and the request carries none."),
         (403, "The API key is not valid, or the job, latent or image belongs to another key."),
         (404, "Unknown model, latent, vector, image or job."),
@@ -29,6 +30,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (429, "Rate limit or queue bound reached; see Retry-After."),
         (503, "Redis unreachable or models not loaded; retry later."),
     )
+}
+
+# Routes that queue a job (Idempotency-Key) or name a registry vector may also answer 409.
+CONFLICTS: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": ErrorBody,
+        "description": "`idempotency_in_progress`: a request with this Idempotency-Key is still being queued "
+        "(see Retry-After); `vector_read_only`: the name belongs to a vector shipped with the model.",
+    }
 }
 
 

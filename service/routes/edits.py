@@ -29,7 +29,7 @@ from service.batching import RenderRequest
 from service.deps import ServicesDep
 from service.errors import ApiError
 from service.idempotency import Idempotency, fingerprint
-from service.routes.common import ERRORS, IdempotencyKey, check_steps, submit
+from service.routes.common import CONFLICTS, ERRORS, IdempotencyKey, check_steps, submit
 from service.state import Services
 from service.uploads import decode_canvas, decode_mask, read_limited
 from workers.png import png_bytes
@@ -39,7 +39,7 @@ from workers.vectors import ModelMismatchError, Resolved, check_new_name, is_shi
 router = APIRouter(tags=["edits"], responses=ERRORS)
 
 
-@router.post("/invert", status_code=202, response_model=JobAccepted)
+@router.post("/invert", status_code=202, response_model=JobAccepted, responses=CONFLICTS)
 def invert_image(
     services: ServicesDep,
     response: Response,
@@ -61,7 +61,7 @@ def invert_image(
     return submit(services, response, JobKind.invert, bundle.spec.name, payload, idem)
 
 
-@router.post("/edit/optimize", status_code=202, response_model=JobAccepted)
+@router.post("/edit/optimize", status_code=202, response_model=JobAccepted, responses=CONFLICTS)
 def optimize(
     services: ServicesDep,
     response: Response,
@@ -105,7 +105,7 @@ def optimize(
 @router.post(
     "/edit/vector",
     response_model=VectorEditResult,
-    responses={202: {"model": JobAccepted, "description": "With `refine_steps` > 0: a refinement job."}},
+    responses={202: {"model": JobAccepted, "description": "With `refine_steps` > 0: a refinement job."}} | CONFLICTS,
 )
 async def edit_with_vectors(
     services: ServicesDep, request: VectorEditRequest, response: Response, idempotency_key: IdempotencyKey = None

@@ -84,7 +84,7 @@ def download_latent(services: ServicesDep, latent_id: Annotated[str, Path(patter
     headers = {
         "Content-Disposition": f'attachment; filename="{latent_id}.npy"',
         "X-Model": stored.model,
-        "Cache-Control": f"private, max-age={services.settings.editgan_result_ttl}, immutable",
+        "Cache-Control": f"private, max-age={services.store.seconds_left('latent', latent_id)}, immutable",
     }
     data = write_npy(torch.from_numpy(stored.array), batch_axis=True)
     return Response(data, media_type="application/octet-stream", headers=headers)
@@ -98,5 +98,6 @@ def download_latent(services: ServicesDep, latent_id: Annotated[str, Path(patter
 def get_result_image(services: ServicesDep, image_id: Annotated[str, Path(pattern=IMAGE_ID)]) -> Response:
     """A result PNG. Ids are never reused, so the response is immutable until it expires."""
     png = services.store.get_png(image_id)
-    headers = {"Cache-Control": f"private, max-age={services.settings.editgan_result_ttl}, immutable"}
+    # Until it expires, not for the result TTL: a preview's image lives minutes (EDITGAN_PREVIEW_TTL).
+    headers = {"Cache-Control": f"private, max-age={services.store.seconds_left('image', image_id)}, immutable"}
     return Response(png, media_type="image/png", headers=headers)

@@ -14,7 +14,7 @@ from schemas.edits import MODEL_NAME, VECTOR_NAME, SaveVectorFromEdit, VectorRef
 from schemas.errors import ErrorCode
 from service.deps import ServicesDep
 from service.errors import ApiError
-from service.routes.common import ERRORS
+from service.routes.common import CONFLICTS, ERRORS
 from service.state import Services
 from service.uploads import check_npy_header, read_limited
 from workers.registry import ReadOnlyVectorError, VectorNotFoundError, VectorRecord
@@ -106,7 +106,7 @@ def _save(services: Services, model: str, vector: EditingVector, name: str) -> V
     return VectorRef(name=name, version=save_vector(services.registry, services.bundle(model), name, vector))
 
 
-@router.post("", status_code=201, response_model=VectorInfo)
+@router.post("", status_code=201, response_model=VectorInfo, responses=CONFLICTS)
 def upload_vector(
     services: ServicesDep,
     response: Response,
@@ -136,7 +136,7 @@ def upload_vector(
     return _record_info(services.registry.get(bundle.spec.name, name, ref.version))
 
 
-@router.post("/from-edit", status_code=201, response_model=VectorInfo)
+@router.post("/from-edit", status_code=201, response_model=VectorInfo, responses=CONFLICTS)
 def save_edit_vector(services: ServicesDep, request: SaveVectorFromEdit, response: Response) -> VectorInfo:
     """Keep an optimisation edit's vector (its `edit_id`) in the registry under a name."""
     stored = services.store.get_edit(request.edit_id)

@@ -120,3 +120,17 @@ def test_openapi_documents_the_endpoints(live: Live) -> None:
     for path in ("/invert", "/edit/optimize", "/edit/vector", "/jobs/{job_id}", "/vectors", "/models"):
         assert path in spec["paths"], path
     assert "ErrorBody" in spec["components"]["schemas"]
+
+
+def test_the_statuses_routes_answer_with_are_documented(live: Live) -> None:
+    spec = live.http.get("/openapi.json").json()["paths"]
+    for path in ("/invert", "/edit/optimize", "/edit/vector", "/vectors", "/vectors/from-edit"):
+        assert "409" in spec[path]["post"]["responses"], path  # idempotency in progress, read-only names
+    broken = live.http.post("/edit/vector", content=b'{"latent_id": ', headers={"Content-Type": "application/json"})
+    assert str(broken.status_code) in spec["/edit/vector"]["post"]["responses"], broken.status_code
+    assert broken.json()["code"] and broken.json()["message"]
+    torn = live.http.post(
+        "/invert", content=b"--x\r\nbroken", headers={"Content-Type": "multipart/form-data; boundary=x"}
+    )
+    assert str(torn.status_code) in spec["/invert"]["post"]["responses"], torn.status_code
+    assert torn.json()["code"] and torn.json()["message"]

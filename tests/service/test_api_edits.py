@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.edits import IMAGE_ID, LATENT_ID
 from tests.service.conftest import Live
@@ -119,6 +120,9 @@ def test_a_preview_is_kept_for_the_preview_ttl_and_a_full_edit_for_the_result_tt
         keys = [f"{PREFIX}:latent:{result['latent_id']}"] + [f"{PREFIX}:image:{i}" for i in image_ids]
         kept[preview] = [live.redis.ttl(k) for k in keys]
         assert len(keys) == 5 and fetch_png(live, result["images"]["image"]).shape == (24, 32, 3)
+        # and clients may cache them as long as they live, no longer
+        answers = [live.http.get(f"/latents/{result['latent_id']}"), live.http.get(result["images"]["image"])]
+        kept[preview] += [int(a.headers["Cache-Control"].split("max-age=")[1].split(",")[0]) for a in answers]
     assert all(0 < t <= 900 for t in kept[True]), kept  # EDITGAN_PREVIEW_TTL's default
     assert all(t > 80_000 for t in kept[False]), kept  # EDITGAN_RESULT_TTL's default, 86400
 
@@ -290,6 +294,7 @@ def test_a_chunked_body_without_length_is_refused_while_it_streams(live: Live) -
     never finished (no last chunk), so a 413 proves the gateway refused it mid-stream, unread."""
     from tests.live import MAX_UPLOAD
 
+    refused_before = _too_large_count(live)
     host, port = live.base_url.removeprefix("http://").split(":")
     head = (
         f"POST /invert HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n"
@@ -318,6 +323,14 @@ def test_a_chunked_body_without_length_is_refused_while_it_streams(live: Live) -
     assert b" 413 " in status_line, reply[:300]
     body = json.loads(rest.partition(b"\r\n\r\n")[2])
     assert body["code"] == "payload_too_large" and "limit" in body["message"]
+    assert _too_large_count(live) == refused_before + 1  # counted like every other error response
+
+
+def _too_large_count(live: Live) -> float:
+    families = text_string_to_metric_families(live.http.get("/metrics").text)
+    errors = next(f for f in families if f.name == "editgan_http_errors")
+    found = [s.value for s in errors.samples if s.labels == {"code": "payload_too_large", "status": "413"}]
+    return found[0] if found else 0.0
 
 
 def test_mask_errors_are_refused_before_queueing(live: Live) -> None:
