@@ -9,7 +9,6 @@ halves it (`scale = slider / 2`); `official_ui_scale` converts when a client wan
 
 from __future__ import annotations
 
-import io
 import pickle
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -81,11 +80,19 @@ class EditingVector:
         return write_npy(self.delta, batch_axis=True)
 
     def to_official_pickle(self) -> bytes:
-        """The official tool's cache file: a pickled `{edit_vector, roi_ids}` dict (safe to write)."""
+        """The official tool's cache file: a pickled `{edit_vector, roi_ids}` dict (safe to write), readable
+        by its NumPy 1.21 as by NumPy 2.
+
+        NumPy 2 pickles arrays through `numpy._core.multiarray._reconstruct`, a module NumPy 1.x lacks; NumPy 2
+        still answers to the old name `numpy.core.multiarray`. Protocol 3 names globals as plain text lines,
+        so the old name goes in place of the new without any length field to fix."""
         content = {"edit_vector": self.delta.detach().cpu().numpy().astype(np.float32), "roi_ids": list(self.classes)}
-        buf = io.BytesIO()
-        pickle.dump(content, buf, protocol=4)
-        return buf.getvalue()
+        data = pickle.dumps(content, protocol=3)
+        new, old = b"cnumpy._core.multiarray\n_reconstruct\n", b"cnumpy.core.multiarray\n_reconstruct\n"
+        if data.count(new) == 1:
+            data = data.replace(new, old)
+        assert data.count(old) == 1, "unexpected pickle layout for a NumPy array"
+        return data
 
     @classmethod
     def from_npy(

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
+import warnings
 
 import numpy as np
 import pytest
@@ -28,8 +30,17 @@ def test_npy_round_trip_in_the_official_shape(tiny_bundle: Bundle) -> None:
 
 def test_official_tool_pickle_is_read_without_unpickling(tiny_bundle: Bundle) -> None:
     v = _vector(tiny_bundle)
-    back = EditingVector.from_official_pickle(v.to_official_pickle(), tiny_bundle.spec)
+    written = v.to_official_pickle()
+    back = EditingVector.from_official_pickle(written, tiny_bundle.spec)
     assert torch.equal(back.delta, v.delta) and back.classes == [1, 2]
+    # The official tool reads it with pickle.load under NumPy 1.21, which has no `numpy._core`: only names
+    # that both NumPy 1.x and 2 resolve may appear, and a plain pickle.load gives the same dict back.
+    globals_named = {arg for op, arg, _ in pickletools.genops(written) if op.name == "GLOBAL"}
+    assert globals_named == {"numpy.core.multiarray _reconstruct", "numpy ndarray", "numpy dtype"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # NumPy 2 warns about the old module name
+        loaded = pickle.loads(written)  # our own bytes: safe to unpickle
+    assert np.array_equal(loaded["edit_vector"], v.delta.numpy()) and loaded["roi_ids"] == [1, 2]
     # what the official tool writes: pickle.dump of a dict with an ndarray, default protocol
     content = {"edit_vector": np.random.default_rng(0).standard_normal((8, 32)).astype(np.float32), "roi_ids": [2, 1]}
     parsed = parse_pickled_vector(pickle.dumps(content))
