@@ -122,15 +122,19 @@ def naive_optimize_edit(
 
 
 def edit_region(
-    bundle: Bundle, w0: Tensor, edited: Tensor, classes: list[int], params: EditParams
+    bundle: Bundle, w0: Tensor, edited: Tensor, classes: list[int] | None, params: EditParams
 ) -> tuple[Tensor, Tensor]:
-    """The region and targets on the canvas [S, S], by `optimize_edit`'s rule: every pixel whose class
-    before (the displayed segmentation) or after the edit is in `classes`, dilated on the canvas, where it
-    may reach past the content box; the targets are the edited labels, background outside the box."""
+    """The region and targets on the canvas [S, S], by `optimize_edit`'s rules: with a class group named,
+    every pixel whose class before (the displayed segmentation) or after the edit is in `classes`; without
+    one (None), the pixels the edit changes. Dilated on the canvas, where it may reach past the content box;
+    the targets are the edited labels, background outside the box."""
     mode = bundle.spec.defaults.get("segment", {}).get("upsample", "bilinear")
-    q = torch.tensor(classes, device=bundle.device)
     before = naive_segment(bundle, w0, mode)
-    inside = torch.isin(before, q) | torch.isin(edited, q)
+    if classes is None:
+        inside = before != edited
+    else:
+        q = torch.tensor(classes, device=bundle.device)
+        inside = torch.isin(before, q) | torch.isin(edited, q)
     return dilate(on_canvas(bundle, inside), params.roi_dilation), on_canvas(bundle, edited)
 
 
@@ -156,7 +160,8 @@ def compare(bundle: Bundle, inputs: EditInput, *, steps: int, reps: int, percept
         )
         times["engine"]["step"].append(step_s)
         times["engine"]["total"].append(total_s)
-        region, targets = edit_region(bundle, inputs.w, mask, edit.vector.classes, params)
+        named = edit.vector.classes if inputs.region is not None else None
+        region, targets = edit_region(bundle, inputs.w, mask, named, params)
         naive, step_s, total_s = _measured(
             partial(naive_optimize_edit, bundle, inputs.w, region, targets, params=params, perceptual=perceptual)
         )

@@ -224,12 +224,16 @@ class EditganClient:
         steps: int | None = None,
         save_vector_as: str | None = None,
         description: str | None = None,
+        roi: Upload | None = None,
     ) -> JobAccepted:
-        """`POST /edit/optimize`: a job whose result is an `OptimizeEditResult` (new latent and editing vector)."""
+        """`POST /edit/optimize`: a job whose result is an `OptimizeEditResult` (new latent and editing vector).
+
+        roi: a PNG of the brushed pixels (non-zero or opaque): the edit's region is then those pixels dilated."""
+        files = {"mask": _file(mask, "mask.png")} | ({"roi": _file(roi, "roi.png")} if roi is not None else {})
         response = self._send(
             "POST",
             "/edit/optimize",
-            files={"mask": _file(mask, "mask.png")},
+            files=files,
             data=_form(
                 latent_id=latent_id, region=region, steps=steps, save_vector_as=save_vector_as, description=description
             ),

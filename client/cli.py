@@ -129,6 +129,7 @@ def _edit(api: EditganClient, args: argparse.Namespace) -> Answer:
         steps=args.steps,
         save_vector_as=args.save_vector,
         description=args.description,
+        roi=args.roi,
     )
     info, result = _wait(api, job, args, OptimizeEditResult)
     vector = result.vector
@@ -292,6 +293,13 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the model's)")
     p.add_argument("--save-vector", metavar="NAME", default=None, help="keep the editing vector under NAME")
     p.add_argument("--description", default=None, help="the saved vector's description")
+    p.add_argument(
+        "--roi",
+        type=Path,
+        default=None,
+        help="PNG of the brushed pixels (non-zero or opaque): the region is those pixels dilated (official tool); "
+        "default: every pixel of the classes edited",
+    )
     p.set_defaults(func=_runner(_edit), loads_engine=False)
 
     p = sub.add_parser("apply", parents=both, help="apply editing vectors at scales (real time; a job if refined)")

@@ -2,7 +2,8 @@
 
 Images: PNG, JPEG or WebP only (Pillow is told so, it never guesses among its other decoders).
 Masks: PNG only, either class ids (8/16-bit grey or palette indices) or a colourised mask in the model's
-palette; unknown colours are an error, never background.
+palette; unknown colours are an error, never background. Brushed regions (roi): PNG only, painted pixels
+non-zero or opaque.
 """
 
 from __future__ import annotations
@@ -112,6 +113,28 @@ def decode_mask(data: bytes, bundle: Bundle) -> np.ndarray:
     else:
         raise UnsupportedMediaError(f"mask PNG mode {img.mode} is neither class ids nor RGB colours")
     return labels.numpy().astype(np.uint8)
+
+
+def decode_painted(data: bytes, bundle: Bundle) -> np.ndarray:
+    """A brushed-region PNG -> uint8 [h, w] over the content box, 255 where painted, 0 elsewhere.
+
+    Painted means: alpha above 0 where the image has transparency (a brush layer over nothing), else any
+    non-zero sample (white or coloured strokes on black)."""
+    img = _open(data, ("PNG",), 4 * bundle.spec.resolution**2, "roi")
+    assert bundle.spec.geometry is not None
+    shape = tuple(bundle.spec.geometry.box[2:])
+    if img.size[::-1] != shape:
+        raise InputError(f"roi is {img.size[::-1]} (h, w), this model edits {shape}")
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        samples = np.asarray(img.convert("RGBA"))[..., 3:]  # the alpha channel
+    elif img.mode in ("1", "L", "I", "I;16"):
+        samples = np.asarray(img)[..., None]
+    else:
+        samples = np.asarray(img.convert("RGB"))
+    painted: np.ndarray = (samples != 0).any(axis=2)
+    if not painted.any():
+        raise InputError("roi paints no pixel: mark the brushed pixels non-zero (or opaque)")
+    return painted.astype(np.uint8) * 255
 
 
 def _mostly_model_colours(img: Image.Image, bundle: Bundle) -> bool:

@@ -181,11 +181,13 @@ def run_invert(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_optimize(payload: dict[str, Any]) -> dict[str, Any]:
-    """{model, latent_id, mask_id, region?, steps?, save_vector_as?, description} -> OptimizeEditResult."""
+    """{model, latent_id, mask_id, roi_id?, region?, steps?, save_vector_as?, description} -> OptimizeEditResult."""
     with _job_context(payload) as (rt, _, reporter):
         bundle = _bundle(rt, payload["model"])
         w = _latent(rt, bundle, payload["latent_id"])
         mask = torch.from_numpy(_upload(rt, payload["mask_id"]).astype(np.int64))
+        roi_id = payload.get("roi_id")
+        painted = torch.from_numpy(_upload(rt, roi_id) > 0) if roi_id else None
         name = payload.get("save_vector_as")
         if name and name in bundle.vectors:  # refuse before spending the optimisation on it
             raise ReadOnlyVectorError(f"{name!r} is shipped with model {bundle.spec.name!r} and cannot be replaced")
@@ -201,6 +203,7 @@ def run_optimize(payload: dict[str, Any]) -> dict[str, Any]:
             description=payload.get("description", ""),
             progress=reporter.progress,
             should_stop=reporter.should_stop,
+            painted=painted,
         )
         seconds = elapsed(start, bundle.device)
         reporter.stage("storing")

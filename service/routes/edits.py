@@ -31,7 +31,7 @@ from service.errors import ApiError
 from service.idempotency import Idempotency, fingerprint
 from service.routes.common import CONFLICTS, ERRORS, IdempotencyKey, check_steps, submit
 from service.state import Services
-from service.uploads import decode_canvas, decode_mask, read_limited
+from service.uploads import decode_canvas, decode_mask, decode_painted, read_limited
 from workers.png import png_bytes
 from workers.results import apublish, rendering_arrays
 from workers.vectors import ModelMismatchError, Resolved, check_new_name, is_shipped, resolve
@@ -67,12 +67,26 @@ def optimize(
     response: Response,
     latent_id: Annotated[str, Form(pattern=LATENT_ID, description="The latent whose segmentation was edited.")],
     mask: Annotated[UploadFile, File(description="Edited segmentation PNG: class ids, or the model's colours.")],
-    region: Annotated[str | None, Form(description="Region name (class group); default: the classes edited.")] = None,
+    region: Annotated[
+        str | None,
+        Form(
+            description="Region name (class group): the vector's classes; without `roi`, the edit's region is "
+            "then every pixel of those classes before or after the edit. Default: the classes painted."
+        ),
+    ] = None,
     steps: Annotated[int | None, Form(ge=1, le=5000)] = None,
     save_vector_as: Annotated[
         str | None, Form(pattern=VECTOR_NAME, description="Registry name for the vector.")
     ] = None,
     description: Annotated[str, Form(max_length=500)] = "",
+    roi: Annotated[
+        UploadFile | None,
+        File(
+            description="Optional PNG of the pixels brushed (non-zero or opaque), the mask's size: the edit's "
+            "region is those pixels dilated, as in the official tool (every changed pixel must lie in it). "
+            "Default: the pixels the mask changes."
+        ),
+    ] = None,
     idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted:
     """Optimise the latent so its segmentation matches the edited mask: a job; yields an editing vector."""
@@ -87,6 +101,8 @@ def optimize(
         check_new_name(bundle, save_vector_as)  # before the job runs: a shipped or reserved name is refused now
     mask_data = read_limited(mask, services.settings.editgan_max_upload_bytes, "mask")
     labels = decode_mask(mask_data, bundle)
+    roi_data = read_limited(roi, services.settings.editgan_max_upload_bytes, "roi") if roi is not None else None
+    painted = decode_painted(roi_data, bundle) if roi_data is not None else None
     mask_id = services.store.put_png(png_bytes(labels), kind="upload")
     payload = {
         "model": bundle.spec.name,
@@ -97,7 +113,10 @@ def optimize(
         "save_vector_as": save_vector_as,
         "description": description,
     }
-    asked = payload | {"route": "optimize", "mask_id": None, "mask": mask_data}  # the mask's bytes, not its id
+    if painted is not None:
+        payload["roi_id"] = services.store.put_png(png_bytes(painted), kind="upload")
+    # the uploads' bytes, not their ids (new ones each time)
+    asked = payload | {"route": "optimize", "mask_id": None, "mask": mask_data, "roi_id": None, "roi": roi_data}
     idem = Idempotency(idempotency_key, fingerprint(**asked)) if idempotency_key else None
     return submit(services, response, JobKind.optimize, bundle.spec.name, payload, idem)
 
@@ -105,7 +124,7 @@ def optimize(
 @router.post(
     "/edit/vector",
     response_model=VectorEditResult,
-    responses={202: {"model": JobAccepted, "description": "With `refine_steps` > 0: a refinement job."}} | CONFLICTS,
+    responses={**CONFLICTS, 202: {"model": JobAccepted, "description": "With `refine_steps` > 0: a refinement job."}},
 )
 async def edit_with_vectors(
     services: ServicesDep, request: VectorEditRequest, response: Response, idempotency_key: IdempotencyKey = None

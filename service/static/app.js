@@ -161,7 +161,7 @@ async function selectModel(name) {
   const examples = Array.from({ length: model.examples }, (_, i) => new Option(`Example ${i + 1}`, String(i)));
   $("example").replaceChildren(...examples);
   const regions = Object.keys(model.regions).map((r) => new Option(r, r));
-  $("region").replaceChildren(new Option("the classes painted", ""), ...regions);
+  $("region").replaceChildren(new Option("the pixels painted", ""), ...regions);
   buildPalette(model.classes);
   for (const id of ["source-image", "uncertainty-image", "before-image", "after-image"]) $(id).removeAttribute("src");
   painter.clear();

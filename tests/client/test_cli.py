@@ -52,10 +52,16 @@ def test_invert_edit_and_apply_print_what_the_api_returns(live: Live, tmp_path: 
     labels[6:14, 8:20] = 1
     mask = tmp_path / "mask.png"
     mask.write_bytes(png(labels))
-    options = ["--steps", "3", "--save-vector", "cli_block", "--json", "-q"]
+    brushed = np.zeros_like(labels)
+    brushed[6:14, 8:20] = 255
+    roi = tmp_path / "roi.png"
+    roi.write_bytes(png(brushed))
+    options = ["--steps", "3", "--save-vector", "cli_block", "--roi", str(roi), "--json", "-q"]
     edit = as_json(editgan("edit", result["latent_id"], str(mask), *options, url=live.base_url))
     assert edit == live.http.get(f"/jobs/{edit['job_id']}").json() and edit["kind"] == "optimize"
     assert edit["result"]["vector"]["saved_as"]["name"] == "cli_block"
+    region = load_png(live.http.get(edit["result"]["images"]["region"]).content)
+    assert region.sum() == 255 * 14 * 18  # rows 3-16, columns 5-22: the brushed block dilated by 3, so sent
 
     applied = as_json(editgan("apply", result["latent_id"], "cli_block:0.5", "grow:-1", "--json", url=live.base_url))
     same = live.http.post(

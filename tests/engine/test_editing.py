@@ -85,6 +85,7 @@ def test_optimize_edit_returns_a_vector_and_the_best_step(tiny_bundle: Bundle, p
         tiny_bundle,
         w,
         mask,
+        [0, 1, 2, 3],  # a class group: a region wide enough that random weights lower the loss in 6 steps
         perceptual=perceptual,
         params={"steps": 6},
         progress=lambda step, total, losses: seen.append((step, total)),
@@ -100,7 +101,7 @@ def test_optimize_edit_returns_a_vector_and_the_best_step(tiny_bundle: Bundle, p
     again = apply_vectors(tiny_bundle, w, [(result.vector, 1.0)])
     torch.testing.assert_close(again.rendering.image, result.rendering.image, rtol=1e-4, atol=1e-4)
     # deterministic
-    twice = optimize_edit(tiny_bundle, w, mask, perceptual=perceptual, params={"steps": 6})
+    twice = optimize_edit(tiny_bundle, w, mask, [0, 1, 2, 3], perceptual=perceptual, params={"steps": 6})
     assert torch.equal(twice.w_plus, result.w_plus)
 
 
@@ -251,3 +252,44 @@ def test_region_dilation_matches_repeated_3x3_dilation() -> None:
         grown = torch.nn.functional.max_pool2d(grown[None, None].float(), 3, 1, 1)[0, 0] > 0
     assert torch.equal(dilate(mask, 3), grown)
     assert torch.equal(dilate(mask, 0), mask)
+
+
+def test_a_painted_region_is_the_brushed_pixels_dilated(tiny_bundle: Bundle, perceptual: PerceptualLoss) -> None:
+    w = tiny_bundle.generator.sample_w_plus(1, seed=2)
+    mask = _edit_mask(tiny_bundle, w)
+    current = apply_vectors(tiny_bundle, w, [(torch.zeros(8, 32), 0.0)]).rendering.labels[0]
+    painted = torch.zeros_like(mask, dtype=torch.bool)
+    painted[8:14, 10:16] = True  # the block _edit_mask repainted: every changed pixel is brushed
+    params = {"steps": 2}
+    brushed = optimize_edit(tiny_bundle, w, mask, perceptual=perceptual, params=params, painted=painted)
+    radius = EditParams.resolve(tiny_bundle.spec.defaults.get("edit"), params).roi_dilation
+    assert torch.equal(brushed.region, dilate(painted, radius))  # the official tool's region
+    assert set(brushed.vector.classes) == set(current[painted].tolist()) | set(mask[painted].tolist())
+    # no strokes given: the pixels the edit changes stand for them
+    unbrushed = optimize_edit(tiny_bundle, w, mask, perceptual=perceptual, params=params)
+    assert torch.equal(unbrushed.region, dilate(mask != current, radius))
+    assert unbrushed.vector.classes == sorted(set(current[mask != current].tolist()) | set(mask[painted].tolist()))
+    # a class group named without strokes: every pixel of its classes, before or after (refinement's rule)
+    groups = [0, 1, 2, 3]
+    by_class = optimize_edit(tiny_bundle, w, mask, groups, perceptual=perceptual, params=params)
+    in_classes = torch.isin(current, torch.tensor(groups)) | torch.isin(mask, torch.tensor(groups))
+    assert torch.equal(by_class.region, dilate(in_classes, radius))
+    assert int(by_class.region.sum()) > int(brushed.region.sum())
+    # with strokes too, the group names the vector's classes and the loss region stays the brushed one
+    named = optimize_edit(tiny_bundle, w, mask, groups, perceptual=perceptual, params=params, painted=painted)
+    assert torch.equal(named.region, brushed.region) and named.vector.classes == groups
+
+
+def test_painted_regions_that_cannot_hold_the_edit_are_refused(tiny_bundle: Bundle, perceptual: PerceptualLoss) -> None:
+    w = tiny_bundle.generator.sample_w_plus(1, seed=2)
+    mask = _edit_mask(tiny_bundle, w)
+    part = torch.zeros_like(mask, dtype=torch.bool)
+    part[8:10, 10:12] = True  # a corner of the repainted block: the rest lies beyond the dilation
+    cases = [
+        (torch.zeros_like(part), "empty"),
+        (part[:-1], "painted region is"),
+        (part, "outside the painted region"),
+    ]
+    for painted, message in cases:
+        with pytest.raises(InputError, match=message):
+            optimize_edit(tiny_bundle, w, mask, perceptual=perceptual, params={"steps": 1}, painted=painted)

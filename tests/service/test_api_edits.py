@@ -177,6 +177,39 @@ def _save_npy(live: Live, name: str, delta: np.ndarray) -> httpx.Response:
     return live.http.post("/vectors", data={"name": name, "classes": "0,1,2,3,4"}, files={"file": buf.getvalue()})
 
 
+def test_a_brushed_roi_makes_the_edit_region_those_pixels_dilated(live: Live) -> None:
+    result = inverted(live, seed=2)
+    labels = fetch_png(live, result["images"]["segmentation"]).copy()
+    labels[6:14, 8:20] = 1
+    brush = np.zeros((24, 32, 4), np.uint8)  # a brush layer: strokes opaque, the rest transparent
+    brush[6:14, 8:20] = (255, 0, 0, 255)
+    files = {"mask": ("m.png", png(labels.astype(np.uint8)), "image/png"), "roi": ("r.png", png(brush), "image/png")}
+    response = live.http.post("/edit/optimize", data={"latent_id": result["latent_id"], "steps": "2"}, files=files)
+    assert response.status_code == 202, response.text
+    info = live.wait_job(response.headers["location"])
+    assert info["status"] == "finished", info
+    expected = np.zeros((24, 32), np.uint8)
+    expected[3:17, 5:23] = 255  # the block grown by the default dilation, 3 pixels
+    np.testing.assert_array_equal(fetch_png(live, info["result"]["images"]["region"]), expected)
+
+    def refused(roi: np.ndarray) -> dict[str, Any]:
+        files["roi"] = ("r.png", png(roi), "image/png")
+        answer = live.http.post("/edit/optimize", data={"latent_id": result["latent_id"]}, files=files)
+        assert answer.status_code == 422, answer.text
+        body: dict[str, Any] = answer.json()
+        return body
+
+    assert "paints no pixel" in refused(np.zeros((24, 32), np.uint8))["message"]
+    assert "this model edits" in refused(np.full((24, 31), 255, np.uint8))["message"]
+    corner = np.zeros((24, 32), np.uint8)  # part of the block only: the job refuses, naming the pixels left out
+    corner[6:8, 8:10] = 255
+    files["roi"] = ("r.png", png(corner), "image/png")
+    job = live.http.post("/edit/optimize", data={"latent_id": result["latent_id"]}, files=files)
+    failed = live.wait_job(job.headers["location"])
+    assert failed["status"] == "failed" and failed["error"]["code"] == "invalid_input"
+    assert "outside the painted region" in failed["error"]["message"]
+
+
 def test_a_refinement_retried_with_its_key_replays_after_the_vector_changed_or_went(live: Live) -> None:
     result = inverted(live)
     delta = np.random.default_rng(1).normal(size=(8, 32)).astype(np.float32) * 0.1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import secrets
 import shutil
@@ -10,9 +11,11 @@ from typing import Any
 
 import httpx
 import numpy as np
+import torch
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
+from engine.images import dilate
 from schemas.edits import LATENT_ID
 from tests.web.page import ARTIFACTS, ROOT, EditorPage, decode_png, labels_from_colours
 
@@ -98,6 +101,11 @@ def test_upload_paint_edit_save_apply_and_download(page: EditorPage, api: httpx.
     assert after_src.endswith(job["result"]["images"]["image"])
     before, after = fetch_png(api, source_src), fetch_png(api, after_src)
     assert before.shape == after.shape and not np.array_equal(before, after)
+    # the edit's region is the pixels painted (the stroke), dilated by the model's edit setting (the official 3)
+    region = fetch_png(api, job["result"]["images"]["region"]) > 0
+    defaults = json.loads((ROOT / "models" / model["name"] / "bundle.json").read_text())["defaults"]
+    radius = defaults["edit"]["roi_dilation"]
+    assert np.array_equal(region, dilate(torch.from_numpy(changed), radius).numpy())
     shutil.copy(page.screenshot("2-edited", full_page=True), ARTIFACTS / "editor.png")  # docs/editor.png
 
     # Save the edit's vector under a name: the registry has it and the vector list offers it.
