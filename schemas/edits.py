@@ -53,7 +53,7 @@ class VectorTerm(BaseModel):
         description="A registry name (`smile`, or `smile@2` for a version) or an unsaved edit's id (`edv_...`).",
         examples=["smile"],
     )
-    scale: float = Field(1.0, ge=-10.0, le=10.0, description="Multiplier of the vector.")
+    scale: float = Field(1.0, ge=-10.0, le=10.0, allow_inf_nan=False, description="Multiplier of the vector.")
 
 
 class VectorEditRequest(BaseModel):
