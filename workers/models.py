@@ -48,7 +48,10 @@ def load_models(models_dir: Path, device: torch.device, *, verify: bool = True) 
         bundles[bundle.spec.name] = bundle
         log.info("loaded model %s from %s on %s", bundle.spec.name, path, device)
     if not bundles:
-        raise BundleError(f"no bundle (a directory with bundle.json) in {models_dir}")
+        raise BundleError(
+            f"no bundle (a directory with bundle.json) in {models_dir}: set EDITGAN_MODELS_DIR to a directory of "
+            "bundles (a checkout's models/ holds the demo model; an installed package carries none)"
+        )
     return bundles
 
 

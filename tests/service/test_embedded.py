@@ -51,3 +51,15 @@ def test_the_server_logs_every_write_and_takes_no_snapshots(tmp_path: Path) -> N
         client.close()
     finally:
         embedded.close()
+
+
+def test_a_throwaway_server_keeps_no_log_and_takes_no_snapshots(tmp_path: Path) -> None:
+    embedded = EmbeddedRedis(tmp_path / "redis", persistent=False)  # the benchmarks' own
+    try:
+        client = Redis.from_url(embedded.url)
+        assert client.config_get("appendonly") == {"appendonly": "no"} and client.config_get("save") == {"save": ""}
+        client.set("k", "v")
+        client.close()
+    finally:
+        embedded.close()
+    assert not list((tmp_path / "redis").glob("*.aof*")) and not (tmp_path / "redis" / "appendonlydir").exists()

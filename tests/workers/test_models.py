@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -14,7 +15,7 @@ import engine.precision
 import workers.models
 from engine import Bundle, BundleError, render
 from engine.precision import forward_precision, loop_precision
-from workers.models import check_precisions, compile_models, missing_compiler
+from workers.models import check_precisions, compile_models, load_models, missing_compiler
 
 
 def _gpu_bundle(defaults: dict[str, Any]) -> Bundle:
@@ -93,3 +94,9 @@ def test_a_workers_compilation_covers_its_loops_precision(tiny_bundle: Bundle) -
         out = generator.synthesis(w, return_features=True)
     out.image.float().sum().backward()
     assert w.grad is not None and not counters["stats"]["unique_graphs"], dict(counters["stats"])
+
+
+def test_a_directory_without_bundles_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    (tmp_path / "not-a-bundle").mkdir()  # e.g. an installed package, which carries no models/
+    with pytest.raises(BundleError, match="EDITGAN_MODELS_DIR"):
+        load_models(tmp_path, torch.device("cpu"))
