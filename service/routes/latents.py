@@ -101,3 +101,9 @@ def get_result_image(services: ServicesDep, image_id: Annotated[str, Path(patter
     # Until it expires, not for the result TTL: a preview's image lives minutes (EDITGAN_PREVIEW_TTL).
     headers = {"Cache-Control": f"private, max-age={services.store.seconds_left('image', image_id)}, immutable"}
     return Response(png, media_type="image/png", headers=headers)
+
+
+# HEAD of the downloads (caches and download managers ask for the size first): the same handlers, which
+# uvicorn answers without the body; left out of the schema, where they would repeat the GET operations.
+for _path, _handler in (("/latents/{latent_id}", download_latent), ("/results/{image_id}.png", get_result_image)):
+    router.add_api_route(_path, _handler, methods=["HEAD"], include_in_schema=False, response_class=Response)

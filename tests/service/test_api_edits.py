@@ -123,6 +123,11 @@ def test_a_preview_is_kept_for_the_preview_ttl_and_a_full_edit_for_the_result_tt
         # and clients may cache them as long as they live, no longer
         answers = [live.http.get(f"/latents/{result['latent_id']}"), live.http.get(result["images"]["image"])]
         kept[preview] += [int(a.headers["Cache-Control"].split("max-age=")[1].split(",")[0]) for a in answers]
+        for answer in answers:  # HEAD: the same headers, no body
+            head = live.http.head(str(answer.request.url))
+            assert head.status_code == 200 and head.content == b""
+            assert head.headers["content-length"] == str(len(answer.content))
+            assert head.headers["content-type"] == answer.headers["content-type"]
     assert all(0 < t <= 900 for t in kept[True]), kept  # EDITGAN_PREVIEW_TTL's default
     assert all(t > 80_000 for t in kept[False]), kept  # EDITGAN_RESULT_TTL's default, 86400
 
