@@ -21,12 +21,15 @@ def read_npy(source: bytes | Path, *, what: str = "array") -> np.ndarray:
         raise InputError(f"{what}: .npy is {len(data)} bytes, more than the {MAX_NPY_BYTES} allowed")
     if not data.startswith(b"\x93NUMPY"):
         raise InputError(f"{what}: not a .npy file (pickles and other formats are refused)")
+    buf = io.BytesIO(data)
     try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
+        array = np.load(buf, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise InputError(f"{what}: unreadable .npy ({exc})") from exc
     if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
         raise InputError(f"{what}: expected a floating-point array, got dtype {getattr(array, 'dtype', '?')}")
+    if buf.tell() != len(data):  # e.g. two files concatenated, or an upload with something appended
+        raise InputError(f"{what}: {len(data) - buf.tell()} bytes follow the array in the .npy file")
     return array
 
 

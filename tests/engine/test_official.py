@@ -144,6 +144,8 @@ def test_npy_vectors_are_parsed_safely() -> None:
         read_w_plus(write_npy(torch.full((TINY.n_latent, TINY.style_dim), float("nan"))), TINY.n_latent, TINY.style_dim)
     with pytest.raises(InputError, match="unreadable"):
         read_w_plus(write_npy(good)[:-10], TINY.n_latent, TINY.style_dim)
+    with pytest.raises(InputError, match="bytes follow the array"):
+        read_w_plus(write_npy(good) + b"\0", TINY.n_latent, TINY.style_dim)
     too_large = np.zeros((TINY.n_latent, TINY.style_dim))  # float64, finite, beyond float32 once cast
     too_large[0, 5] = 1e300
     buf = io.BytesIO()
