@@ -107,12 +107,27 @@ export const optimizeEdit = (latentId, maskBlob, { steps, region } = {}) => {
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
- * Poll `GET /jobs/{id}` until the job is terminal; `onProgress(info)` sees every answer. Resolves with the
- * finished job's result; rejects with an ApiError for a failed, stopped or cancelled job.
+ * Poll `GET /jobs/{id}` until the job is terminal; `onProgress(info)` sees every answer (`onProgress(null,
+ * error)` each poll that got none). Resolves with the finished job's result; rejects with an ApiError for a
+ * failed, stopped or cancelled job, or when the service stays unreachable for `patienceMs`.
  */
-export async function waitForJob(location, onProgress, { intervalMs = 250 } = {}) {
+export async function waitForJob(location, onProgress, { intervalMs = 250, patienceMs = 60_000 } = {}) {
+  let failingSince = null;
   for (;;) {
-    const info = await request("GET", location);
+    let info;
+    try {
+      info = await request("GET", location);
+      failingSince = null;
+    } catch (err) {
+      // The job runs on whatever the page's connection does: a dropped network or a 503 while Redis
+      // restarts (Retry-After) is waited out, with growing pauses, for up to `patienceMs`.
+      const passing = err.status === 0 || err.status === 429 || err.status >= 500;
+      failingSince ??= Date.now();
+      if (!passing || Date.now() - failingSince > patienceMs) throw err;
+      onProgress(null, err);
+      await sleep(Math.min(5000, intervalMs * 2 ** Math.min(5, Math.floor((Date.now() - failingSince) / 1000))));
+      continue;
+    }
     onProgress(info);
     if (TERMINAL.has(info.status)) {
       if (info.status === "finished") return withReadableImages(info.result);

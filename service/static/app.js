@@ -68,7 +68,8 @@ function refreshControls() {
   $("save-button").disabled = busy || state.result?.kind !== "edit";
   $("apply-button").disabled = busy || !hasSource || Number($("refine-steps").value) <= 0 || !terms().length;
   $("download-mask").disabled = !hasSource;
-  for (const slider of document.querySelectorAll("#vector-list input")) slider.disabled = !hasSource;
+  $("model").disabled = busy; // a job's result belongs to the model it ran on
+  for (const slider of document.querySelectorAll("#vector-list input")) slider.disabled = busy || !hasSource;
   setLink($("download-image"), state.result?.images.image);
   const v = state.savedVector;
   setLink($("download-vector"), v && `/vectors/${v.model}/${v.name}/npy?version=${v.version}`);
@@ -88,7 +89,11 @@ function setZoom() {
 
 // ---------------------------------------------------------------- jobs
 
-function showProgress(label, info) {
+function showProgress(label, info, err) {
+  if (!info) {
+    $("job-label").textContent = `${label}: waiting for the service (${err.code}), retrying...`;
+    return;
+  }
   const { stage, step, total } = info.progress;
   const percent = info.status === "finished" ? 100 : total ? Math.floor((100 * step) / total) : 0;
   $("job-progress").value = percent;
@@ -124,7 +129,7 @@ async function runJob(accepted, label, show) {
   $("job-label").textContent = `${label}: queued`;
   refreshControls();
   try {
-    const result = await api.waitForJob(accepted.location, (info) => showProgress(label, info));
+    const result = await api.waitForJob(accepted.location, (info, err) => showProgress(label, info, err));
     await show(result);
     $("job-label").textContent += " - done.";
   } catch (err) {
@@ -152,6 +157,7 @@ async function loadModels() {
 async function selectModel(name) {
   const model = state.models.find((m) => m.name === name);
   Object.assign(state, { model, source: null, result: null, savedVector: null });
+  state.vectorRequest++; // a real-time answer still on its way belongs to the previous model
   const box = model.content_box;
   $("model-info").textContent = `${model.classes.length} classes, ${box.width}x${box.height} px`;
   document.documentElement.style.setProperty("--size", String(box.width));
@@ -215,6 +221,7 @@ async function loadVectors() {
     slider.addEventListener("change", () => scheduleVectorEdit({ preview: false })); // released: the full one
     const npy = Object.assign(document.createElement("a"), { textContent: ".npy", download: `${v.name}.npy` });
     npy.href = `/vectors/${v.model}/${v.name}/npy`;
+    npy.addEventListener("click", guarded(followDownload));
     npy.setAttribute("aria-label", `Download ${v.name} as .npy`);
     row.append(label, slider, value, npy);
     return row;
@@ -308,8 +315,12 @@ async function applyVectors({ preview = false } = {}) {
   const chosen = terms();
   const seq = ++state.vectorRequest;
   if (!chosen.length) {
-    state.result = null;
-    $("after-image").removeAttribute("src");
+    if (state.result?.kind === "vectors") {
+      // every slider back at 0: no vector edit to show (an optimisation edit's result stays)
+      state.result = null;
+      $("after-image").removeAttribute("src");
+      $("after-caption").textContent = "After";
+    }
     return;
   }
   const refineSteps = Number($("refine-steps").value);
@@ -327,14 +338,34 @@ async function applyVectors({ preview = false } = {}) {
   if (seq === state.vectorRequest) showResult("vectors", result, caption); // a newer request supersedes it
 }
 
-async function downloadMask() {
-  const blob = await labelsToPngBlob(painter.labels, state.model.classes);
+/**
+ * A download link followed by the page itself: with a key the request needs its header (a plain link sends
+ * none: 401), and an expired or missing file becomes a message instead of a silently failed download.
+ */
+async function followDownload(event) {
+  const anchor = event.currentTarget; // `guarded` has prevented the browser's own navigation
+  const href = anchor.getAttribute("href");
+  const filename = anchor.download || href?.split("/").pop() || "download";
+  if (!href) return;
+  if (href.startsWith("blob:") || href.startsWith("data:")) clickLink(href, filename); // already in the page
+  else saveBlob(await (await api.request("GET", href, { raw: true })).blob(), filename);
+}
+
+function saveBlob(blob, filename) {
   const url = URL.createObjectURL(blob);
-  const anchor = Object.assign(document.createElement("a"), { href: url, download: "mask.png" });
+  clickLink(url, filename);
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+function clickLink(href, filename) {
+  const anchor = Object.assign(document.createElement("a"), { href, download: filename });
   document.body.append(anchor);
   anchor.click();
   anchor.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+async function downloadMask() {
+  saveBlob(await labelsToPngBlob(painter.labels, state.model.classes), "mask.png");
 }
 
 // ---------------------------------------------------------------- wiring
@@ -342,7 +373,8 @@ async function downloadMask() {
 const TOOL_KEYS = { b: "brush", f: "fill", i: "eyedropper", e: "erase" };
 
 function onKey(event) {
-  if (event.target.matches('input[type="text"], input[type="password"], input[type="number"], input:not([type]), textarea')) return;
+  const typing = 'input[type="text"], input[type="password"], input[type="number"], input:not([type]), textarea, select';
+  if (event.target.matches(typing) || event.altKey) return; // a select's type-ahead, the browser's Alt keys
   const key = event.key.toLowerCase();
   const ctrl = event.ctrlKey || event.metaKey;
   if (ctrl && (key === "y" || (key === "z" && event.shiftKey))) painter.redo();
@@ -354,7 +386,13 @@ function onKey(event) {
 
 function wire() {
   $("api-key").value = api.getApiKey();
-  $("api-key").addEventListener("change", () => api.setApiKey($("api-key").value.trim()));
+  $("api-key").addEventListener(
+    "change",
+    guarded(async () => {
+      api.setApiKey($("api-key").value.trim());
+      if (!state.model) await loadModels(); // with private reads, the catalogue could not load without it
+    }),
+  );
   $("job-link").addEventListener("click", openJobDetails);
   $("model").addEventListener("change", guarded(() => selectModel($("model").value)));
   $("upload-form").addEventListener("submit", guarded(embedUpload));
@@ -371,6 +409,7 @@ function wire() {
   });
   $("refine-steps").addEventListener("input", refreshControls);
   $("download-mask").addEventListener("click", guarded(downloadMask));
+  for (const id of ["download-image", "download-vector"]) $(id).addEventListener("click", guarded(followDownload));
   $("undo").addEventListener("click", () => painter.undo());
   $("redo").addEventListener("click", () => painter.redo());
   $("reset-mask").addEventListener("click", () => painter.resetToOriginal());

@@ -106,6 +106,10 @@ def test_upload_paint_edit_save_apply_and_download(page: EditorPage, api: httpx.
     defaults = json.loads((ROOT / "models" / model["name"] / "bundle.json").read_text())["defaults"]
     radius = defaults["edit"]["roi_dilation"]
     assert np.array_equal(region, dilate(torch.from_numpy(changed), radius).numpy())
+    # "Reset scales" with no vector applied leaves the optimisation edit where it is
+    page.click("reset-scales")
+    page.driver.execute_script("return new Promise((done) => setTimeout(done, 400));")  # past the debounce
+    assert page.attr("after-image", "src") == after_src and page.el("save-button").is_enabled()
     shutil.copy(page.screenshot("2-edited", full_page=True), ARTIFACTS / "editor.png")  # docs/editor.png
 
     # Save the edit's vector under a name: the registry has it and the vector list offers it.

@@ -45,6 +45,17 @@ def test_api_errors_show_in_the_page_and_a_running_edit_can_be_cancelled(
     job = api.get(page.attr("job-link", "href") or "").json()
     assert job["kind"] == "optimize" and job["status"] == "started" and job["progress"]["total"] == 2000
     assert shown <= 100 * job["progress"]["step"] / 2000  # the page shows what the job reported, never ahead
+    # While it runs, the model and the vector sliders stay as they are: the result belongs to them
+    assert not page.el("model").is_enabled()
+    sliders = page.driver.find_elements(By.CSS_SELECTOR, "#vector-list input[type=range]")
+    assert sliders and not any(s.is_enabled() for s in sliders)
+    # A dropped connection is waited out: the page keeps following the job once the network is back
+    page.driver.set_network_conditions(offline=True, latency=0, download_throughput=0, upload_throughput=0)
+    page.wait(lambda: "waiting for the service" in page.text("job-label"), 20, "the page noticing the outage")
+    page.driver.set_network_conditions(offline=False, latency=0, download_throughput=-1, upload_throughput=-1)
+    before = page.progress()
+    page.wait(lambda: page.progress() > before, 60, "progress again after the outage")
+    assert page.el("cancel-job").is_enabled() and page.messages() == ""
     page.click("cancel-job")
     assert page.wait_job("Editing", timeout=60) == "Editing: cancelled."
     job = api.get(page.attr("job-link", "href") or "").json()

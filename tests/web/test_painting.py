@@ -94,3 +94,38 @@ def test_brush_undo_redo_eyedropper_fill_erase_and_zoom(page: EditorPage, api: h
     assert canvas.value_of_css_property("opacity") == "0.25"
     assert page.messages() == ""
     page.screenshot("painted")
+
+
+def test_redo_survives_a_click_that_changes_nothing_and_strokes_follow_the_pointer(
+    page: EditorPage, api: httpx.Client
+) -> None:
+    classes = api.get("/models").json()["models"][0]["classes"]
+    ids = {c["name"]: c["id"] for c in classes}
+    page.open()
+    page.click("sample-button")
+    page.wait(lambda: page.text("latent-id").startswith("lat_"), what="a random sample")
+    original = page.mask_labels(classes)
+    assert original[5, 5] == ids["background"]
+    page.set_range("brush-size", 1)
+    page.choose_class("nose")
+    page.click_pixel(5, 5)
+    page.click("undo")
+    assert page.el("redo").is_enabled()
+    page.choose_class("background")
+    page.click_pixel(5, 5)  # already background: no step, and the undone one can still come back
+    assert page.el("redo").is_enabled()
+    page.click("redo")
+    assert page.mask_labels(classes)[5, 5] == ids["nose"]
+
+    # A drag that leaves the canvas paints only where the pointer was on it, not along the border
+    page.choose_class("hair")
+    before = page.mask_labels(classes)
+    page.stroke([(50, 30), (70, 30), (70, 56)])
+    after = page.mask_labels(classes)
+    assert (after[30, 50:] == ids["hair"]).all()
+    assert np.array_equal(after[31:57, 63], before[31:57, 63]), "the border column was painted"
+
+    # Letters typed into a select pick its options: they are not tool shortcuts there
+    page.el("region").send_keys("e")
+    assert page.driver.find_element("css selector", 'input[name="tool"]:checked').get_attribute("value") == "brush"
+    assert page.messages() == ""

@@ -61,7 +61,8 @@ export class Painter extends EventTarget {
     this.cls = 0;
     this.size = 3;
     this.shape = "round";
-    this.last = null; // the previous pixel of the stroke in progress
+    this.last = null; // the previous pixel of the stroke in progress (off the canvas while dragged outside)
+    this.setAside = []; // the redo history while an undo step is open
     canvas.addEventListener("pointerdown", (e) => this.#down(e));
     canvas.addEventListener("pointermove", (e) => this.#move(e));
     for (const type of ["pointerup", "pointercancel"]) canvas.addEventListener(type, (e) => this.#up(e));
@@ -119,6 +120,7 @@ export class Painter extends EventTarget {
     if (!this.labels || this.labels.equals(this.original)) return;
     this.#checkpoint();
     this.labels.ids = this.original.ids.slice();
+    this.#keep();
     this.#changed();
   }
 
@@ -126,10 +128,21 @@ export class Painter extends EventTarget {
     if (this.labels) drawLabels(this.ctx, this.labels, this.palette);
   }
 
+  /** Open an undo step before a change; `#keep` or `#drop` closes it once it is known whether it changed anything. */
   #checkpoint() {
     this.undoStack.push(this.labels.ids.slice());
-    if (this.undoStack.length > MAX_HISTORY) this.undoStack.shift();
+    this.setAside = this.redoStack; // a step that changes nothing must not cost the redo history
     this.redoStack = [];
+  }
+
+  #keep() {
+    if (this.undoStack.length > MAX_HISTORY) this.undoStack.shift();
+  }
+
+  #drop() {
+    this.undoStack.pop();
+    this.redoStack = this.setAside;
+    this.dispatchEvent(new Event("change")); // the redo button comes back
   }
 
   #changed() {
@@ -137,16 +150,21 @@ export class Painter extends EventTarget {
     this.dispatchEvent(new Event("change"));
   }
 
+  /** The label pixel under the pointer; off the canvas (a captured stroke) it lies outside [0, size). */
   #pixel(event) {
     const rect = this.canvas.getBoundingClientRect();
     const x = Math.floor(((event.clientX - rect.left) / rect.width) * this.labels.width);
     const y = Math.floor(((event.clientY - rect.top) / rect.height) * this.labels.height);
+    return [x, y];
+  }
+
+  #clamped([x, y]) {
     return [Math.min(Math.max(x, 0), this.labels.width - 1), Math.min(Math.max(y, 0), this.labels.height - 1)];
   }
 
   #down(event) {
     if (!this.labels || event.button !== 0) return;
-    const [x, y] = this.#pixel(event);
+    const [x, y] = this.#clamped(this.#pixel(event)); // on the canvas: only its border's rounding to undo
     if (this.tool === "eyedropper") {
       this.cls = this.labels.at(x, y);
       this.dispatchEvent(new CustomEvent("pick", { detail: this.cls }));
@@ -154,7 +172,8 @@ export class Painter extends EventTarget {
     }
     this.#checkpoint();
     if (this.tool === "fill") {
-      if (floodFill(this.labels, x, y, this.cls) === 0) this.undoStack.pop(); // nothing changed: no undo step
+      if (floodFill(this.labels, x, y, this.cls) === 0) this.#drop(); // nothing changed: no undo step
+      else this.#keep();
       this.#changed();
       return;
     }
@@ -180,7 +199,8 @@ export class Painter extends EventTarget {
     if (!this.last) return;
     this.last = null;
     const before = this.undoStack[this.undoStack.length - 1];
-    if (before && before.every((v, i) => v === this.labels.ids[i])) this.undoStack.pop(); // an empty stroke
+    if (before && before.every((v, i) => v === this.labels.ids[i])) this.#drop(); // an empty stroke
+    else this.#keep();
   }
 
   #stamp(x, y) {
