@@ -171,6 +171,7 @@ async function selectModel(name) {
   buildPalette(model.classes);
   for (const id of ["source-image", "uncertainty-image", "before-image", "after-image"]) $(id).removeAttribute("src");
   painter.clear();
+  $("key-cursor").hidden = true;
   $("latent-id").textContent = "none yet";
   await loadVectors();
 }
@@ -245,6 +246,7 @@ async function showSource(result) {
   state.result = null;
   state.vectorRequest++; // a real-time answer still on its way belongs to the previous latent
   painter.load(labels, state.model.classes);
+  $("key-cursor").hidden = true;
   $("source-image").src = images.image;
   $("uncertainty-image").src = images.uncertainty;
   $("before-image").src = images.image;
@@ -368,6 +370,21 @@ async function downloadMask() {
   saveBlob(await labelsToPngBlob(painter.labels, state.model.classes), "mask.png");
 }
 
+/** The keyboard cursor: one label pixel outlined over the mask, and where it is, in words. */
+function showCursor({ x, y }) {
+  const { width, height } = painter.labels;
+  const box = $("key-cursor");
+  Object.assign(box.style, {
+    left: `${(100 * x) / width}%`,
+    top: `${(100 * y) / height}%`,
+    width: `${100 / width}%`,
+    height: `${100 / height}%`,
+  });
+  box.hidden = false;
+  const cls = state.model.classes.find((c) => c.id === painter.labels.at(x, y));
+  $("cursor-info").textContent = `Cursor at ${x}, ${y}: ${cls ? cls.name : "?"}.`;
+}
+
 // ---------------------------------------------------------------- wiring
 
 const TOOL_KEYS = { b: "brush", f: "fill", i: "eyedropper", e: "erase" };
@@ -426,6 +443,11 @@ function wire() {
   painter.addEventListener("change", () => {
     $("painted").textContent = `${painter.changedPixels} pixels painted.`;
     refreshControls();
+  });
+  painter.addEventListener("cursor", (e) => showCursor(e.detail));
+  $("mask-canvas").addEventListener("blur", () => ($("key-cursor").hidden = true));
+  $("mask-canvas").addEventListener("focus", () => {
+    if (painter.cursor) showCursor({ x: painter.cursor[0], y: painter.cursor[1] });
   });
   painter.addEventListener("pick", (e) => {
     selectClass(e.detail);

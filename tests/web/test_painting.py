@@ -129,3 +129,37 @@ def test_redo_survives_a_click_that_changes_nothing_and_strokes_follow_the_point
     page.el("region").send_keys("e")
     assert page.driver.find_element("css selector", 'input[name="tool"]:checked').get_attribute("value") == "brush"
     assert page.messages() == ""
+
+
+def test_the_mask_can_be_painted_and_edited_with_the_keyboard_alone(page: EditorPage, api: httpx.Client) -> None:
+    classes = api.get("/models").json()["models"][0]["classes"]
+    ids = {c["name"]: c["id"] for c in classes}
+    page.open()
+    page.select("example", "0")  # a fixed face: the pixels painted below hold no hair in it
+    page.click("example-button")
+    page.wait(lambda: page.text("latent-id").startswith("lat_"), what="the example latent")
+    original = page.mask_labels(classes)
+    assert (original[30:33, 29] != ids["hair"]).all()
+    page.choose_class("hair")
+    page.set_range("brush-size", 1)
+    canvas = page.el("mask-canvas")
+    assert canvas.get_attribute("tabindex") == "0"
+    page.driver.execute_script("arguments[0].focus()", canvas)
+    chain = ActionChains(page.driver)
+    # from the centre (32, 32): three left, then Space paints (29, 32); Shift+Up twice paints (29, 31), (29, 30)
+    chain.send_keys(Keys.ARROW_LEFT * 3, Keys.SPACE)
+    chain.key_down(Keys.SHIFT).send_keys(Keys.ARROW_UP, Keys.ARROW_UP).key_up(Keys.SHIFT).perform()
+    painted = page.mask_labels(classes)
+    expected = original.copy()
+    expected[30:33, 29] = ids["hair"]
+    assert np.array_equal(painted, expected)
+    assert page.text("cursor-info").startswith("Cursor at 29, 30: ")
+    assert page.el("key-cursor").is_displayed()
+    ActionChains(page.driver).key_down(Keys.CONTROL).send_keys("z").key_up(Keys.CONTROL).perform()
+    undone = expected.copy()
+    undone[30, 29] = original[30, 29]  # one press, one undo step: the last one
+    assert np.array_equal(page.mask_labels(classes), undone)
+    # the edit runs from the keyboard too: Tab reaches the form, Enter submits it
+    page.el("edit-steps").send_keys(Keys.CONTROL, "a")
+    page.el("edit-steps").send_keys("2", Keys.ENTER)
+    assert page.wait_job("Editing").endswith("done."), page.messages()

@@ -63,6 +63,9 @@ export class Painter extends EventTarget {
     this.shape = "round";
     this.last = null; // the previous pixel of the stroke in progress (off the canvas while dragged outside)
     this.setAside = []; // the redo history while an undo step is open
+    this.cursor = null; // [x, y]: where the keyboard paints (arrows move it, Space or Enter applies the tool)
+    canvas.tabIndex = 0;
+    canvas.addEventListener("keydown", (e) => this.#key(e));
     canvas.addEventListener("pointerdown", (e) => this.#down(e));
     canvas.addEventListener("pointermove", (e) => this.#move(e));
     for (const type of ["pointerup", "pointercancel"]) canvas.addEventListener(type, (e) => this.#up(e));
@@ -75,6 +78,7 @@ export class Painter extends EventTarget {
     this.labels = labels.clone();
     this.undoStack = [];
     this.redoStack = [];
+    this.cursor = null;
     this.canvas.width = labels.width;
     this.canvas.height = labels.height;
     this.#changed();
@@ -82,7 +86,7 @@ export class Painter extends EventTarget {
 
   /** No segmentation (another model was chosen). */
   clear() {
-    Object.assign(this, { original: null, labels: null, undoStack: [], redoStack: [] });
+    Object.assign(this, { original: null, labels: null, undoStack: [], redoStack: [], cursor: null });
     this.canvas.width = this.canvas.height = 0;
     this.dispatchEvent(new Event("change"));
   }
@@ -165,22 +169,54 @@ export class Painter extends EventTarget {
   #down(event) {
     if (!this.labels || event.button !== 0) return;
     const [x, y] = this.#clamped(this.#pixel(event)); // on the canvas: only its border's rounding to undo
-    if (this.tool === "eyedropper") {
-      this.cls = this.labels.at(x, y);
-      this.dispatchEvent(new CustomEvent("pick", { detail: this.cls }));
-      return;
-    }
+    if (this.#pickOrFill(x, y)) return;
     this.#checkpoint();
-    if (this.tool === "fill") {
-      if (floodFill(this.labels, x, y, this.cls) === 0) this.#drop(); // nothing changed: no undo step
-      else this.#keep();
-      this.#changed();
-      return;
-    }
     this.canvas.setPointerCapture(event.pointerId);
     this.last = [x, y];
     this.#stamp(x, y);
     this.#changed();
+  }
+
+  /** The one-click tools at (x, y); false for the brushes, which paint strokes. */
+  #pickOrFill(x, y) {
+    if (this.tool === "eyedropper") {
+      this.cls = this.labels.at(x, y);
+      this.dispatchEvent(new CustomEvent("pick", { detail: this.cls }));
+      return true;
+    }
+    if (this.tool !== "fill") return false;
+    this.#checkpoint();
+    if (floodFill(this.labels, x, y, this.cls) === 0) this.#drop(); // nothing changed: no undo step
+    else this.#keep();
+    this.#changed();
+    return true;
+  }
+
+  /**
+   * Painting without a pointer: arrows move the cursor (from the centre), Space or Enter applies the tool
+   * there, Shift+arrow moves and paints with the brush (each press one undo step). A "cursor" event tells
+   * the page where it is.
+   */
+  #key(event) {
+    const moves = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+    const move = moves[event.key];
+    const apply = event.key === " " || event.key === "Enter";
+    if (!this.labels || (!move && !apply) || event.ctrlKey || event.metaKey || event.altKey) return;
+    event.preventDefault(); // no page scrolling
+    const [cx, cy] = this.cursor ?? [this.labels.width >> 1, this.labels.height >> 1];
+    const [x, y] = move ? this.#clamped([cx + move[0], cy + move[1]]) : [cx, cy];
+    this.cursor = [x, y];
+    if (apply || (move && event.shiftKey)) {
+      if (!this.#pickOrFill(x, y)) {
+        this.#checkpoint();
+        this.#stamp(x, y);
+        const before = this.undoStack[this.undoStack.length - 1];
+        if (before.every((v, i) => v === this.labels.ids[i])) this.#drop();
+        else this.#keep();
+        this.#changed();
+      }
+    }
+    this.dispatchEvent(new CustomEvent("cursor", { detail: { x, y, cls: this.labels.at(x, y) } }));
   }
 
   #move(event) {
