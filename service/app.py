@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -42,13 +43,21 @@ def _operation_id(route: APIRoute) -> str:
     return route.name  # function names are unique: clean names for generated clients
 
 
-async def _sweep_forever(redis: Redis, queue_name: str) -> None:
+async def _sweep_forever(redis: Redis, queue_name: str, heartbeat_ttl: float) -> None:
+    """Sweep lost jobs every few seconds, except for one heartbeat TTL after Redis was unreachable: while it
+    was down no worker could refresh its jobs' heartbeats, so every running job would look lost (and be run
+    again, or failed, while it still runs)."""
+    resume_at = 0.0
     while True:
         await asyncio.sleep(SWEEP_SECONDS)
         try:
-            await run_in_threadpool(sweep_lost_jobs, redis, queue_name)
+            if time.monotonic() < resume_at:
+                await run_in_threadpool(redis.ping)  # still reachable: the grace runs on
+            else:
+                await run_in_threadpool(sweep_lost_jobs, redis, queue_name)
         except Exception:  # Redis may be restarting: try again next round
-            log.warning("sweeping lost jobs failed", exc_info=True)
+            resume_at = time.monotonic() + SWEEP_SECONDS + heartbeat_ttl
+            log.warning("sweeping lost jobs failed; sweeps resume one heartbeat TTL after Redis is back", exc_info=True)
 
 
 def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) -> FastAPI:
@@ -109,7 +118,7 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
             batchers=batchers,
             engine=engine,
         )
-        sweeper = asyncio.create_task(_sweep_forever(redis, settings.editgan_queue))
+        sweeper = asyncio.create_task(_sweep_forever(redis, settings.editgan_queue, settings.editgan_heartbeat_ttl))
         log.info("gateway ready: models %s", sorted(loaded))
         try:
             yield

@@ -182,6 +182,37 @@ def test_redis_restart_under_load_loses_no_vector_and_no_accepted_job(restartabl
             assert info["status"] == "finished", info
 
 
+def test_a_job_running_through_an_outage_longer_than_its_heartbeat_ttl_is_not_taken_for_lost(
+    restartable: Stack,
+) -> None:
+    """While Redis is down no worker can refresh a heartbeat: the gateway must not sweep the job as lost
+    (run it again, or fail it) the moment Redis is back."""
+    s = restartable
+    with httpx.Client(base_url=s.base_url, timeout=30) as http:
+        location = http.post("/invert", files={"image": ("i.png", png(7))}, data={"steps": "5000"}).headers["Location"]
+        deadline = time.monotonic() + 60
+        while http.get(location).json()["progress"]["step"] < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        s.redis.stop()
+        time.sleep(13)  # longer than EDITGAN_HEARTBEAT_TTL (10 s) plus a sweep
+        s.redis.start()
+        wait_status(http, "/readyz", 200, timeout=90)
+        seen: list[tuple[str, int]] = []
+        until = time.monotonic() + 20  # past the TTL and several sweeps
+        while time.monotonic() < until:
+            info = http.get(location).json()
+            seen.append((info["status"], info["progress"]["step"]))
+            if info["status"] != "started":
+                break
+            time.sleep(0.25)
+        assert {status for status, _ in seen} == {"started"}, seen[-5:]
+        steps = [step for _, step in seen]
+        assert steps == sorted(steps) and steps[-1] > steps[0], "the job restarted or stalled"
+        assert http.delete(location).status_code == 200
+        final = wait_terminal(http, location, timeout=60)
+        assert final["status"] == "stopped" and final["error"]["code"] == "cancelled", final
+
+
 @pytest.fixture
 def full_disk(tiny_models: Path, tmp_path: Path) -> Iterator[tuple[Stack, Path]]:
     disk = tmp_path / "disk"
