@@ -27,10 +27,11 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from redis import Redis, RedisError
-from rq import Queue, Worker
+from rq import Queue
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.memory import usage_bytes
+from workers.queue import live_workers
 from workers.stats import read_job_stats
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class QueueCollector:
                 "finished": queue.finished_job_registry.get_job_count(cleanup=False),
                 "canceled": queue.canceled_job_registry.get_job_count(cleanup=False),
             }
-            snapshot = _Snapshot(depth=queue.count, registries=registries, workers=Worker.count(queue=queue))
+            snapshot = _Snapshot(depth=queue.count, registries=registries, workers=live_workers(queue))
             stats = read_job_stats(redis, prefix=self.prefix)
         except (RedisError, OSError) as exc:
             log.warning("metrics scrape could not read Redis: %s", exc)

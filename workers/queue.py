@@ -13,11 +13,12 @@ from typing import Any
 
 from pydantic import BaseModel
 from redis import Redis
-from rq import Queue, Retry
+from rq import Queue, Retry, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
+from rq.worker_registration import clean_worker_registry
 
 from schemas.edits import InvertResult, OptimizeEditResult, VectorEditResult
 from schemas.errors import ErrorBody, ErrorCode
@@ -139,6 +140,14 @@ def cancel(redis: Redis, job: Job, stop_ttl: int) -> JobStatus:
         redis.set(stop_key(job.id), b"1", ex=stop_ttl)
         return JobStatus.stopped
     raise JobNotCancellableError(f"job {job.id} is {status.value}: only queued or running jobs can be cancelled")
+
+
+def live_workers(queue: Queue) -> int:
+    """Workers listening on `queue` whose worker key is still alive. A worker killed without deregistering
+    (SIGKILL, a lost machine) leaves its id in rq's set of workers after its key expires, and rq prunes it
+    only in a live worker's maintenance: with none left it would be counted for ever."""
+    clean_worker_registry(queue)
+    return Worker.count(queue=queue)
 
 
 def sweep_lost_jobs(redis: Redis, queue_name: str) -> None:

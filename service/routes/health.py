@@ -6,10 +6,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from redis import Redis
 from redis.exceptions import ResponseError
-from rq import Worker
 
 from service.deps import ServicesDep
 from service.errors import refuses_writes
+from workers.queue import live_workers
 from workers.store import PREFIX
 
 PROBE_KEY = f"{PREFIX}:probe:writes"
@@ -34,7 +34,7 @@ def readyz(services: ServicesDep) -> JSONResponse:
     checks: dict[str, bool | int] = {"models": bool(services.bundles)}
     try:
         checks["redis"] = bool(services.redis.ping())
-        checks["workers"] = Worker.count(connection=services.redis, queue=services.queue)
+        checks["workers"] = live_workers(services.queue)
         checks["writes"] = _writes_accepted(services.redis)
     except Exception:  # any Redis failure means not ready, never a 500
         checks["redis"], checks["workers"], checks["writes"] = False, 0, False
