@@ -134,6 +134,9 @@ def cancel(redis: Redis, job: Job, stop_ttl: int) -> JobStatus:
     """Cancel a queued job now; ask a running one to stop at its next step. Returns the status to expect."""
     status = JobStatus(job.get_status())
     if status in (JobStatus.queued, JobStatus.deferred, JobStatus.scheduled):
+        # The stop key first: a worker may take the job between the status read and the cancel, and rq then
+        # starts it all the same; it stops at its first step instead of running to the end.
+        redis.set(stop_key(job.id), b"1", ex=stop_ttl)
         job.cancel()
         return JobStatus.canceled
     if status == JobStatus.started:

@@ -31,7 +31,7 @@ from rq.utils import now
 
 from engine import EngineError
 from schemas.settings import Settings
-from workers.jobs import ShutdownRequestedError
+from workers.jobs import HANDLED, ShutdownRequestedError
 from workers.models import check_precisions, compile_models, load_models, resolve_device
 from workers.queue import job_queue, sweep_lost_jobs
 from workers.registry import Registry
@@ -97,10 +97,10 @@ class EditganWorker(SimpleWorker):
         if isinstance(exc, ShutdownRequestedError):
             self._requeue(job, queue, execution)
             return
-        if isinstance(exc, EngineError) and not isinstance(exc, ShutdownRequestedError):
-            if exc.code == "cancelled":
+        if isinstance(exc, HANDLED):  # what the job recorded as its {code, message}: the input's fault
+            if isinstance(exc, EngineError) and exc.code == "cancelled":
                 self._stopped_job_id = job.id  # rq then marks it `stopped`, never retried
-            job.retries_left = 0  # deterministic failures are not worth a retry
+            job.retries_left = 0  # deterministic failures (a deleted latent too) are not worth a retry
         super()._finalize_failure(job, queue, execution, exc_info)
 
     def _requeue(self, job: Job, queue: Queue, execution: Execution) -> None:

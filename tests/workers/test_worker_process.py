@@ -21,6 +21,7 @@ from schemas.settings import Settings
 from tests.conftest import save_tiny_model
 from tests.processes import start, stop
 from workers.queue import enqueue, fetch, job_info, job_queue, stop_key, sweep_lost_jobs
+from workers.stats import read_job_stats
 from workers.store import Store
 
 HEARTBEAT = 4  # seconds: a dead worker's job is noticed this fast
@@ -155,6 +156,8 @@ def test_engine_errors_fail_the_job_with_a_code_and_are_not_retried(
     info = job_info(fetch(redis_client, job.id), job_queue(redis_client, settings))
     assert info.error is not None and info.error.code == "latent_not_found"
     assert fetch(redis_client, job.id).retries_left == 0
+    runs = read_job_stats(redis_client).kinds["refine"].statuses
+    assert runs["failed"] == 1 and runs["requeued"] == 0, runs  # it ran once: a missing latent stays missing
 
 
 def test_the_worker_runs_its_loops_in_editgan_precision(
