@@ -120,7 +120,10 @@ def job_info(job: Job, queue: Queue) -> JobInfo:
         kind=kind,
         model=job.meta.get("model", ""),
         status=status,
-        progress=JobProgress.model_validate(job.meta.get("progress", {})),
+        # queued again (a retry after its worker was lost): what the lost run reached no longer applies
+        progress=JobProgress()
+        if status == JobStatus.queued
+        else JobProgress.model_validate(job.meta.get("progress", {})),
         queue_position=job.get_position() if status == JobStatus.queued else None,
         created_at=job.created_at,
         started_at=job.started_at,

@@ -139,6 +139,8 @@ def test_a_killed_workers_job_is_retried_by_another_worker(
         return fetch(redis_client, job.id).get_status() == "queued"
 
     wait_for(requeued, HEARTBEAT * 3, "the job to be requeued")
+    waiting = job_info(fetch(redis_client, job.id), job_queue(redis_client, settings))
+    assert waiting.progress.stage == "queued" and waiting.progress.step == 0  # not the lost run's last step
     spawn()
     wait_for(lambda: fetch(redis_client, job.id).get_status() == "finished", 120, "the retry to finish")
     result = job_info(fetch(redis_client, job.id), job_queue(redis_client, settings)).result
