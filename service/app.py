@@ -16,6 +16,8 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 from starlette.concurrency import run_in_threadpool
 
 from engine import Bundle, EngineError
@@ -71,7 +73,16 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
         return Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
 
     def connect_async() -> AsyncRedis:  # the real-time route's client, on the event loop
-        return AsyncRedis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+        # One immediate retry on a fresh connection: after a Redis restart the pool's connections are dead, and
+        # the first request on each would answer 503. Its commands (a latent read, a result written under new
+        # ids) are safe to repeat.
+        return AsyncRedis.from_url(
+            redis_url,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+            health_check_interval=30,
+            retry=AsyncRetry(NoBackoff(), 1),
+        )
 
     def model_devices() -> list[torch.device]:  # for /metrics; empty until the lifespan has loaded them
         services = getattr(app.state, "services", None)

@@ -182,6 +182,23 @@ def test_redis_restart_under_load_loses_no_vector_and_no_accepted_job(restartabl
             assert info["status"] == "finished", info
 
 
+def test_the_first_vector_edit_after_a_redis_restart_is_served(restartable: Stack) -> None:
+    """The real-time route's pooled connections die with the server: the first request on one must retry on
+    a fresh connection, not answer 503."""
+    s = restartable
+    with httpx.Client(base_url=s.base_url, timeout=30) as http:
+        assert upload(http, "warm", 3).status_code == 201
+        latent = http.post("/latents/sample", json={"model": "tiny", "seed": 2}).json()["latent_id"]
+        body = {"latent_id": latent, "vectors": [{"vector": "warm", "scale": 0.5}]}
+        assert http.post("/edit/vector", json=body).status_code == 200  # the pool now holds a connection
+        s.redis.stop()
+        wait_status(http, "/readyz", 503, timeout=15)
+        s.redis.start()
+        wait_status(http, "/readyz", 200, timeout=90)  # the sync client's check: the async pool is untouched
+        first = http.post("/edit/vector", json=body)
+        assert first.status_code == 200, first.text
+
+
 def test_a_job_running_through_an_outage_longer_than_its_heartbeat_ttl_is_not_taken_for_lost(
     restartable: Stack,
 ) -> None:
