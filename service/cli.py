@@ -224,7 +224,9 @@ def _up(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"redis_url": embedded.url})
         print(f"editgan: embedded Redis (append-only) in {settings.editgan_data_dir}", file=sys.stderr)
     env = os.environ | {"REDIS_URL": str(settings.redis_url)}
-    workers = [subprocess.Popen([sys.executable, "-m", "workers"], env=env) for _ in range(args.workers)]
+    # `editgan worker` itself (logging configured as here), whichever way this process was started
+    command = [sys.executable, "-m", "service.cli", "worker"]
+    workers = [subprocess.Popen(command, env=env) for _ in range(args.workers)]
     try:
         _run_gateway(settings)
     finally:
