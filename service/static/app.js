@@ -5,7 +5,7 @@ import { labelsFromPng, labelsToPngBlob } from "./canvas/labels.js";
 import { Painter } from "./canvas/painter.js";
 
 const $ = (id) => document.getElementById(id);
-const VECTOR_DEBOUNCE_MS = 150; // real-time vector edits: one request per pause of the slider
+const VECTOR_DEBOUNCE_MS = 150; // the full edit once a slider is released (or a key pressed) and left there
 const SCALE_STEPS = 20; // vector sliders move in steps of 1/20
 
 const state = {
@@ -310,7 +310,33 @@ function scheduleVectorEdit({ preview = false } = {}) {
   refreshControls();
   if (Number($("refine-steps").value) > 0 || !state.source) return; // refinement waits for the button
   clearTimeout(state.vectorTimer);
-  state.vectorTimer = setTimeout(guarded(() => applyVectors({ preview })), VECTOR_DEBOUNCE_MS);
+  if (preview) {
+    requestPreview();
+    return;
+  }
+  previewing.again = false; // the full edit follows: no preview after it
+  state.vectorTimer = setTimeout(guarded(() => applyVectors({ preview: false })), VECTOR_DEBOUNCE_MS);
+}
+
+/**
+ * While a slider moves: one preview request at a time, the next one as soon as it is answered, with the
+ * sliders as they are then. A drag shows edits at the pace the service answers, without waiting for a pause.
+ */
+const previewing = { busy: false, again: false };
+
+function requestPreview() {
+  if (previewing.busy) {
+    previewing.again = true;
+    return;
+  }
+  previewing.busy = true;
+  guarded(() => applyVectors({ preview: true }))().finally(() => {
+    previewing.busy = false;
+    if (previewing.again) {
+      previewing.again = false;
+      requestPreview();
+    }
+  });
 }
 
 async function applyVectors({ preview = false } = {}) {

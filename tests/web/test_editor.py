@@ -130,8 +130,13 @@ def test_upload_paint_edit_save_apply_and_download(page: EditorPage, api: httpx.
     # Apply a shipped vector in real time with its slider (keyboard: End = the top of its range).
     smile = page.el("vector-smile")
     top = float(smile.get_attribute("max") or 0)
-    smile.send_keys(Keys.END)
-    page.wait(lambda: f"smile {top:g}" in page.text("after-caption"), what="the real-time vector edit")
+    smile.send_keys(Keys.END)  # an input event (a preview at once) and a change (the full edit after it)
+
+    def full_edit_shown() -> bool:
+        stored = "/results/img_" in (page.attr("after-image", "src") or "")  # not a preview's inline image
+        return stored and f"smile {top:g}" in page.text("after-caption")
+
+    page.wait(full_edit_shown, what="the real-time vector edit")
     expected = api.post(
         "/edit/vector", json={"latent_id": latent_id, "vectors": [{"vector": "smile", "scale": top}]}
     ).json()
@@ -144,6 +149,18 @@ def test_upload_paint_edit_save_apply_and_download(page: EditorPage, api: httpx.
     bottom = float(smile.get_attribute("min") or 0)
     page.wait(lambda: f"smile {bottom:g}" in page.text("after-caption"), what="the preview while dragging")
     assert (page.attr("after-image", "src") or "").startswith("data:image/png;base64,")
+    # A drag that never pauses (an input event every 40 ms for 1.6 s) shows edits while it moves
+    captions = page.driver.execute_async_script(
+        """const [s, done] = arguments; const seen = []; let i = 0;
+        const tick = setInterval(() => {
+          s.value = Number(s.min) + ((Number(s.max) - Number(s.min)) * (i % 20)) / 20;
+          s.dispatchEvent(new Event("input"));
+          seen.push(document.getElementById("after-caption").textContent);
+          if (++i === 40) { clearInterval(tick); done(seen); }
+        }, 40);""",
+        smile,
+    )
+    assert len(set(captions)) >= 4, captions  # several previews shown during the drag, not one after it
 
     # With refinement steps, the same sliders make a job.
     page.fill("refine-steps", str(REFINE_STEPS))
