@@ -132,15 +132,18 @@ def test_upload_paint_edit_save_apply_and_download(page: EditorPage, api: httpx.
     top = float(smile.get_attribute("max") or 0)
     smile.send_keys(Keys.END)  # an input event (a preview at once) and a change (the full edit after it)
 
-    def full_edit_shown() -> bool:
-        stored = "/results/img_" in (page.attr("after-image", "src") or "")  # not a preview's inline image
-        return stored and f"smile {top:g}" in page.text("after-caption")
+    def full_edit_shown() -> str:  # image and caption read together: the page may change between two reads
+        src, caption = page.driver.execute_script(
+            "return [document.getElementById('after-image').src, document.getElementById('after-caption').textContent]"
+        )
+        stored = "/results/img_" in src and src != after_src  # not a preview's inline image, nor the edit's
+        return src if stored and f"smile {top:g}" in caption else ""
 
-    page.wait(full_edit_shown, what="the real-time vector edit")
+    shown = page.wait(full_edit_shown, what="the real-time vector edit")
     expected = api.post(
         "/edit/vector", json={"latent_id": latent_id, "vectors": [{"vector": "smile", "scale": top}]}
     ).json()
-    realtime = fetch_png(api, page.attr("after-image", "src") or "")
+    realtime = fetch_png(api, shown)
     assert np.array_equal(realtime, fetch_png(api, expected["images"]["image"]))  # the page shows the API's answer
 
     # While a slider moves (input events, no change yet) the page asks for previews, whose images come back
