@@ -8,9 +8,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import redis
 
 
 def free_port() -> int:
@@ -118,3 +121,20 @@ class RedisServer:
             self.proc.send_signal(sig)
             self.proc.wait(30)
         self.proc = None
+
+
+@contextmanager
+def gateway_alone(redis_url: str, models_dir: Path, log: Path, **settings: str) -> Iterator[str]:
+    """`editgan serve` without a worker on its own Redis database, flushed before and after; yields its URL."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    port = free_port()
+    gateway = start(["serve"], service_env(redis_url, models_dir, port, **settings), log)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base_url, [gateway], log, path="/healthz")  # no worker: /readyz stays 503
+        yield base_url
+    finally:
+        stop(gateway)
+        client.flushdb()
+        client.close()

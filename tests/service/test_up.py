@@ -11,18 +11,17 @@ import httpx
 import numpy as np
 import psutil
 
-from tests.processes import free_port, start, stop, wait_ready
+from tests.processes import free_port, service_env, start, stop, wait_ready
+
+
+def up_env(models: Path, data: Path, port: int) -> dict[str, str]:
+    """`editgan up` on `models`, its embedded Redis (REDIS_URL unset) keeping its files in `data`."""
+    return service_env("", models, port, EDITGAN_DATA_DIR=str(data))
 
 
 def test_up_serves_with_an_embedded_redis_whose_registry_survives_a_restart(tiny_models: Path, tmp_path: Path) -> None:
     port = free_port()
-    env = {
-        "EDITGAN_MODELS_DIR": str(tiny_models),
-        "EDITGAN_DATA_DIR": str(tmp_path / "data"),
-        "EDITGAN_PORT": str(port),
-        "EDITGAN_THREADS": "1",
-        "REDIS_URL": "",  # unset: the embedded server is used
-    }
+    env = up_env(tiny_models, tmp_path / "data", port)
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "up.log"
     delta = np.random.default_rng(0).normal(size=(1, 8, 32)).astype(np.float32)
@@ -50,13 +49,7 @@ def test_up_serves_with_an_embedded_redis_whose_registry_survives_a_restart(tiny
 
 def test_a_second_signal_hurries_the_shutdown_but_still_stops_redis(tiny_models: Path, tmp_path: Path) -> None:
     port = free_port()
-    env = {
-        "EDITGAN_MODELS_DIR": str(tiny_models),
-        "EDITGAN_DATA_DIR": str(tmp_path / "data"),
-        "EDITGAN_PORT": str(port),
-        "EDITGAN_THREADS": "1",
-        "REDIS_URL": "",
-    }
+    env = up_env(tiny_models, tmp_path / "data", port)
     log = tmp_path / "up.log"
     up = start(["up"], env, log)
     try:

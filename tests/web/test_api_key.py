@@ -10,11 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 from PIL import Image
 from selenium.webdriver.common.by import By
 
-from tests.processes import free_port, service_env, start, stop, wait_ready
+from tests.processes import gateway_alone
 from tests.web.page import EditorPage
 
 KEY = "web-secret-" + "k" * 20
@@ -24,20 +23,9 @@ KEY_REDIS_URL = os.environ.get("EDITGAN_TEST_WEB_KEY_REDIS_URL", "redis://127.0.
 @pytest.fixture(scope="module")
 def editor_url(chromium: tuple[str, str], tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Overrides the directory's `editgan up`: a keyed gateway (no worker), on its own Redis db."""
-    client = redis.Redis.from_url(KEY_REDIS_URL)
-    client.flushdb()
-    port = free_port()
-    env = service_env(KEY_REDIS_URL, tiny_models, port, EDITGAN_API_KEYS=f"web:{KEY}")
     log = tmp_path_factory.mktemp("web-keys") / "gateway.log"
-    gateway = start(["serve"], env, log)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base_url, [gateway], log, path="/healthz")  # no worker: /readyz stays 503
+    with gateway_alone(KEY_REDIS_URL, tiny_models, log, EDITGAN_API_KEYS=f"web:{KEY}") as base_url:
         yield base_url
-    finally:
-        stop(gateway)
-        client.flushdb()
-        client.close()
 
 
 def test_job_details_open_with_the_key(page: EditorPage, api: httpx.Client, tmp_path: Path) -> None:

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 from selenium.webdriver.common.by import By
 
-from tests.processes import free_port, service_env, start, stop, wait_ready
+from tests.processes import gateway_alone
 from tests.web.page import EditorPage
 
 KEY = "web-private-" + "p" * 20
@@ -21,21 +20,12 @@ PRIVATE_REDIS_URL = os.environ.get("EDITGAN_TEST_WEB_PRIVATE_REDIS_URL", "redis:
 
 @pytest.fixture(scope="module")
 def editor_url(chromium: tuple[str, str], tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Overrides the directory's `editgan up`: a gateway whose every read needs the key (no worker)."""
-    client = redis.Redis.from_url(PRIVATE_REDIS_URL)
-    client.flushdb()
-    port = free_port()
-    env = service_env(PRIVATE_REDIS_URL, tiny_models, port, EDITGAN_API_KEYS=KEY, EDITGAN_PUBLIC_READS="false")
+    """Overrides the directory's `editgan up`: a gateway whose every read needs the key (no worker); its
+    /healthz answers without one, as probes need."""
     log = tmp_path_factory.mktemp("web-private") / "gateway.log"
-    gateway = start(["serve"], env, log)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base_url, [gateway], log, path="/healthz")  # a probe needs no key, even here
+    private = {"EDITGAN_API_KEYS": KEY, "EDITGAN_PUBLIC_READS": "false"}
+    with gateway_alone(PRIVATE_REDIS_URL, tiny_models, log, **private) as base_url:
         yield base_url
-    finally:
-        stop(gateway)
-        client.flushdb()
-        client.close()
 
 
 def test_the_key_loads_the_catalogue_and_downloads_carry_it(page: EditorPage, editor_url: str) -> None:
