@@ -38,7 +38,7 @@ from workers.registry import ReadOnlyVectorError, VectorNotFoundError
 from workers.results import publish, rendering_arrays
 from workers.runtime import Runtime, current
 from workers.store import ForbiddenError, NotFoundError
-from workers.vectors import ModelMismatchError, resolve, save_vector
+from workers.vectors import ModelMismatchError, check_new_name, resolve, save_vector
 
 PROGRESS_INTERVAL = 0.25  # seconds between job.meta writes; the final step is always written
 
@@ -189,8 +189,8 @@ def run_optimize(payload: dict[str, Any]) -> dict[str, Any]:
         roi_id = payload.get("roi_id")
         painted = torch.from_numpy(_upload(rt, roi_id) > 0) if roi_id else None
         name = payload.get("save_vector_as")
-        if name and name in bundle.vectors:  # refuse before spending the optimisation on it
-            raise ReadOnlyVectorError(f"{name!r} is shipped with model {bundle.spec.name!r} and cannot be replaced")
+        if name:
+            check_new_name(bundle, name)  # refuse before spending the optimisation on it
         reset_peak(bundle.device)
         start = time.perf_counter()
         edit = optimize_edit(

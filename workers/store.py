@@ -24,7 +24,8 @@ from engine.npyio import read_npy
 
 PREFIX = "editgan"
 
-EDIT_PREFIX = "edv_"  # the ids of unsaved edits' vectors (`resolve` tells them from registry names)
+EDIT_ID = "edv"  # the ids of unsaved edits' vectors, `edv_...` (`resolve` tells them from registry names)
+EDIT_PREFIX = f"{EDIT_ID}_"
 
 
 class NotFoundError(LookupError):
@@ -234,7 +235,7 @@ class Store:
     def put_edit(self, model: str, delta: np.ndarray, classes: list[int], region: str | None) -> str:
         """An optimisation edit's vector, usable by id until its TTL runs out -> `edv_...`."""
         meta = {"classes": ",".join(map(str, classes)), "region": region or ""}
-        return self._put_array("edit", EDIT_PREFIX.rstrip("_"), model, delta, meta)
+        return self._put_array("edit", EDIT_ID, model, delta, meta)
 
     def get_edit(self, edit_id: str) -> StoredArray:
         return self._get_array("edit", edit_id)
