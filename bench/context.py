@@ -30,6 +30,7 @@ class Context:
     paper_size: int = 512
     paper_steps: int | None = None
     paper_precision: bool | None = None  # paper section: reduced precisions too (None: on CUDA only)
+    load_seconds: float | None = None  # vector section: per load measurement (None: 10, quick 1.5)
     log: Callable[[str], None] = log_to_stderr
     _bundle: Bundle | None = field(default=None, repr=False)
 

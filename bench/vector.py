@@ -286,7 +286,7 @@ def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
     w = latent(bundle)
     rounds = 1 if ctx.quick else 3
     n = 15 if ctx.quick else 100  # requests per round, one at a time
-    seconds = 1.5 if ctx.quick else 10.0  # per throughput measurement
+    seconds = ctx.load_seconds or (1.5 if ctx.quick else 10.0)  # per throughput measurement
     out = Samples()
     with Service(ctx.workdir / "vector", ctx.service_env(), ctx.redis_url) as service:
         ctx.log("vector: starting two gateways (micro-batching on and off)")

