@@ -121,14 +121,16 @@ def run(ctx: Context) -> SectionResult:
             "refine",
             lambda n, c: refine(bundle, inputs.w, [(edit.vector, 1.0)], n, perceptual=perceptual, progress=c),
         )
+        peak = _peak(ctx.device, sampled)  # the engine's loops in float32: before the naive loop's stack
         # The official loop holds the stack, its gradient and the ensemble's activations at every pixel.
         needed = 3 * full_stack_bytes(bundle)
         if needed <= _free_bytes(ctx.device) // 2:
             ctx.log("paper: the naive official loop")
+            reset_peak(ctx.device)
             out["naive"] = compare(bundle, inputs, steps=steps, reps=1, perceptual=perceptual)
+            out["naive"]["peak_memory_gib"] = _peak(ctx.device, sampled)  # on a CPU: the block's peak so far
         else:
             out["naive"] = {"skipped": f"needs about {gib(needed)} GiB, more than half the free memory"}
-        peak = _peak(ctx.device, sampled)  # float32's, before the reduced precisions run
         if ctx.paper_precision if ctx.paper_precision is not None else ctx.device.type == "cuda":
             ctx.log("paper: the loops in reduced precision against float32")
             modes = dict.fromkeys(("invert", "optimize", "refine"), steps)

@@ -1,0 +1,153 @@
+"""Where the time of a vector edit's render and of an optimisation-edit update goes, on a lent GPU.
+
+    python3 scripts/gpu_profile.py [--device cuda] [--size 512] [--budget 180] [--out DIR]
+
+For the paper-scale car architecture (random weights) and the shipped demo model: wall time, the GPU's
+kernel time in the same span (busy share) and kernel launches, from `torch.profiler`; then, while the
+budget lasts, the render through `torch.compile` with CUDA graphs ("reduce-overhead") and with the
+default mode. A busy share well under 1 means the host (Python, launches) bounds the step, not the GPU:
+CUDA graphs and fewer, fused kernels pay there, reduced precision does not. Prints JSON; the profiler
+tables go to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.inputs import edit_input  # noqa: E402
+from bench.paper import car_bundle  # noqa: E402
+from bench.timing import StepClock, sync  # noqa: E402
+from engine import Bundle, load_bundle, optimize_edit, render  # noqa: E402
+from engine.perceptual import LPIPSLoss, PerceptualLoss  # noqa: E402
+from engine.precision import ieee_float32  # noqa: E402
+from schemas.settings import SHIPPED_MODELS  # noqa: E402
+
+
+def profiled(fn: Callable[[], Any], device: torch.device, table: Path) -> dict[str, float]:
+    """One profiled call of `fn`: wall ms, kernel ms, busy share, launches; the table written to `table`."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync()
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        fn()
+        sync()
+        wall = time.perf_counter() - start
+    averages = prof.key_averages()
+    kernel_us = sum(e.self_device_time_total for e in averages)
+    launches = sum(e.count for e in averages if e.key.startswith(("cudaLaunch", "cuLaunch")))
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table.write_text(averages.table(sort_by=sort, row_limit=40, max_name_column_width=60))
+    return {
+        "wall_ms": round(wall * 1000, 2),
+        "kernel_ms": round(kernel_us / 1000, 2),
+        "busy": round(kernel_us / 1000 / (wall * 1000), 3) if wall else 0.0,
+        "launches": launches,
+    }
+
+
+def median_ms(fn: Callable[[], Any], n: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(n):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return round(statistics.median(times) * 1000, 2)
+
+
+def study(name: str, bundle: Bundle, perceptual: PerceptualLoss, out: Path, steps: int) -> dict[str, Any]:
+    inputs = edit_input(bundle)
+    w = inputs.w
+    mask = torch.from_numpy(inputs.mask.astype("int64"))
+    result: dict[str, Any] = {"render_ms": median_ms(lambda: render(bundle, w), 10)}
+    result["render_profile"] = [profiled(lambda: render(bundle, w), bundle.device, out / f"{name}-render.txt")]
+    batch = w.expand(16, -1, -1)
+    result["render_16_ms"] = median_ms(lambda: render(bundle, batch), 5)
+
+    def edit(n: int, clock: StepClock | None = None) -> Any:
+        params = {"steps": n}
+        return optimize_edit(bundle, w, mask, inputs.region, perceptual=perceptual, params=params, progress=clock)
+
+    edit(1)  # warm-up
+    clock = StepClock()
+    edit(steps, clock)
+    result["optimize_ms_per_step"] = round(clock.per_step * 1000, 2)
+    one = profiled(lambda: edit(1), bundle.device, out / f"{name}-optimize-setup.txt")
+    many = profiled(lambda: edit(steps), bundle.device, out / f"{name}-optimize.txt")
+    # The difference of a steps-update run and a one-update run: the updates alone, without the set-up.
+    result["optimize_profile"] = {
+        "setup_and_1": one,
+        f"setup_and_{steps}": many,
+        "per_update": {k: round((many[k] - one[k]) / (steps - 1), 3) for k in ("wall_ms", "kernel_ms", "launches")},
+    }
+    return result
+
+
+def compiled_render(bundle: Bundle, mode: str) -> dict[str, Any]:
+    generator = bundle.generator
+    eager = generator._compiled if hasattr(generator, "_compiled") else None
+    inputs = edit_input(bundle)
+    start = time.perf_counter()
+    generator._compiled = torch.compile(generator._synthesize, mode=mode)
+    try:
+        for _ in range(3):
+            render(bundle, inputs.w)
+        sync()
+        compile_s = time.perf_counter() - start
+        return {"mode": mode, "compile_s": round(compile_s, 1), "render_ms": median_ms(lambda: render(bundle, inputs.w), 20)}
+    finally:
+        generator._compiled = eager
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--budget", type=float, default=180.0, help="seconds; compile probes start only inside it")
+    parser.add_argument("--out", type=Path, default=Path("artifacts/profile"))
+    args = parser.parse_args()
+    deadline = time.monotonic() + args.budget
+    device = torch.device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if device.type == "cuda":
+        ieee_float32()  # as the workers run by default
+    report: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    car = car_bundle(args.size, device)
+    vgg = LPIPSLoss("vgg").freeze().to(device)
+    report["paper"] = study("paper", car, vgg, args.out, args.steps)
+    print(json.dumps(report), flush=True)
+    demo = load_bundle(SHIPPED_MODELS / "demo-faces", device)
+    report["demo"] = study("demo", demo, demo.perceptual(), args.out, args.steps)
+    print(json.dumps(report), flush=True)
+    for name, bundle, need in (("demo", demo, 40), ("paper", car, 70)):
+        for mode in ("reduce-overhead", "default"):
+            if deadline - time.monotonic() < need:
+                report.setdefault("skipped", []).append(f"{name} {mode}")
+                continue
+            try:
+                report.setdefault("compiled_render", {}).setdefault(name, []).append(compiled_render(bundle, mode))
+            except Exception as exc:  # a probe: report and go on
+                report.setdefault("compiled_render", {}).setdefault(name, []).append({"mode": mode, "error": repr(exc)[:500]})
+            print(json.dumps(report), flush=True)
+    (args.out / "profile.json").write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
