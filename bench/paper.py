@@ -103,9 +103,7 @@ def run(ctx: Context) -> SectionResult:
             return result
 
         image = canvas(bundle, inputs.photo)
-        step_timed(
-            "invert", lambda n, c: invert(bundle, image, perceptual=perceptual, params={"steps": n}, progress=c)
-        )
+        step_timed("invert", lambda n, c: invert(bundle, image, perceptual=perceptual, params={"steps": n}, progress=c))
         mask = torch.from_numpy(inputs.mask.astype("int64"))
         edit = step_timed(
             "optimize",

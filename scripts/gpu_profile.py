@@ -26,13 +26,13 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.inputs import edit_input  # noqa: E402
-from bench.paper import car_bundle  # noqa: E402
-from bench.timing import StepClock, sync  # noqa: E402
-from engine import Bundle, load_bundle, optimize_edit, render  # noqa: E402
-from engine.perceptual import LPIPSLoss, PerceptualLoss  # noqa: E402
-from engine.precision import ieee_float32  # noqa: E402
-from schemas.settings import SHIPPED_MODELS  # noqa: E402
+from bench.inputs import edit_input
+from bench.paper import car_bundle
+from bench.timing import StepClock, sync
+from engine import Bundle, load_bundle, optimize_edit, render
+from engine.perceptual import LPIPSLoss, PerceptualLoss
+from engine.precision import ieee_float32
+from schemas.settings import SHIPPED_MODELS
 
 
 def profiled(fn: Callable[[], Any], device: torch.device, table: Path) -> dict[str, float]:
@@ -100,7 +100,7 @@ def study(name: str, bundle: Bundle, perceptual: PerceptualLoss, out: Path, step
 
 def compiled_render(bundle: Bundle, mode: str) -> dict[str, Any]:
     generator = bundle.generator
-    eager = generator._compiled if hasattr(generator, "_compiled") else None
+    before = generator._compiled  # None unless EDITGAN_COMPILE compiled it
     inputs = edit_input(bundle)
     start = time.perf_counter()
     generator._compiled = torch.compile(generator._synthesize, mode=mode)
@@ -109,9 +109,13 @@ def compiled_render(bundle: Bundle, mode: str) -> dict[str, Any]:
             render(bundle, inputs.w)
         sync()
         compile_s = time.perf_counter() - start
-        return {"mode": mode, "compile_s": round(compile_s, 1), "render_ms": median_ms(lambda: render(bundle, inputs.w), 20)}
+        return {
+            "mode": mode,
+            "compile_s": round(compile_s, 1),
+            "render_ms": median_ms(lambda: render(bundle, inputs.w), 20),
+        }
     finally:
-        generator._compiled = eager
+        generator._compiled = before
 
 
 def main() -> int:
@@ -143,7 +147,9 @@ def main() -> int:
             try:
                 report.setdefault("compiled_render", {}).setdefault(name, []).append(compiled_render(bundle, mode))
             except Exception as exc:  # a probe: report and go on
-                report.setdefault("compiled_render", {}).setdefault(name, []).append({"mode": mode, "error": repr(exc)[:500]})
+                report.setdefault("compiled_render", {}).setdefault(name, []).append(
+                    {"mode": mode, "error": repr(exc)[:500]}
+                )
             print(json.dumps(report), flush=True)
     (args.out / "profile.json").write_text(json.dumps(report, indent=1))
     return 0
