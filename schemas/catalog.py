@@ -55,6 +55,9 @@ class ModelInfo(BaseModel):
     vectors: list[str] = Field(description="Names usable in `/edit/vector` (bundle and registry).")
     has_encoder: bool
     default_steps: dict[str, int]
+    max_steps: int = Field(
+        ..., ge=1, description="The most steps a request to this service may ask for (EDITGAN_MAX_STEPS)."
+    )
     examples: int = Field(0, ge=0, description="Example latents shipped with the model (`POST /latents/sample`).")
 
 

@@ -35,6 +35,7 @@ def model_info(services: Services, bundle: Bundle) -> ModelInfo:
         vectors=sorted(set(bundle.vectors) | set(services.registry.names(spec.name))),
         has_encoder=bundle.encoder is not None,
         default_steps=defaults,
+        max_steps=services.settings.editgan_max_steps,
         examples=0 if bundle.examples is None else int(bundle.examples.shape[0]),
     )
 

@@ -164,6 +164,7 @@ async function selectModel(name) {
   document.documentElement.style.setProperty("--aspect", String(box.width / box.height));
   $("invert-steps").value = model.default_steps.invert;
   $("edit-steps").value = model.default_steps.edit;
+  for (const id of ["invert-steps", "edit-steps", "refine-steps"]) $(id).max = String(model.max_steps);
   const examples = Array.from({ length: model.examples }, (_, i) => new Option(`Example ${i + 1}`, String(i)));
   $("example").replaceChildren(...examples);
   const regions = Object.keys(model.regions).map((r) => new Option(r, r));
@@ -467,7 +468,8 @@ function wire() {
   $("opacity").addEventListener("input", () => ($("mask-canvas").style.opacity = $("opacity").value));
   $("zoom").addEventListener("input", setZoom);
   painter.addEventListener("change", () => {
-    $("painted").textContent = `${painter.changedPixels} pixels painted.`;
+    // A live region: announced once a stroke ends, not at every pointer move of it.
+    if (!painter.stroking) $("painted").textContent = `${painter.changedPixels} pixels painted.`;
     refreshControls();
   });
   painter.addEventListener("cursor", (e) => showCursor(e.detail));

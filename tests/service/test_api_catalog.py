@@ -27,6 +27,7 @@ def test_models_describe_classes_regions_and_vectors(live: Live) -> None:
     assert ids == list(range(5)) and len({c["color"] for c in model["classes"]}) == 5
     assert model["regions"]["pair"] == [1, 2] and "grow" in model["vectors"]
     assert model["default_steps"] == {"invert": 4, "edit": 4, "refine": 4} and model["has_encoder"]
+    assert model["max_steps"] == 3000  # the service's EDITGAN_MAX_STEPS (tests/live.py), not the default 2000
     assert live.http.get("/models/nope").json()["code"] == "unknown_model"
 
 

@@ -38,6 +38,9 @@ def test_upload_paint_edit_save_apply_and_download(page: EditorPage, api: httpx.
     options = page.driver.find_elements(By.CSS_SELECTOR, "#model option")
     assert [o.get_attribute("value") for o in options] == [model["name"]]
     assert sorted(page.palette()) == sorted((c["id"], c["name"]) for c in classes)
+    # The steps inputs stop where the service does (EDITGAN_MAX_STEPS), not at the page's own 5000.
+    steps_inputs = ("invert-steps", "edit-steps", "refine-steps")
+    assert {page.attr(i, "max") for i in steps_inputs} == {str(model["max_steps"])} != {"5000"}
 
     # Upload a shipped example photo: the inversion is a job whose progress the page follows to the end.
     page.fill("invert-steps", str(INVERT_STEPS))

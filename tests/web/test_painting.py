@@ -117,13 +117,31 @@ def test_redo_survives_a_click_that_changes_nothing_and_strokes_follow_the_point
     page.click("redo")
     assert page.mask_labels(classes)[5, 5] == ids["nose"]
 
-    # A drag that leaves the canvas paints only where the pointer was on it, not along the border
-    page.choose_class("hair")
+    # A round 3 px brush stamps a plus of 5 pixels (the square stamps 9).
+    page.set_range("brush-size", 3)
+    page.choose_class("nose")
     before = page.mask_labels(classes)
+    assert (before[4:7, 9:12] == ids["background"]).all()
+    page.click_pixel(10, 5)
+    stamp = (page.mask_labels(classes) != before)[4:7, 9:12]
+    assert stamp.tolist() == [[False, True, False], [True, True, True], [False, True, False]]
+
+    # A drag that leaves the canvas paints only where the pointer was on it, not along the border; the
+    # painted-pixel count (a live region, read aloud) is announced once, when the stroke ends.
+    page.choose_class("hair")
+    page.set_range("brush-size", 1)
+    before = page.mask_labels(classes)
+    page.driver.execute_script(
+        "window.announced = 0; new MutationObserver(() => window.announced++)"
+        ".observe(document.getElementById('painted'), {childList: true, characterData: true, subtree: true});"
+    )
     page.stroke([(50, 30), (70, 30), (70, 56)])
     after = page.mask_labels(classes)
     assert (after[30, 50:] == ids["hair"]).all()
     assert np.array_equal(after[31:57, 63], before[31:57, 63]), "the border column was painted"
+    assert page.driver.execute_script("return window.announced") == 1
+    changed = int((after != original).sum())
+    assert page.text("painted") == f"{changed} pixels painted."
 
     # Letters typed into a select pick its options: they are not tool shortcuts there
     page.el("region").send_keys("e")

@@ -16,7 +16,10 @@ export function brushOffsets(size, shape) {
   const offsets = [];
   for (let dy = first; dy < first + size; dy++) {
     for (let dx = first; dx < first + size; dx++) {
-      const inside = shape === "square" || (dx - centre) ** 2 + (dy - centre) ** 2 <= (size / 2) ** 2;
+      // Pixel centres within the circle of diameter `size`, less half a pixel: the 3 px stamp is then a
+      // plus, not the square it would equal. 1 and 2 px are blocks either way; 4 px and up are unchanged.
+      const round = (dx - centre) ** 2 + (dy - centre) ** 2 <= (size / 2) ** 2 - 0.5;
+      const inside = shape === "square" || size <= 2 || round;
       if (inside) offsets.push([dx, dy]);
     }
   }
@@ -231,12 +234,18 @@ export class Painter extends EventTarget {
     if (steps) this.#changed();
   }
 
+  /** Whether a pointer stroke is under way ("change" events then come at every move). */
+  get stroking() {
+    return this.last !== null;
+  }
+
   #up() {
     if (!this.last) return;
     this.last = null;
     const before = this.undoStack[this.undoStack.length - 1];
     if (before && before.every((v, i) => v === this.labels.ids[i])) this.#drop(); // an empty stroke
     else this.#keep();
+    this.dispatchEvent(new Event("change")); // the stroke is over: listeners that wait for it can act
   }
 
   #stamp(x, y) {
