@@ -192,6 +192,9 @@ def render_batcher(
             index = [i for i, r in enumerate(requests) if r.members == members]
             w_plus = torch.cat([requests[i].w_plus for i in index])
             batch = render(bundle, w_plus, members=members, uncertainty=any(requests[i].uncertainty for i in index))
+            # On a GPU: one copy to the host per batch, rather than one wait per request and output.
+            u = batch.uncertainty
+            batch = Rendering(batch.image.cpu(), batch.labels.cpu(), None if u is None else u.cpu())
             for i, one in zip(index, split_rendering(batch), strict=True):
                 results[i], done[i] = requests[i].finish(one), True
         assert all(done)  # every request belongs to exactly one group
