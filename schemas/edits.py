@@ -61,12 +61,22 @@ class VectorEditRequest(BaseModel):
 
     latent_id: str = Field(pattern=LATENT_ID, description="From an inversion, an edit or `POST /latents`.")
     vectors: list[VectorTerm] = Field(min_length=1, max_length=16)
-    refine_steps: int = Field(0, ge=0, le=5000, description="0: vector only (real time, 200); > 0: a job (202).")
+    refine_steps: int = Field(
+        0,
+        ge=0,
+        le=5000,
+        description="0: vector only (real time, 200); > 0: a job (202), of at most EDITGAN_MAX_STEPS steps "
+        "(`max_steps` of `GET /models`).",
+    )
     outputs: list[Output] = Field(
         default_factory=lambda: list(Output),
         description="Which PNGs to produce. The uncertainty map is computed only when asked for (4-9 % of a render).",
     )
-    inline: bool = Field(False, description="Return PNGs as data: URLs in the body instead of result URLs.")
+    inline: bool = Field(
+        False,
+        description="Return PNGs as data: URLs in the body instead of result URLs. Real-time edits only: a "
+        "refinement job's result keeps URLs (a job's result lives in Redis, polled many times).",
+    )
     preview: bool = Field(
         False,
         description="Segment by a few ensemble members (EDITGAN_PREVIEW_MEMBERS) for interactive use, e.g. "

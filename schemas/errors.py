@@ -13,6 +13,7 @@ class ErrorCode(StrEnum):
 
     invalid_input = "invalid_input"  # a value breaks a documented rule (engine.InputError)
     validation_error = "validation_error"  # request shape or field constraint (pydantic)
+    malformed_body = "malformed_body"  # the body cannot be parsed: malformed JSON or multipart (400)
     unsupported_media_type = "unsupported_media_type"  # upload is not PNG, JPEG or WebP, or not decodable
     payload_too_large = "payload_too_large"  # body or image over the configured limits
     unknown_model = "unknown_model"

@@ -171,9 +171,9 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
         app.add_middleware(
             CORSMiddleware,
             allow_origins=origins,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "HEAD", "POST", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
-            expose_headers=["Location", "Retry-After", "Idempotent-Replayed", "X-Model"],
+            expose_headers=["Location", "Retry-After", "Idempotent-Replayed", "X-Model", "Content-Disposition"],
             allow_credentials=False,  # keys travel in headers, never cookies
         )
     return app

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from starlette.concurrency import run_in_threadpool
 
-from service.auth import Authenticator, Caller, presented_key
+from service.auth import ALWAYS_PUBLIC, Authenticator, Caller, presented_key
 from service.ratelimit import RateLimiter
 from service.state import Services
 
@@ -27,8 +27,10 @@ async def authenticate(
     """Who calls (401/403 when a key is needed and missing or wrong); then their rate limit (429)."""
     auth: Authenticator = request.app.state.auth
     client = request.client.host if request.client else "unknown"
-    # With keys off the headers are not read: a proxy's own `Authorization: Basic ...` must not fail requests.
-    presented = presented_key(authorization, x_api_key) if auth.enabled else None
+    # With keys off the headers are not read: a proxy's own `Authorization: Basic ...` must not fail requests;
+    # nor on the always-public paths, whose probes may pass through such a proxy.
+    public = request.url.path in ALWAYS_PUBLIC
+    presented = presented_key(authorization, x_api_key) if auth.enabled and not public else None
     caller = auth.identify(request.method, request.url.path, presented, client)
     limiter: RateLimiter | None = request.app.state.rate_limiter
     if limiter is not None and request.url.path not in UNLIMITED_PATHS:

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from engine import BundleError, EngineError, InputError
 from schemas.errors import ErrorBody, ErrorCode
@@ -70,7 +71,8 @@ def classify(exc: Exception) -> tuple[int, ErrorCode, str]:
         case InputError():
             return 422, ErrorCode.invalid_input, str(exc)
         case NotFoundError():
-            code = {"latent": ErrorCode.latent_not_found, "image": ErrorCode.image_not_found}.get(exc.kind)
+            codes = {"latent": ErrorCode.latent_not_found, "image": ErrorCode.image_not_found}
+            code = codes.get(exc.kind) or (ErrorCode.vector_not_found if exc.kind == "edit" else None)
             return 404, code or ErrorCode.not_found, str(exc)
         case ForbiddenError():
             return 403, ErrorCode.forbidden, str(exc)
@@ -108,7 +110,22 @@ KNOWN: tuple[type[Exception], ...] = (
     ModelMismatchError,
     redis.RedisError,
 )
-HTTP_CODES = {404: ErrorCode.not_found, 405: ErrorCode.method_not_allowed, 413: ErrorCode.payload_too_large}
+HTTP_CODES = {
+    400: ErrorCode.malformed_body,  # Starlette's: multipart without a boundary, a form it cannot parse
+    404: ErrorCode.not_found,
+    405: ErrorCode.method_not_allowed,
+    413: ErrorCode.payload_too_large,
+}
+
+
+METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on the request's path (several routes may share a path): each one
+    tried against the router, as included routers keep their routes' methods to themselves."""
+    routes = request.app.router.routes
+    return [m for m in METHODS if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in routes)]
 
 
 def install_error_handlers(app: FastAPI, on_error: object = None) -> None:
@@ -130,6 +147,12 @@ def install_error_handlers(app: FastAPI, on_error: object = None) -> None:
 
     async def handle_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        for e in exc.errors():
+            if e.get("type") == "json_invalid":  # not a request that breaks a rule: no request at all
+                at = e.get("loc", ("body", "?"))[-1]
+                reason = (e.get("ctx") or {}).get("error", "invalid JSON")
+                _report(ErrorCode.malformed_body, 400)
+                return error_response(400, ErrorCode.malformed_body, f"the body is not valid JSON: {reason} (at {at})")
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"][1:]) or "request"
@@ -140,7 +163,10 @@ def install_error_handlers(app: FastAPI, on_error: object = None) -> None:
         assert isinstance(exc, StarletteHTTPException)
         code = HTTP_CODES.get(exc.status_code, ErrorCode.invalid_input)
         _report(code, exc.status_code)
-        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette names the methods of the first route on the path only
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
     app.add_exception_handler(RequestValidationError, handle_validation)
     app.add_exception_handler(StarletteHTTPException, handle_http)

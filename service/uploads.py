@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import numpy as np
 import torch
@@ -76,7 +77,8 @@ def _open(data: bytes, formats: tuple[str, ...], max_pixels: int, what: str) -> 
     except Image.DecompressionBombError as exc:  # Pillow's own hard limit, raised on the header
         raise PayloadTooLargeError(f"{what} ({exc})", max_pixels, "pixels") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise UnsupportedMediaError(f"{what} is not a readable {'/'.join(formats)} file ({exc})") from exc
+        reason = re.sub(r"\s*<[^<>]* at 0x[0-9a-f]+>", "", str(exc))  # Pillow names its in-memory file object
+        raise UnsupportedMediaError(f"{what} is not a readable {'/'.join(formats)} file ({reason})") from exc
     if img.width * img.height > max_pixels:  # header only so far: nothing decoded yet
         raise PayloadTooLargeError(f"{what} ({img.width}x{img.height})", max_pixels, "pixels")
     try:

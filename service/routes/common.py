@@ -6,7 +6,10 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Header, Response
+from redis import Redis
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.serializers import JSONSerializer
 
 from schemas.errors import ErrorBody, ErrorCode
 from schemas.jobs import JobAccepted, JobKind, JobStatus
@@ -74,7 +77,7 @@ def submit(
     replay = idempotency.reserve(redis, owner, idem) if idem else None
     if replay is not None:
         response.headers["Idempotent-Replayed"] = "true"
-        accepted = replay
+        accepted = _current(redis, replay)
     else:
         try:
             body = payload() if callable(payload) else payload
@@ -98,3 +101,13 @@ def submit(
     response.status_code = 202
     response.headers["Location"] = accepted.location
     return accepted
+
+
+def _current(redis: Redis, accepted: JobAccepted) -> JobAccepted:
+    """A replayed answer with the job's status now (it may have finished since), as recorded if the job has
+    expired meanwhile."""
+    try:
+        status = Job.fetch(accepted.job_id, connection=redis, serializer=JSONSerializer).get_status(refresh=False)
+    except NoSuchJobError:
+        return accepted
+    return accepted.model_copy(update={"status": JobStatus(status)})

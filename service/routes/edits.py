@@ -38,6 +38,8 @@ from workers.vectors import ModelMismatchError, Resolved, check_new_name, is_shi
 
 router = APIRouter(tags=["edits"], responses=ERRORS)
 
+STEPS = "Optimisation steps (default: the model's); at most EDITGAN_MAX_STEPS (`max_steps` of `GET /models`)."
+
 
 @router.post("/invert", status_code=202, response_model=JobAccepted, responses=CONFLICTS)
 def invert_image(
@@ -46,7 +48,7 @@ def invert_image(
     image: Annotated[UploadFile, File(description="PNG, JPEG or WebP photo to embed.")],
     model: Annotated[str | None, Form(pattern=MODEL_NAME, description="Default: the only model served.")] = None,
     fit: Annotated[Fit, Form(description="How another size or aspect becomes the model's canvas.")] = Fit.crop,
-    steps: Annotated[int | None, Form(ge=1, le=5000, description="Optimisation steps (model default).")] = None,
+    steps: Annotated[int | None, Form(ge=1, le=5000, description=STEPS)] = None,
     idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted:
     """Embed an image into W+ (encoder, then optimisation): a job whose result holds a latent id."""
@@ -56,8 +58,11 @@ def invert_image(
     asked = {"route": "invert", "image": data, "model": bundle.spec.name, "fit": fit.value, "steps": steps}
     idem = Idempotency(idempotency_key, fingerprint(**asked)) if idempotency_key else None
     canvas = decode_canvas(data, bundle, fit.value, services.settings.editgan_max_image_pixels)
-    upload_id = services.store.put_png(png_bytes(canvas), kind="upload")
-    payload = {"model": bundle.spec.name, "upload_id": upload_id, "steps": steps}
+
+    def payload() -> dict[str, object]:  # stored once the key is reserved: a replay stores nothing
+        upload_id = services.store.put_png(png_bytes(canvas), kind="upload")
+        return {"model": bundle.spec.name, "upload_id": upload_id, "steps": steps}
+
     return submit(services, response, JobKind.invert, bundle.spec.name, payload, idem)
 
 
@@ -74,7 +79,7 @@ def optimize(
             "then every pixel of those classes before or after the edit. Default: the classes painted."
         ),
     ] = None,
-    steps: Annotated[int | None, Form(ge=1, le=5000)] = None,
+    steps: Annotated[int | None, Form(ge=1, le=5000, description=STEPS)] = None,
     save_vector_as: Annotated[
         str | None, Form(pattern=VECTOR_NAME, description="Registry name for the vector.")
     ] = None,
@@ -103,21 +108,24 @@ def optimize(
     labels = decode_mask(mask_data, bundle)
     roi_data = read_limited(roi, services.settings.editgan_max_upload_bytes, "roi") if roi is not None else None
     painted = decode_painted(roi_data, bundle) if roi_data is not None else None
-    mask_id = services.store.put_png(png_bytes(labels), kind="upload")
-    payload = {
+    fields: dict[str, object] = {
         "model": bundle.spec.name,
         "latent_id": latent_id,
-        "mask_id": mask_id,
         "region": region,
         "steps": steps,
         "save_vector_as": save_vector_as,
         "description": description,
     }
-    if painted is not None:
-        payload["roi_id"] = services.store.put_png(png_bytes(painted), kind="upload")
-    # the uploads' bytes, not their ids (new ones each time)
-    asked = payload | {"route": "optimize", "mask_id": None, "mask": mask_data, "roi_id": None, "roi": roi_data}
+    # matched on the uploads' bytes, not their ids (new ones each time)
+    asked = fields | {"route": "optimize", "mask": mask_data, "roi": roi_data}
     idem = Idempotency(idempotency_key, fingerprint(**asked)) if idempotency_key else None
+
+    def payload() -> dict[str, object]:  # stored once the key is reserved: a replay stores nothing
+        stored = fields | {"mask_id": services.store.put_png(png_bytes(labels), kind="upload")}
+        if painted is not None:
+            stored["roi_id"] = services.store.put_png(png_bytes(painted), kind="upload")
+        return stored
+
     return submit(services, response, JobKind.optimize, bundle.spec.name, payload, idem)
 
 

@@ -9,12 +9,14 @@ from redis.exceptions import ResponseError
 
 from service.deps import ServicesDep
 from service.errors import refuses_writes
+from service.routes.common import ERRORS
 from workers.queue import live_workers
 from workers.store import PREFIX
 
 PROBE_KEY = f"{PREFIX}:probe:writes"
 
-router = APIRouter(tags=["health"])
+# No body or query: a 422 can only come from the key headers every route reads (ErrorBody, as elsewhere).
+router = APIRouter(tags=["health"], responses={422: ERRORS[422]})
 
 
 @router.get("/healthz")
@@ -53,7 +55,11 @@ def _writes_accepted(redis: Redis) -> bool:
     return True
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}, 401: ERRORS[401], 403: ERRORS[403]},
+)
 def metrics(request: Request) -> Response:
     """Prometheus exposition: request latencies, errors, queue depth, workers, job durations."""
     body, content_type = request.app.state.metrics.render()

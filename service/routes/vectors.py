@@ -102,6 +102,10 @@ def download_vector(services: ServicesDep, model: ModelName, name: VectorName, v
     return Response(data, media_type="application/octet-stream", headers=headers)
 
 
+# HEAD as on the other downloads (`service/routes/latents.py`): outside the schema, which has the GET.
+router.add_api_route("/{model}/{name}/npy", download_vector, methods=["HEAD"], include_in_schema=False)
+
+
 def _save(services: Services, model: str, vector: EditingVector, name: str) -> VectorRef:
     return VectorRef(name=name, version=save_vector(services.registry, services.bundle(model), name, vector))
 

@@ -232,6 +232,8 @@ def test_a_refinement_retried_with_its_key_replays_after_the_vector_changed_or_w
     assert gone.status_code == 202 and gone.json()["job_id"] == first.json()["job_id"]
     info = live.wait_job(first.headers["location"])
     assert info["status"] == "finished" and info["result"]["vectors"][0]["vector"] == "idem_vec@1"  # pinned at first
+    late = live.http.post("/edit/vector", json=body, headers=headers)  # a replay says where the job is now
+    assert late.json()["job_id"] == first.json()["job_id"] and late.json()["status"] == "finished"
     # a new key after the deletion: the name resolves now, and is gone; the key stays free for a corrected request
     missing = live.http.post("/edit/vector", json=body, headers={"Idempotency-Key": "refine-retry-2"})
     assert missing.status_code == 404 and missing.json()["code"] == "vector_not_found"
@@ -258,6 +260,8 @@ def test_names_that_read_as_edit_ids_are_refused_everywhere_a_vector_is_named(li
     assert optimize.status_code == 422 and optimize.json()["code"] == "invalid_input"  # before any job is queued
     from_edit = live.http.post("/vectors/from-edit", json={"edit_id": "edv_" + "A" * 22, "name": "edv_x"})
     assert from_edit.status_code in (404, 422)  # the id is unknown or the name reserved: never a 201
+    unknown = live.http.post("/vectors/from-edit", json={"edit_id": "edv_" + "A" * 22, "name": "ok_name"})
+    assert unknown.status_code == 404 and unknown.json()["code"] == "vector_not_found"  # as /edit/vector says
 
 
 def test_values_beyond_float32_are_refused_not_stored_as_infinity(live: Live) -> None:
@@ -315,7 +319,8 @@ def test_cancel_a_queued_job_and_stop_a_running_one(live: Live) -> None:
         ({"json": {"latent_id": "lat_" + "A" * 22, "vectors": [{"vector": "grow"}]}}, "/edit/vector", 404,
          "latent_not_found"),
         ({"json": {"latent_id": "nope", "vectors": [{"vector": "grow"}]}}, "/edit/vector", 422, "validation_error"),
-        ({"content": b"{", "headers": {"content-type": "application/json"}}, "/edit/vector", 422, "validation_error"),
+        ({"content": b"{", "headers": {"content-type": "application/json"}}, "/edit/vector", 400, "malformed_body"),
+        ({"content": b"x", "headers": {"content-type": "multipart/form-data"}}, "/invert", 400, "malformed_body"),
     ],
 )  # fmt: skip
 def test_bad_requests_get_a_4xx_with_code_and_message(
@@ -325,6 +330,7 @@ def test_bad_requests_get_a_4xx_with_code_and_message(
     assert response.status_code == status, response.text
     body = response.json()
     assert body["code"] == code and isinstance(body["message"], str) and body["message"]
+    assert not re.search(r" at 0x[0-9a-f]+", body["message"]), "a Python object's address in the message"
 
 
 def test_a_chunked_body_without_length_is_refused_while_it_streams(live: Live) -> None:
@@ -401,4 +407,39 @@ def test_unknown_routes_and_jobs_answer_json_errors(live: Live) -> None:
         assert response.status_code == 404 and response.json()["code"] == code
     response = live.http.put("/invert")
     assert response.status_code == 405 and response.json()["code"] == "method_not_allowed"
+    # Allow names every method of the path, though separate routes answer them.
+    shared = (("/jobs/x", {"GET", "DELETE"}), ("/vectors", {"GET", "POST"}), ("/latents/x", {"GET", "HEAD"}))
+    for path, methods in shared:
+        response = live.http.put(path)
+        assert response.status_code == 405 and set(response.headers["allow"].split(", ")) == methods, path
     assert live.http.get("/results/img_" + "A" * 22 + ".png").json()["code"] == "image_not_found"
+
+
+def test_replayed_or_conflicting_submissions_store_no_upload(live: Live) -> None:
+    def uploads() -> int:
+        return sum(1 for k in live.redis.scan_iter(match="*:upload:upl_*", count=1000) if not k.endswith(b":owner"))
+
+    def post_invert(seed: int) -> httpx.Response:
+        files = {"image": ("p.png", photo(seed), "image/png")}
+        return live.http.post("/invert", files=files, headers={"Idempotency-Key": "stores-once-1"})
+
+    first = post_invert(3)
+    assert first.status_code == 202, first.text
+    before = uploads()
+    assert post_invert(3).headers["Idempotent-Replayed"] == "true" and post_invert(4).status_code == 422
+    assert uploads() == before
+
+    result = live.wait_job(first.headers["location"])["result"]
+    labels = fetch_png(live, result["images"]["segmentation"]).copy()
+    labels[6:14, 8:20] = 1
+    brush = np.zeros((24, 32), np.uint8)
+    brush[6:14, 8:20] = 255
+    files = {"mask": ("m.png", png(labels.astype(np.uint8)), "image/png"), "roi": ("r.png", png(brush), "image/png")}
+    data, headers = {"latent_id": result["latent_id"], "steps": "1"}, {"Idempotency-Key": "stores-once-2"}
+    assert live.http.post("/edit/optimize", data=data, files=files, headers=headers).status_code == 202
+    before = uploads()
+    again = live.http.post("/edit/optimize", data=data, files=files, headers=headers)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    other = live.http.post("/edit/optimize", data=data | {"steps": "2"}, files=files, headers=headers)
+    assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
+    assert uploads() == before

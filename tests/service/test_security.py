@@ -223,3 +223,7 @@ def test_cors_answers_only_the_configured_origin(api: httpx.Client) -> None:
     )
     assert preflight.status_code == 200
     assert "authorization" in preflight.headers["Access-Control-Allow-Headers"].lower()
+    # Downloads: a cross-origin HEAD with a key passes the preflight, and the file name can be read.
+    head = api.options("/results/img_x.png", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "HEAD"})
+    assert head.status_code == 200 and "HEAD" in head.headers["Access-Control-Allow-Methods"]
+    assert "content-disposition" in allowed.headers["Access-Control-Expose-Headers"].lower()
