@@ -1,9 +1,9 @@
-"""The one error body every 4xx/5xx answer carries, and the machine-readable codes."""
+"""The one error body every 4xx/5xx answer carries, the machine-readable codes, and the readiness answer."""
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -46,3 +46,15 @@ class ErrorBody(BaseModel):
     code: ErrorCode = Field(description="Machine-readable error code.")
     message: str = Field(description="What went wrong and, where possible, how to fix it.")
     detail: Any | None = Field(None, description="Structured extra information (e.g. pydantic's field errors).")
+
+
+class Readiness(BaseModel):
+    """`GET /readyz`: ready (200), degraded (200: Redis refuses writes, reads still work) or not ready (503,
+    with `code` and `message` as every error, and Retry-After)."""
+
+    status: Literal["ready", "degraded", "not_ready"]
+    checks: dict[str, bool | int] = Field(
+        description="models loaded, Redis answering, live workers on the queue, Redis accepting writes"
+    )
+    code: ErrorCode | None = Field(None, description="`unavailable` when not ready.")
+    message: str | None = Field(None, description="Which checks failed, when not ready.")

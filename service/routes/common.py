@@ -35,12 +35,26 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     )
 }
 
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+for _status in (429, 503):
+    ERRORS[_status]["headers"] = RETRY_AFTER
+
 # Routes that queue a job (Idempotency-Key) or name a registry vector may also answer 409.
 CONFLICTS: dict[int | str, dict[str, Any]] = {
     409: {
         "model": ErrorBody,
         "description": "`idempotency_in_progress`: a request with this Idempotency-Key is still being queued "
         "(see Retry-After); `vector_read_only`: the name belongs to a vector shipped with the model.",
+        "headers": RETRY_AFTER,
+    }
+}
+
+# The headers of a created job (202) or vector (201).
+LOCATION = {"Location": {"description": "The new job's or vector's URL.", "schema": {"type": "string"}}}
+ACCEPTED_HEADERS = LOCATION | {
+    "Idempotent-Replayed": {
+        "description": "`true` when this answer replays the job an earlier request with the same key created.",
+        "schema": {"type": "string", "enum": ["true"]},
     }
 }
 

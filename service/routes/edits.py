@@ -29,7 +29,7 @@ from service.batching import RenderRequest
 from service.deps import ServicesDep
 from service.errors import ApiError
 from service.idempotency import Idempotency, fingerprint
-from service.routes.common import CONFLICTS, ERRORS, IdempotencyKey, check_steps, submit
+from service.routes.common import ACCEPTED_HEADERS, CONFLICTS, ERRORS, IdempotencyKey, check_steps, submit
 from service.state import Services
 from service.uploads import decode_canvas, decode_mask, decode_painted, read_limited
 from workers.png import png_bytes
@@ -37,11 +37,12 @@ from workers.results import apublish, rendering_arrays
 from workers.vectors import ModelMismatchError, Resolved, check_new_name, is_shipped, resolve
 
 router = APIRouter(tags=["edits"], responses=ERRORS)
+JOB_RESPONSES = CONFLICTS | {202: {"description": "The job, queued.", "headers": ACCEPTED_HEADERS}}
 
 STEPS = "Optimisation steps (default: the model's); at most EDITGAN_MAX_STEPS (`max_steps` of `GET /models`)."
 
 
-@router.post("/invert", status_code=202, response_model=JobAccepted, responses=CONFLICTS)
+@router.post("/invert", status_code=202, response_model=JobAccepted, responses=JOB_RESPONSES)
 def invert_image(
     services: ServicesDep,
     response: Response,
@@ -66,7 +67,7 @@ def invert_image(
     return submit(services, response, JobKind.invert, bundle.spec.name, payload, idem)
 
 
-@router.post("/edit/optimize", status_code=202, response_model=JobAccepted, responses=CONFLICTS)
+@router.post("/edit/optimize", status_code=202, response_model=JobAccepted, responses=JOB_RESPONSES)
 def optimize(
     services: ServicesDep,
     response: Response,
@@ -132,7 +133,14 @@ def optimize(
 @router.post(
     "/edit/vector",
     response_model=VectorEditResult,
-    responses={**CONFLICTS, 202: {"model": JobAccepted, "description": "With `refine_steps` > 0: a refinement job."}},
+    responses={
+        **CONFLICTS,
+        202: {
+            "model": JobAccepted,
+            "description": "With `refine_steps` > 0: a refinement job.",
+            "headers": ACCEPTED_HEADERS,
+        },
+    },
 )
 async def edit_with_vectors(
     services: ServicesDep, request: VectorEditRequest, response: Response, idempotency_key: IdempotencyKey = None

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from redis import Redis
 from redis.exceptions import ResponseError
 
+from schemas.errors import ErrorCode, Readiness
 from service.deps import ServicesDep
 from service.errors import refuses_writes
 from service.routes.common import ERRORS
@@ -14,6 +15,7 @@ from workers.queue import live_workers
 from workers.store import PREFIX
 
 PROBE_KEY = f"{PREFIX}:probe:writes"
+NOT_READY = {"models": "no model loaded", "redis": "Redis unreachable", "workers": "no live worker on the queue"}
 
 # No body or query: a 422 can only come from the key headers every route reads (ErrorBody, as elsewhere).
 router = APIRouter(tags=["health"], responses={422: ERRORS[422]})
@@ -25,7 +27,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "Not ready; `checks` says why."}})
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "Not ready."}})
 def readyz(services: ServicesDep) -> JSONResponse:
     """Readiness: models loaded, Redis reachable, at least one live worker on the queue.
 
@@ -40,9 +42,12 @@ def readyz(services: ServicesDep) -> JSONResponse:
         checks["writes"] = _writes_accepted(services.redis)
     except Exception:  # any Redis failure means not ready, never a 500
         checks["redis"], checks["workers"], checks["writes"] = False, 0, False
-    ready = bool(checks["models"] and checks["redis"] and checks["workers"])
-    status = "not_ready" if not ready else "ready" if checks["writes"] else "degraded"
-    return JSONResponse({"status": status, "checks": checks}, status_code=200 if ready else 503)
+    if checks["models"] and checks["redis"] and checks["workers"]:
+        body = Readiness(status="ready" if checks["writes"] else "degraded", checks=checks)
+        return JSONResponse(body.model_dump(exclude_none=True))
+    failed = [text for name, text in NOT_READY.items() if not checks[name]]
+    body = Readiness(status="not_ready", checks=checks, code=ErrorCode.unavailable, message="; ".join(failed))
+    return JSONResponse(body.model_dump(mode="json"), status_code=503, headers={"Retry-After": "5"})
 
 
 def _writes_accepted(redis: Redis) -> bool:

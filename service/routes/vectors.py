@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
@@ -11,16 +11,20 @@ from engine import EditingVector
 from engine.npyio import write_npy
 from schemas.catalog import VectorInfo, VectorList
 from schemas.edits import MODEL_NAME, VECTOR_NAME, SaveVectorFromEdit, VectorRef
-from schemas.errors import ErrorCode
+from schemas.errors import ErrorBody, ErrorCode
 from service.deps import ServicesDep
 from service.errors import ApiError
-from service.routes.common import CONFLICTS, ERRORS
+from service.routes.common import CONFLICTS, ERRORS, LOCATION
 from service.state import Services
 from service.uploads import check_npy_header, read_limited
 from workers.registry import ReadOnlyVectorError, VectorNotFoundError, VectorRecord
 from workers.vectors import ModelMismatchError, bundle_vector, save_vector
 
 router = APIRouter(prefix="/vectors", tags=["vectors"], responses=ERRORS)
+CREATED = CONFLICTS | {201: {"description": "The vector, saved.", "headers": LOCATION}}
+READ_ONLY: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorBody, "description": "`vector_read_only`: a vector shipped with the model cannot be deleted."}
+}
 ModelName = Annotated[str, Path(pattern=MODEL_NAME)]
 VectorName = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Version = Annotated[int | None, Query(ge=0, description="Default: the latest; 0 = shipped with the model.")]
@@ -110,7 +114,7 @@ def _save(services: Services, model: str, vector: EditingVector, name: str) -> V
     return VectorRef(name=name, version=save_vector(services.registry, services.bundle(model), name, vector))
 
 
-@router.post("", status_code=201, response_model=VectorInfo, responses=CONFLICTS)
+@router.post("", status_code=201, response_model=VectorInfo, responses=CREATED)
 def upload_vector(
     services: ServicesDep,
     response: Response,
@@ -140,7 +144,7 @@ def upload_vector(
     return _record_info(services.registry.get(bundle.spec.name, name, ref.version))
 
 
-@router.post("/from-edit", status_code=201, response_model=VectorInfo, responses=CONFLICTS)
+@router.post("/from-edit", status_code=201, response_model=VectorInfo, responses=CREATED)
 def save_edit_vector(services: ServicesDep, request: SaveVectorFromEdit, response: Response) -> VectorInfo:
     """Keep an optimisation edit's vector (its `edit_id`) in the registry under a name."""
     stored = services.store.get_edit(request.edit_id)
@@ -158,7 +162,7 @@ def save_edit_vector(services: ServicesDep, request: SaveVectorFromEdit, respons
     return _record_info(services.registry.get(bundle.spec.name, request.name, ref.version))
 
 
-@router.delete("/{model}/{name}", status_code=204, response_class=Response, responses={409: ERRORS[422]})
+@router.delete("/{model}/{name}", status_code=204, response_class=Response, responses=READ_ONLY)
 def delete_vector(services: ServicesDep, model: ModelName, name: VectorName) -> Response:
     """Delete every version of a registry vector (shipped vectors are read-only)."""
     bundle = services.bundle(model)

@@ -137,3 +137,11 @@ def test_the_statuses_routes_answer_with_are_documented(live: Live) -> None:
     )
     assert str(torn.status_code) in spec["/invert"]["post"]["responses"], torn.status_code
     assert torn.json()["code"] and torn.json()["message"]
+    # The headers those answers carry are documented too: where a job is, and when to retry.
+    accepted = spec["/invert"]["post"]["responses"]["202"]["headers"]
+    assert {"Location", "Idempotent-Replayed"} <= set(accepted)
+    assert "Location" in spec["/vectors"]["post"]["responses"]["201"]["headers"]
+    for status in ("409", "429", "503"):
+        assert "Retry-After" in spec["/invert"]["post"]["responses"][status]["headers"], status
+    health = spec["/readyz"]["get"]["responses"]
+    assert health["503"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Readiness"}
