@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -144,9 +145,12 @@ def parse_term(text: str) -> tuple[str, float]:
     if not sep:
         return text, 1.0
     try:
-        return ref, float(scale)
+        value = float(scale)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: the scale after ':' must be a number") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: the scale after ':' must be a finite number")
+    return ref, value
 
 
 def _apply(api: EditganClient, args: argparse.Namespace) -> Answer:

@@ -162,6 +162,8 @@ class BundleSpec:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> BundleSpec:
+        if not isinstance(d, dict):
+            raise BundleError(f"bundle.json must hold a JSON object, not {type(d).__name__}")
         if d.get("format") != FORMAT or d.get("format_version") != FORMAT_VERSION:
             raise BundleError(f"not an {FORMAT} v{FORMAT_VERSION} bundle.json (format={d.get('format')!r})")
         try:
@@ -181,7 +183,7 @@ class BundleSpec:
                 provenance=dict(d.get("provenance", {})),
                 files=dict(d.get("files", {})),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # AttributeError: a list for a mapping
             raise BundleError(f"bundle.json is malformed: {type(exc).__name__}: {exc}") from exc
         for key, value in (("resolution", spec.resolution), ("n_latent", spec.n_latent)):
             if d.get(key, value) != value:
@@ -251,16 +253,22 @@ def _freeze(*modules: torch.nn.Module | None) -> None:
             m.eval().requires_grad_(False)
 
 
+def read_spec(path: str | Path) -> BundleSpec:
+    """A bundle directory's bundle.json, checked as a spec (no weights read)."""
+    meta = Path(path) / "bundle.json"
+    if not meta.is_file():
+        raise BundleError(f"{path} is not a bundle: {meta.name} is missing")
+    try:
+        return BundleSpec.from_json(json.loads(meta.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{meta} is not valid JSON: {exc}") from exc
+
+
 def load_bundle(path: str | Path, device: str | torch.device = "cpu", *, verify: bool = True) -> Bundle:
     """Read a bundle directory; check every file's sha256 (unless `verify=False`) and load strictly."""
     root = Path(path)
     meta = root / "bundle.json"
-    if not meta.is_file():
-        raise BundleError(f"{root} is not a bundle: {meta.name} is missing")
-    try:
-        spec = BundleSpec.from_json(json.loads(meta.read_text()))
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{meta} is not valid JSON: {exc}") from exc
+    spec = read_spec(root)
     required = {"generator.safetensors", "latents.safetensors", "segmenter.safetensors"}
     if spec.encoder is not None:
         required.add("encoder.safetensors")
@@ -326,7 +334,7 @@ def save_bundle(bundle: Bundle, path: str | Path) -> BundleSpec:
     Everything is written into a temporary sibling directory first, then swapped in with renames,
     so a reader never sees a half-written bundle and a failed save leaves the old one intact.
     """
-    with replace_directory(Path(path)) as tmp:
+    with replace_directory(Path(path), marker="bundle.json") as tmp:
         files: dict[str, dict[str, Tensor]] = {
             "generator.safetensors": bundle.generator.state_dict(),
             "segmenter.safetensors": bundle.segmenter.state_dict(),

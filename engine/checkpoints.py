@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from engine.errors import CheckpointError
@@ -69,6 +72,25 @@ def load_state_file(path: Path) -> dict[str, Tensor]:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, expected a state dict")
     return state
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A training run's `state.json`: missing, unreadable or not a JSON object is a CheckpointError."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise CheckpointError(f"{path} is not a readable checkpoint record: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a {type(data).__name__}, expected a JSON object")
+    return data
+
+
+def read_safetensors(path: Path) -> dict[str, Tensor]:
+    """A `.safetensors` file of a training run, on the CPU; missing or truncated is a CheckpointError."""
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors' own error type for a truncated or corrupt file
+        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

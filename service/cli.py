@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from schemas.settings import Settings
@@ -85,14 +86,13 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    import torch
-
     from engine.bundle import load_bundle
     from engine.images import colorize, image_to_uint8, save_png, uncertainty_to_uint8
     from engine.rendering import render
     from engine.timing import elapsed
+    from workers.models import resolve_device
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device or "auto")
     bundle = load_bundle(args.bundle, device)
     psi = (
         args.truncation
@@ -213,12 +213,12 @@ def _up(args: argparse.Namespace) -> int:
     import subprocess
 
     from service.embedded import EmbeddedRedis
-    from workers.models import bundle_dirs
+    from workers.models import check_models
 
     settings = _settings()
     _configure_logging(settings.editgan_log_level)
     _exit_cleanly_on_signals()
-    bundle_dirs(settings.editgan_models_dir)  # fail now, with the path, if there is no model
+    check_models(settings.editgan_models_dir)  # fail now, with the path, if there is no model
     embedded = EmbeddedRedis(settings.editgan_data_dir) if settings.redis_url is None else None
     if embedded is not None:
         settings = settings.model_copy(update={"redis_url": embedded.url})
@@ -457,6 +457,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _figure(args: argparse.Namespace) -> int:
     import torch
+    from PIL import Image
 
     from engine.bundle import load_bundle
     from engine.errors import InputError
@@ -464,6 +465,8 @@ def _figure(args: argparse.Namespace) -> int:
     from engine.images import dilate, open_image
     from engine.train.vectors import FACE_EDITS
 
+    if args.out.suffix.lower() not in Image.registered_extensions():  # before the minutes of work, not after
+        raise InputError(f"{args.out}: name an image file (.png, .jpg, .webp), got {args.out.suffix or 'no suffix'!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     bundle = load_bundle(args.bundle)
@@ -512,6 +515,8 @@ def _bench(args: argparse.Namespace) -> int:
         sections = parse_sections(args.only)
     except ValueError as exc:
         raise EngineError(str(exc)) from None
+    if args.results is not None and args.results.is_dir():  # found out after the run, the figures were lost
+        raise EngineError(f"--results {args.results} is a directory: name the Markdown file the row goes to")
     ctx = Context(
         quick=args.quick,
         model=args.model or SHIPPED_MODELS / "demo-faces",
@@ -541,12 +546,33 @@ def _widths(text: str) -> tuple[int, int]:
     return h1, h2
 
 
+def _number(kind: type, minimum: float, *, strict: bool) -> Callable[[str], Any]:
+    """An argparse type: a finite `kind` above `minimum` (or at least it, unless `strict`)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            bound = "" if minimum == -math.inf else f" > {minimum:g}" if strict else f" >= {minimum:g}"
+            raise argparse.ArgumentTypeError(f"must be a finite number{bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+POSITIVE_INT, COUNT = _number(int, 0, strict=True), _number(int, 0, strict=False)
+POSITIVE, NON_NEGATIVE = _number(float, 0, strict=True), _number(float, 0, strict=False)
+FINITE = _number(float, -math.inf, strict=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="editgan", description="EditGAN service and model tools")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("up", help="gateway + worker(s) + embedded Redis (unless REDIS_URL is set)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes to start (default 1)")
+    p.add_argument("--workers", type=POSITIVE_INT, default=1, help="worker processes to start (default 1)")
     p.set_defaults(func=_up)
 
     p = sub.add_parser("serve", help="run the HTTP gateway (settings from the environment; needs REDIS_URL)")
@@ -582,8 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path)
     p.add_argument("out_dir", type=Path)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--count", type=int, default=1)
-    p.add_argument("--truncation", type=float, default=None, help="psi (default: the bundle's sample default)")
+    p.add_argument("--count", type=POSITIVE_INT, default=1)
+    p.add_argument("--truncation", type=FINITE, default=None, help="psi (default: the bundle's sample default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=_render)
 
@@ -593,19 +619,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, nargs="+", required=True, help="one row per image")
     p.add_argument("--paint", default="enlarge_eyes", help="a faces mask edit, or grow:<class name>")
     p.add_argument("--vectors", nargs="*", default=None, help="NAME:SCALE terms (default: every vector at 1)")
-    p.add_argument("--zoom", type=int, default=2, help="pixels per model pixel")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--zoom", type=POSITIVE_INT, default=2, help="pixels per model pixel")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_figure)
 
     p = sub.add_parser("eval", help="quality of a bundle on held-out procedural faces, as JSON")
     p.add_argument("bundle", type=Path)
-    p.add_argument("--images", type=int, default=50, help="held-out images (inversion, KID, vectors)")
-    p.add_argument("--edit-images", type=int, default=10, help="images for the mask-driven optimisation edits")
-    p.add_argument("--invert-steps", type=int, default=None, help="default: the bundle's")
+    p.add_argument("--images", type=POSITIVE_INT, default=50, help="held-out images (inversion, KID, vectors)")
+    p.add_argument("--edit-images", type=COUNT, default=10, help="images for the mask-driven optimisation edits")
+    p.add_argument("--invert-steps", type=POSITIVE_INT, default=None, help="default: the bundle's")
     p.add_argument(
-        "--ablation-images", type=int, default=10, help="images also inverted with pixel MSE alone (0: skip)"
+        "--ablation-images", type=COUNT, default=10, help="images also inverted with pixel MSE alone (0: skip)"
     )
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("bench", help="benchmarks: JSON on stdout, a dated row appended to bench/RESULTS.md")
@@ -615,15 +641,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke run: few repetitions and steps, not figures to quote")
     p.add_argument("--model", type=Path, default=None, help="bundle directory (default: the shipped demo-faces)")
     p.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (CUDA when present)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads, here and in the services started")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch threads, here and in the services started")
     p.add_argument("--results", type=Path, default=None, help="file the row is appended to (default: bench/RESULTS.md)")
     p.add_argument("--redis-url", default=None, help="Redis to use (default: an embedded one for the run)")
     p.add_argument(
         "--paper-size", type=int, choices=[64, 128, 256, 512], default=512, help="paper section canvas (< 512: smoke)"
     )
-    p.add_argument("--paper-steps", type=int, default=None, help="paper section steps (default: 3, --quick 1)")
+    p.add_argument("--paper-steps", type=POSITIVE_INT, default=None, help="paper section steps (default: 3, --quick 1)")
     p.add_argument(
-        "--load-seconds", type=float, default=None, help="vector section: seconds per load measurement (default 10)"
+        "--load-seconds", type=POSITIVE, default=None, help="vector section: seconds per load measurement (default 10)"
     )
     p.add_argument(
         "--paper-precision",
@@ -637,19 +663,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = train.add_parser("gan", help="train or resume a StyleGAN2 generator (checkpoints in --out)")
     p.add_argument("--recipe", choices=["faces"], default="faces", help="domain and architecture")
     p.add_argument("--out", type=Path, required=True, help="run directory; an existing checkpoint is resumed")
-    p.add_argument("--kimg", type=float, default=None, help="total length in thousands of images (over all sessions)")
-    p.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this much time")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--log-seconds", type=float, default=30.0, help="seconds between progress lines")
+    p.add_argument("--kimg", type=POSITIVE, default=None, help="total length in thousands of images (all sessions)")
+    p.add_argument("--minutes", type=POSITIVE, default=None, help="stop (with a checkpoint) after this much time")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--log-seconds", type=POSITIVE, default=30.0, help="seconds between progress lines")
     p.set_defaults(func=_train_gan)
 
     p = train.add_parser("perceptual", help="train the demo bundle's perceptual network on the domain's labels")
     p.add_argument("--recipe", choices=["faces"], default="faces", help="domain of the training images")
     p.add_argument("--out", type=Path, required=True, help="directory to write (replaced atomically)")
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--batch", type=int, default=24, help="images per step")
+    p.add_argument("--steps", type=POSITIVE_INT, default=600)
+    p.add_argument("--batch", type=POSITIVE_INT, default=24, help="images per step")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_train_perceptual)
 
     p = train.add_parser("encoder", help="train or resume the image -> W+ encoder of a GAN run (checkpoints in --out)")
@@ -657,11 +683,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gan", type=Path, required=True, help="GAN run directory (its EMA generator is used)")
     p.add_argument("--out", type=Path, required=True, help="run directory; an existing checkpoint is resumed")
     p.add_argument("--perceptual", type=Path, default=None, help="`train perceptual` output (default: random CNN)")
-    p.add_argument("--kimg", type=float, default=30.0, help="total length in thousands of images (all sessions)")
+    p.add_argument("--kimg", type=POSITIVE, default=30.0, help="total length in thousands of images (all sessions)")
     p.add_argument("--init-from", type=Path, default=None, help="start from another run's or a bundle's encoder")
-    p.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this much time")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--log-seconds", type=float, default=30.0, help="seconds between progress lines")
+    p.add_argument("--minutes", type=POSITIVE, default=None, help="stop (with a checkpoint) after this much time")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--log-seconds", type=POSITIVE, default=30.0, help="seconds between progress lines")
     p.set_defaults(func=_train_encoder)
 
     p = train.add_parser(
@@ -670,21 +696,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=["faces"], default="faces", help="domain of the annotated images")
     p.add_argument("--gan", type=Path, required=True, help="GAN run directory (its EMA generator is used)")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to write (replaced atomically)")
-    p.add_argument("--annotated", type=int, default=16, help="annotated images (DatasetGAN/EditGAN: 16)")
-    p.add_argument("--models", type=int, default=10, help="ensemble members")
+    p.add_argument("--annotated", type=POSITIVE_INT, default=16, help="annotated images (DatasetGAN/EditGAN: 16)")
+    p.add_argument("--models", type=POSITIVE_INT, default=10, help="ensemble members")
     p.add_argument(
         "--hidden",
         type=_widths,
         default=None,
         help="members' hidden widths H1,H2 (default: the official 128,32; render time grows with models x H1)",
     )
-    p.add_argument("--epochs", type=int, default=4, help="passes over every annotated pixel per member")
-    p.add_argument("--invert-steps", type=int, default=300, help="W+ optimisation steps per annotated image")
+    p.add_argument("--epochs", type=POSITIVE_INT, default=4, help="passes over every annotated pixel per member")
+    p.add_argument("--invert-steps", type=POSITIVE_INT, default=300, help="W+ optimisation steps per annotated image")
     p.add_argument("--perceptual", type=Path, default=None, help="`train perceptual` output (default: random CNN)")
     p.add_argument("--encoder", type=Path, default=None, help="`train encoder` run of the same GAN (optional)")
     p.add_argument(
         "--max-pixel-error",
-        type=float,
+        type=NON_NEGATIVE,
         default=None,
         help="train only on pixels whose embedding is this close to the annotated image (mean |RGB| on [0, 1])",
     )
@@ -694,22 +720,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="also embed each annotated image mirrored left-right (labels mirrored too): twice the pixels",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_train_segmenter)
 
     p = train.add_parser("vectors", help="learn the named editing vectors of the faces recipe into a bundle")
     p.add_argument("--bundle", type=Path, required=True, help="bundle to add the vectors to (rewritten atomically)")
-    p.add_argument("--sources", type=int, default=8, help="example latents each vector is learned from")
-    p.add_argument("--calibration-samples", type=int, default=16, help="generator samples that calibrate scales")
+    p.add_argument("--sources", type=POSITIVE_INT, default=8, help="example latents each vector is learned from")
+    p.add_argument(
+        "--calibration-samples", type=POSITIVE_INT, default=16, help="generator samples that calibrate scales"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration samples")
-    p.add_argument("--steps", type=int, default=60, help="optimisation steps per source image")
+    p.add_argument("--steps", type=POSITIVE_INT, default=60, help="optimisation steps per source image")
     p.add_argument(
         "--joint-steps",
-        type=int,
+        type=COUNT,
         default=30,
         help="then updates of one offset fitted to every source's edit at once (0: the mean offset alone)",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_train_vectors)
     return parser
 
@@ -726,6 +754,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EngineError as exc:
         print(f"editgan: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path that cannot be read or written: the OS's own words name it
+        print(f"editgan: error: {exc}", file=sys.stderr)
+        return 1
     return code
 
 

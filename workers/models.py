@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from engine import Bundle, BundleError, load_bundle, render
+from engine.bundle import read_spec
 from engine.precision import Precision, check_precision, forward_precision, ieee_float32, loop_precision
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,10 @@ def resolve_device(name: str) -> torch.device:
     """`auto` -> CUDA when present, else CPU; anything else as torch reads it (cpu, cuda, cuda:1)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BundleError(f"unknown device {name!r}: cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BundleError(f"device {name!r} was asked for but CUDA is not available")
     return device
@@ -33,6 +37,21 @@ def bundle_dirs(models_dir: Path) -> list[Path]:
     if not models_dir.is_dir():
         raise BundleError(f"models directory {models_dir} does not exist (set EDITGAN_MODELS_DIR)")
     return sorted(p for p in models_dir.iterdir() if (p / "bundle.json").is_file())
+
+
+def check_models(models_dir: Path) -> list[str]:
+    """The names of the bundles in `models_dir`, from their bundle.json alone (no weights read): a quick
+    check, before starting processes, that there is at least one and that each describes itself."""
+    names = [read_spec(path).name for path in bundle_dirs(models_dir)]
+    if not names:
+        raise BundleError(NO_BUNDLE.format(models_dir))
+    return names
+
+
+NO_BUNDLE = (
+    "no bundle (a directory with bundle.json) in {}: set EDITGAN_MODELS_DIR to a directory of bundles (a "
+    "checkout's models/ holds the demo model; an installed package carries none)"
+)
 
 
 def load_models(models_dir: Path, device: torch.device, *, verify: bool = True) -> dict[str, Bundle]:
@@ -48,10 +67,7 @@ def load_models(models_dir: Path, device: torch.device, *, verify: bool = True) 
         bundles[bundle.spec.name] = bundle
         log.info("loaded model %s from %s on %s", bundle.spec.name, path, device)
     if not bundles:
-        raise BundleError(
-            f"no bundle (a directory with bundle.json) in {models_dir}: set EDITGAN_MODELS_DIR to a directory of "
-            "bundles (a checkout's models/ holds the demo model; an installed package carries none)"
-        )
+        raise BundleError(NO_BUNDLE.format(models_dir))
     return bundles
 
 

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from engine.atomic import replace_directory
-from engine.checkpoints import load_strict, torch_load
+from engine.checkpoints import load_strict, read_json, read_safetensors, torch_load
 from engine.encoder import Encoder, EncoderConfig
 from engine.errors import BundleError, InputError
 from engine.generator import Generator
@@ -118,7 +118,7 @@ def _reconstruction(
 
 
 def _save(out_dir: Path, encoder: Encoder, optimizer: torch.optim.Optimizer, step: int, meta: dict[str, Any]) -> None:
-    with replace_directory(out_dir / "checkpoint", old_name="checkpoint.old") as tmp:
+    with replace_directory(out_dir / "checkpoint", marker="state.json", old_name="checkpoint.old") as tmp:
         save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp / "encoder.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")  # tensors and numbers: loads weights_only
         (tmp / "state.json").write_text(json.dumps(meta | {"step": step}, indent=1) + "\n")
@@ -136,9 +136,9 @@ def load_trained_encoder(out_dir: Path) -> tuple[Encoder, dict[str, Any]]:
     ckpt = _checkpoint(out_dir)
     if ckpt is None:
         raise BundleError(f"no encoder training checkpoint in {out_dir} (`editgan train encoder` writes one)")
-    meta = json.loads((ckpt / "state.json").read_text())
+    meta = read_json(ckpt / "state.json")
     encoder = Encoder(EncoderConfig.from_dict(meta["encoder"]))
-    load_strict(encoder, load_file(str(ckpt / "encoder.safetensors")), str(ckpt / "encoder.safetensors"))
+    load_strict(encoder, read_safetensors(ckpt / "encoder.safetensors"), str(ckpt / "encoder.safetensors"))
     return encoder.eval().requires_grad_(False), meta
 
 
@@ -180,7 +180,7 @@ def train_encoder(
     ckpt = _checkpoint(out_dir)
     step = 0
     if ckpt is not None:
-        meta = json.loads((ckpt / "state.json").read_text())
+        meta = read_json(ckpt / "state.json")
         if meta.get("source") != source:
             raise InputError(f"{out_dir} trains an encoder for {meta.get('source')!r}, not {source!r}")
         saved = EncoderTrainConfig(**meta["config"])

@@ -28,11 +28,11 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from engine.atomic import replace_directory
-from engine.checkpoints import load_strict
+from engine.checkpoints import load_strict, read_json, read_safetensors
 from engine.discriminator import Discriminator, DiscriminatorConfig
 from engine.errors import BundleError, CheckpointError, InputError
 from engine.generator import Generator, GeneratorConfig
@@ -313,7 +313,7 @@ def _save(out_dir: Path, st: _State, cfg: GanTrainConfig) -> None:
         "torch": torch.__version__,
     }
     # A reader sees the old or the new checkpoint, never half; `checkpoint.old` survives a death mid-swap.
-    with replace_directory(out_dir / "checkpoint", old_name="checkpoint.old") as tmp:
+    with replace_directory(out_dir / "checkpoint", marker="state.json", old_name="checkpoint.old") as tmp:
         save_file({k: _stored(k, v, cfg) for k, v in tensors.items()}, str(tmp / "state.safetensors"))
         (tmp / "state.json").write_text(json.dumps(meta, indent=1) + "\n")
 
@@ -327,10 +327,10 @@ def _stored(key: str, value: Tensor, cfg: GanTrainConfig) -> Tensor:
 
 
 def _read(ckpt: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    meta: dict[str, Any] = json.loads((ckpt / "state.json").read_text())
+    meta = read_json(ckpt / "state.json")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{ckpt}/state.json has format {meta.get('format')!r}, expected {FORMAT!r}")
-    return meta, load_file(str(ckpt / "state.safetensors"), device="cpu")
+    return meta, read_safetensors(ckpt / "state.safetensors")
 
 
 def _take(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -498,5 +498,5 @@ def run_source(out_dir: str | Path) -> str:
     ckpt = _checkpoint_dir(Path(out_dir))
     if ckpt is None:
         raise BundleError(f"no training checkpoint in {out_dir} (expected checkpoint/state.json)")
-    meta = json.loads((ckpt / "state.json").read_text())
-    return f"{Path(out_dir).resolve().name}@step {meta['step']}"
+    meta = read_json(ckpt / "state.json")
+    return f"{Path(out_dir).resolve().name}@step {meta.get('step', '?')}"

@@ -114,7 +114,7 @@ def train_perceptual(
 
 def save_trained(out_dir: Path, network: ConvPerceptual, record: dict[str, Any]) -> None:
     """Write `perceptual.safetensors` and `perceptual.json` (config + training record) as one directory swap."""
-    with replace_directory(out_dir) as tmp:
+    with replace_directory(out_dir, marker=RECORD) as tmp:
         save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(tmp / WEIGHTS))
         meta = {"config": network.config.to_dict(), "record": record}
         (tmp / RECORD).write_text(json.dumps(meta, indent=1) + "\n")

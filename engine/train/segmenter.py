@@ -106,6 +106,10 @@ def train_ensemble(
     """Fit every member on (features [P, D], labels [P]); returns the ensemble (eval mode) and per-member stats."""
     if features.shape[0] != labels.shape[0] or features.shape[1] != segmenter_config.feature_dim:
         raise InputError(f"features {list(features.shape)} do not match labels {list(labels.shape)} / config")
+    if config.epochs < 1:
+        raise InputError(f"epochs must be >= 1, got {config.epochs}")
+    if labels.numel() < 2:  # e.g. a pixel-error bound that no embedded pixel meets
+        raise InputError(f"{labels.numel()} training pixels, at least 2 needed (a pixel-error bound too tight?)")
     if int(labels.max()) >= segmenter_config.num_classes or int(labels.min()) < 0:
         raise InputError(f"labels must lie in [0, {segmenter_config.num_classes})")
     segmenter = Segmenter(segmenter_config)

@@ -143,6 +143,10 @@ def test_errors_exit_non_zero_with_the_api_code_and_message(live: Live, tmp_path
     run = editgan("invert", str(tmp_path / "absent.png"), url=live.base_url)
     assert run.returncode == 2 and "absent.png" in run.stderr
 
+    for term in ("grow:nan", "grow:inf", "grow:x"):  # refused before any request, as a usage error
+        run = editgan("apply", missing, term, url=live.base_url)
+        assert run.returncode == 2 and "finite number" in run.stderr and "Traceback" not in run.stderr, term
+
 
 def test_ctrl_c_cancels_the_job_it_waits_on(live: Live, tmp_path: Path) -> None:
     image = tmp_path / "face.png"

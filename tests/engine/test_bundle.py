@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.bundle import Bundle, BundleSpec, load_bundle, save_bundle
 from engine.checkpoints import sha256_file
-from engine.errors import BundleError, CheckpointError
+from engine.errors import BundleError, CheckpointError, EngineError
 from engine.images import colorize, image_to_uint8
 from engine.rendering import render
 
@@ -120,9 +120,33 @@ def test_malformed_bundle_json_is_refused(tiny_bundle: Bundle, tmp_path: Path) -
         meta_path.write_text(json.dumps(meta | breakage))
         with pytest.raises(BundleError, match=message):
             load_bundle(tmp_path / "b")
-    meta_path.write_text("{not json")
+    for text, message in (("{not json", "not valid JSON"), ("[]", "JSON object, not list")):
+        meta_path.write_text(text)
+        with pytest.raises(BundleError, match=message):
+            load_bundle(tmp_path / "b")
+    meta_path.write_text(json.dumps(meta | {"regions": [1, 2]}))
+    with pytest.raises(BundleError, match="malformed"):
+        load_bundle(tmp_path / "b")
+    meta_path.write_bytes(b'{"name": "\xff"}')
     with pytest.raises(BundleError, match="not valid JSON"):
         load_bundle(tmp_path / "b")
+
+
+def test_saving_replaces_only_an_empty_directory_or_a_bundle(tiny_bundle: Bundle, tmp_path: Path) -> None:
+    """A mistyped output path must not delete what is there (`import-official REL models`, say)."""
+    (tmp_path / "models" / "other").mkdir(parents=True)
+    (tmp_path / "models" / "notes.txt").write_text("precious")
+    (tmp_path / "afile").write_text("precious too")
+    for target in (tmp_path / "models", tmp_path / "afile"):
+        with pytest.raises(EngineError, match="refusing to replace"):
+            save_bundle(tiny_bundle, target)
+    assert (tmp_path / "models" / "notes.txt").read_text() == "precious" and (tmp_path / "models" / "other").is_dir()
+    assert (tmp_path / "afile").read_text() == "precious too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "models"]  # no temporary left behind
+    (tmp_path / "empty").mkdir()
+    save_bundle(tiny_bundle, tmp_path / "empty")  # an empty directory, then a bundle over a bundle
+    save_bundle(tiny_bundle, tmp_path / "empty")
+    load_bundle(tmp_path / "empty")
 
 
 def test_failed_save_keeps_the_old_bundle(tiny_bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -157,6 +157,20 @@ def test_a_save_interrupted_between_renames_is_recovered(tmp_path: Path) -> None
         export_generator(tmp_path / "missing")
 
 
+def test_a_damaged_checkpoint_is_named_not_a_traceback(tmp_path: Path) -> None:
+    train_gan(config(1), noise_data, tmp_path)
+    weights, record = tmp_path / "checkpoint" / "state.safetensors", tmp_path / "checkpoint" / "state.json"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[: len(whole) // 2])  # a copy cut short
+    with pytest.raises(CheckpointError, match="state.safetensors is not a readable safetensors file"):
+        train_gan(config(2), noise_data, tmp_path)
+    weights.write_bytes(whole)
+    for text in ("{cut", "[1, 2]"):
+        record.write_text(text)
+        with pytest.raises(CheckpointError, match="state.json"):
+            train_gan(config(2), noise_data, tmp_path)
+
+
 def test_bad_data_and_configs_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"\[-1, 1\]"):
         train_gan(config(1), lambda step, b: torch.full((b, 3, 32, 32), 2.0), tmp_path / "a")

@@ -10,6 +10,7 @@ import torch
 
 from engine.bundle import Bundle
 from engine.editing import EditProblem, prepare_edit
+from engine.errors import InputError
 from engine.params import EditParams
 from engine.perceptual import ConvPerceptual, ConvPerceptualConfig
 from engine.rendering import render
@@ -46,6 +47,11 @@ def test_the_ensemble_learns_labels_that_the_features_determine() -> None:
     _, noise = train_ensemble(features, shuffled, config, SegmenterTrainConfig(num_models=1, epochs=5, batch_size=64))
     assert noise[0]["train_accuracy"] < min(s["train_accuracy"] for s in stats) - 0.2
     assert not any(p.requires_grad for p in segmenter.parameters())
+    # No epoch, or no pixel left (a pixel-error bound none meets): a clear refusal, not a crash mid-way.
+    with pytest.raises(InputError, match="epochs must be >= 1"):
+        train_ensemble(features, labels, config, SegmenterTrainConfig(num_models=1, epochs=0))
+    with pytest.raises(InputError, match="0 training pixels"):
+        train_ensemble(features[:0], labels[:0], config, SegmenterTrainConfig(num_models=1))
 
 
 def test_mean_iou_is_one_for_equal_maps_and_counts_each_present_class() -> None:
@@ -208,3 +214,24 @@ def test_train_segmenter_reads_hidden_widths() -> None:
     for bad in ("64", "64,x", "0,32", "64,32,8"):
         with pytest.raises(SystemExit):
             parse("--hidden", bad)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "segmenter", "--gan", "g", "--out", "o", "--epochs", "0"],
+        ["train", "segmenter", "--gan", "g", "--out", "o", "--max-pixel-error", "-1"],
+        ["train", "vectors", "--bundle", "b", "--sources", "-1"],  # once read as a slice: "all but one"
+        ["train", "vectors", "--bundle", "b", "--joint-steps", "-3"],
+        ["train", "perceptual", "--out", "o", "--steps", "0"],
+        ["render", "b", "o", "--truncation", "nan"],
+        ["render", "b", "o", "--count", "0"],
+        ["figure", "b", "o.png", "--zoom", "0"],
+        ["bench", "--threads", "-1"],
+        ["up", "--workers", "0"],
+    ],
+)
+def test_numbers_out_of_range_are_refused_before_any_work(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(argv)
+    assert exit_info.value.code == 2 and "must be a finite number" in capsys.readouterr().err

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -81,3 +84,13 @@ def _server_on(socket: str) -> psutil.Process:
         except psutil.Error:
             continue
     raise AssertionError(f"no redis-server on {socket}")
+
+
+def test_up_refuses_a_models_directory_without_a_bundle_before_starting_anything(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    env = up_env(tmp_path / "models", tmp_path / "data", free_port())
+    run = subprocess.run(
+        [sys.executable, "-m", "service.cli", "up"], env=os.environ | env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 2 and "no bundle (a directory with bundle.json)" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "data").exists()  # no Redis was started
