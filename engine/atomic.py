@@ -32,8 +32,7 @@ def replace_directory(target: Path, *, marker: str, old_name: str | None = None)
     if target.exists() and not ((target / marker).is_file() or _empty_dir(target)):
         what = "a file" if not target.is_dir() else f"a directory without {marker}"
         raise TargetNotOursError(
-            f"{target} is {what}, not one this command writes: refusing to replace it; choose a new or empty "
-            "directory"
+            f"{target} is {what}, not one this command writes: refusing to replace it; choose a new or empty directory"
         )
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
