@@ -112,7 +112,7 @@ def _render(args: argparse.Namespace) -> int:
         save_png(colorize(result.labels[0], bundle.spec.classes), stem.with_name(stem.name + "_mask.png"))
         assert result.uncertainty is not None  # rendered with it, the default
         save_png(uncertainty_to_uint8(result.uncertainty[0]), stem.with_name(stem.name + "_uncertainty.png"))
-    print(json.dumps({"out_dir": str(out), "device": device, "render_seconds": [round(t, 3) for t in timings]}))
+    print(json.dumps({"out_dir": str(out), "device": str(device), "render_seconds": [round(t, 3) for t in timings]}))
     return 0
 
 
@@ -153,9 +153,16 @@ def _train_gan(args: argparse.Namespace) -> int:
 
 
 def _settings(**overrides: object) -> Settings:
+    from pydantic import ValidationError
+
+    from engine.errors import EngineError
     from schemas.settings import Settings
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # one line per setting, named as it is set: EDITGAN_PORT, not editgan_port
+        lines = [f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
+        raise EngineError("invalid settings: " + "; ".join(lines)) from None
     return settings.model_copy(update=overrides) if overrides else settings
 
 
@@ -280,7 +287,7 @@ def _healthcheck(args: argparse.Namespace) -> int:
     try:
         with urllib.request.urlopen(url, timeout=3) as response:
             return 0 if response.status == 200 else 1
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a URL urllib cannot even parse
         print(f"editgan: {url}: {exc}", file=sys.stderr)
         return 1
 
@@ -607,8 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="render random samples with segmentation and uncertainty PNGs")
     p.add_argument("bundle", type=Path)
     p.add_argument("out_dir", type=Path)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--count", type=POSITIVE_INT, default=1)
+    p.add_argument("--seed", type=int, default=0, help="first sample's seed (default 0); the next ones count up")
+    p.add_argument("--count", type=POSITIVE_INT, default=1, help="samples to render (default 1)")
     p.add_argument("--truncation", type=FINITE, default=None, help="psi (default: the bundle's sample default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=_render)
@@ -619,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, nargs="+", required=True, help="one row per image")
     p.add_argument("--paint", default="enlarge_eyes", help="a faces mask edit, or grow:<class name>")
     p.add_argument("--vectors", nargs="*", default=None, help="NAME:SCALE terms (default: every vector at 1)")
-    p.add_argument("--zoom", type=POSITIVE_INT, default=2, help="pixels per model pixel")
+    p.add_argument("--zoom", type=POSITIVE_INT, default=2, help="pixels per model pixel (default 2)")
     p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_figure)
 
@@ -672,9 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = train.add_parser("perceptual", help="train the demo bundle's perceptual network on the domain's labels")
     p.add_argument("--recipe", choices=["faces"], default="faces", help="domain of the training images")
     p.add_argument("--out", type=Path, required=True, help="directory to write (replaced atomically)")
-    p.add_argument("--steps", type=POSITIVE_INT, default=600)
-    p.add_argument("--batch", type=POSITIVE_INT, default=24, help="images per step")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=POSITIVE_INT, default=600, help="training steps (default 600)")
+    p.add_argument("--batch", type=POSITIVE_INT, default=24, help="images per step (default 24)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic training data (default 0)")
     p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_train_perceptual)
 

@@ -116,6 +116,7 @@ def save_trained(out_dir: Path, network: ConvPerceptual, record: dict[str, Any])
     """Write `perceptual.safetensors` and `perceptual.json` (config + training record) as one directory swap."""
     with replace_directory(out_dir, marker=RECORD) as tmp:
         save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(tmp / WEIGHTS))
+        (tmp / WEIGHTS).chmod(0o644)  # safetensors writes 0600: as in a bundle, other users must read it
         meta = {"config": network.config.to_dict(), "record": record}
         (tmp / RECORD).write_text(json.dumps(meta, indent=1) + "\n")
 

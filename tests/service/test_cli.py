@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,11 @@ def test_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     out = _run("info", str(tmp_path / "missing"))
     assert out.returncode == 2
     assert out.stderr.startswith("editgan: error:") and "bundle.json is missing" in out.stderr
+    # A bad setting is named as it is set, in one line, whichever command reads the settings.
+    env = os.environ | {"EDITGAN_PORT": "abc"}
+    bad = subprocess.run([sys.executable, "-m", "service.cli", "healthcheck"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("editgan: error: invalid settings: EDITGAN_PORT:")
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_figure_rows_and_columns(tmp_path: Path) -> None:
@@ -67,3 +73,6 @@ def test_train_perceptual_writes_a_loadable_network(tmp_path: Path) -> None:
     network, saved = load_trained(tmp_path / "p")
     assert saved == record and record["training"]["steps"] == 2
     assert not any(p.requires_grad for p in network.parameters())
+    assert (tmp_path / "p" / "perceptual.safetensors").stat().st_mode & 0o777 == 0o644  # readable by a container
+    again = _run("train", "perceptual", "--out", str(tmp_path), "--steps", "1")  # holds `p`: not a run of its own
+    assert again.returncode == 2 and "refusing to replace" in again.stderr and (tmp_path / "p").is_dir()
