@@ -8,6 +8,7 @@ from client.api import EditganClient, Health, LatentData, Readiness
 from client.errors import (
     ApiError,
     EditganError,
+    InvalidUrlError,
     JobFailedError,
     RequestTimeoutError,
     TransportError,
@@ -21,6 +22,7 @@ __all__ = [
     "EditganClient",
     "EditganError",
     "Health",
+    "InvalidUrlError",
     "JobFailedError",
     "LatentData",
     "Readiness",

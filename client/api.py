@@ -14,12 +14,19 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal, TypeVar
+from typing import IO, Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from client.errors import ApiError, JobFailedError, RequestTimeoutError, TransportError, WaitTimeoutError
+from client.errors import (
+    ApiError,
+    InvalidUrlError,
+    JobFailedError,
+    RequestTimeoutError,
+    TransportError,
+    WaitTimeoutError,
+)
 from schemas.catalog import ModelInfo, ModelList, VectorInfo, VectorList
 from schemas.edits import (
     ImageLinks,
@@ -31,6 +38,7 @@ from schemas.edits import (
     VectorEditResult,
     VectorTerm,
 )
+from schemas.errors import Readiness as ReadinessBody
 from schemas.jobs import JobAccepted, JobInfo, JobKind, JobStatus
 from schemas.settings import DEFAULT_URL
 
@@ -55,15 +63,13 @@ class Health(BaseModel):
     status: str
 
 
-class Readiness(BaseModel):
-    """`GET /readyz` (200 or 503, same body): models loaded, Redis reachable, live workers."""
-
-    status: Literal["ready", "not_ready"]
-    checks: dict[str, bool | int]
+class Readiness(ReadinessBody):
+    """`GET /readyz` (200 or 503, one schema): models loaded, Redis reachable, live workers, writes accepted."""
 
     @property
     def ready(self) -> bool:
-        return self.status == "ready"
+        """Whether the service takes work: `degraded` (Redis refuses writes) still serves reads."""
+        return self.status != "not_ready"
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,12 @@ class EditganClient:
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        try:
+            url = httpx.URL(base_url)
+        except httpx.InvalidURL as exc:
+            raise InvalidUrlError(f"{base_url!r} is not a URL: {exc}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise InvalidUrlError(f"{base_url!r} is not an http(s) URL with a host, e.g. http://127.0.0.1:8000")
         headers = {"User-Agent": "editgan-client"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from client.api import EditganClient
-from client.errors import ApiError, EditganError, JobFailedError, TransportError, WaitTimeoutError
+from client.errors import ApiError, EditganError, InvalidUrlError, JobFailedError, TransportError, WaitTimeoutError
 from schemas.catalog import VectorInfo
 from schemas.edits import Fit, ImageLinks, InvertResult, OptimizeEditResult, VectorEditResult
 from schemas.jobs import JobAccepted, JobInfo, JobStatus
@@ -230,6 +230,8 @@ def _vectors_rm(api: EditganClient, args: argparse.Namespace) -> Answer:
 def _exit_status(exc: EditganError) -> int:
     if isinstance(exc, InterruptedJobError):
         return EXIT_INTERRUPTED
+    if isinstance(exc, InvalidUrlError):  # a usage error: nothing was sent
+        return EXIT_FILE
     return EXIT_UNREACHABLE if isinstance(exc, TransportError | WaitTimeoutError) else EXIT_REFUSED
 
 

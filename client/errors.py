@@ -52,6 +52,12 @@ class JobFailedError(EditganError):
         return f"{self.code}: {self.message} (job {self.job.job_id} {self.job.status.value})"
 
 
+class InvalidUrlError(EditganError, ValueError):
+    """The service URL is not an http(s) URL with a host: nothing was sent."""
+
+    code = "invalid_url"
+
+
 class TransportError(EditganError):
     """No usable answer: connection refused, DNS, a network timeout, a broken response."""
 

@@ -15,12 +15,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
+import httpx
 import numpy as np
 import pytest
 
 from client import (
     ApiError,
     EditganClient,
+    InvalidUrlError,
     JobFailedError,
     RequestTimeoutError,
     TransportError,
@@ -294,3 +296,21 @@ def test_an_error_page_that_is_not_the_api_s_still_raises_api_error(recorder: st
     with EditganClient(recorder) as api, pytest.raises(ApiError) as raised:
         api.get_model("x")
     assert raised.value.status == 502 and raised.value.code == "http_502" and "bad gateway" in raised.value.message
+
+
+def test_readiness_reads_every_status_the_gateway_answers_and_a_bad_url_sends_nothing() -> None:
+    """The three bodies of `service/routes/health.py` (logic only: a transport returns them)."""
+    checks = {"models": True, "redis": True, "workers": 1, "writes": False}
+    bodies = {
+        "degraded": (200, {"status": "degraded", "checks": checks}),
+        "not_ready": (503, {"status": "not_ready", "checks": checks | {"workers": 0}, "code": "unavailable",
+                            "message": "no live worker on the queue"}),
+    }  # fmt: skip
+    for status, (http_status, body) in bodies.items():
+        transport = httpx.MockTransport(lambda request, s=http_status, b=body: httpx.Response(s, json=b))
+        with EditganClient("http://service", transport=transport) as api:
+            ready = api.readiness()
+        assert ready.status == status and ready.ready == (status == "degraded"), status
+    for url in ("notaurl", "ftp://host", "http://[::1"):
+        with pytest.raises(InvalidUrlError):
+            EditganClient(url)
