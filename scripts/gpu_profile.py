@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -45,7 +46,8 @@ def profiled(fn: Callable[[], Any], device: torch.device, table: Path) -> dict[s
         sync()
         wall = time.perf_counter() - start
     averages = prof.key_averages()
-    kernel_us = sum(e.self_device_time_total for e in averages)
+    # Kernels only: an operator's row repeats, as its own self time, the kernels it launched.
+    kernel_us = sum(e.device_time_total for e in prof.events() if e.device_type == DeviceType.CUDA)
     launches = sum(e.count for e in averages if e.key.startswith(("cudaLaunch", "cuLaunch")))
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table.write_text(averages.table(sort_by=sort, row_limit=40, max_name_column_width=60))
