@@ -143,6 +143,14 @@ def test_errors_exit_non_zero_with_the_api_code_and_message(live: Live, tmp_path
     run = editgan("invert", str(tmp_path / "absent.png"), url=live.base_url)
     assert run.returncode == 2 and "absent.png" in run.stderr
 
+    (tmp_path / "a-file").write_text("")  # an --out the results could not be saved in: refused before the job
+    for argv in (
+        ["invert", str(tmp_path / "junk.png"), "--out", str(tmp_path / "a-file")],
+        ["apply", missing, "grow", "--refine-steps", "-1"],
+        ["invert", "x.png", "--timeout", "-5"],
+    ):
+        run = editgan(*argv, url=live.base_url)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, argv
     for term in ("grow:nan", "grow:inf", "grow:x"):  # refused before any request, as a usage error
         run = editgan("apply", missing, term, url=live.base_url)
         assert run.returncode == 2 and "finite number" in run.stderr and "Traceback" not in run.stderr, term
