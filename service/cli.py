@@ -206,11 +206,21 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from urllib.parse import urlsplit
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from engine.errors import EngineError
     from workers.worker import run_worker
 
     settings = _settings()
     _configure_logging(settings.editgan_log_level)
-    run_worker(settings, burst=args.burst, name=args.name)
+    try:
+        run_worker(settings, burst=args.burst, name=args.name)
+    except (RedisConnectionError, RedisTimeoutError) as exc:  # after the connection's own minute of retries
+        where = urlsplit(settings.redis_url or "")  # host and port only: the URL may hold a password
+        raise EngineError(f"Redis at {where.hostname}:{where.port or 6379} is unreachable: {exc}") from None
     return 0
 
 

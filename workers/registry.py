@@ -30,9 +30,11 @@ META_FIELDS = ("classes", "region", "description", "scale_range", "created_at", 
 
 
 class VectorNotFoundError(LookupError):
-    def __init__(self, model: str, name: str, version: int | None = None) -> None:
+    def __init__(self, model: str, name: str, version: int | None = None, versions: list[int] | None = None) -> None:
         what = f"{name}@{version}" if version is not None else name
-        super().__init__(f"model {model!r} has no editing vector {what!r}")
+        # The name exists, the version does not: say which versions do, not that the vector is missing.
+        known = f"; its versions are {versions}" if versions else ""
+        super().__init__(f"model {model!r} has no editing vector {what!r}{known}")
 
 
 class ReadOnlyVectorError(PermissionError):
@@ -103,7 +105,7 @@ class Registry:
         versions = sorted(int(k[1:-4]) for k in map(as_str, keys) if k.endswith(":npy"))
         chosen = int(latest) if version is None else version
         if chosen not in versions:
-            raise VectorNotFoundError(model, name, version)
+            raise VectorNotFoundError(model, name, version, versions)
         npy, meta = self.redis.hmget(key, [f"v{chosen}:npy", f"v{chosen}:meta"])
         if npy is None or meta is None:  # deleted between the two reads
             raise VectorNotFoundError(model, name, version)

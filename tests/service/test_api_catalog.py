@@ -48,6 +48,8 @@ def test_registry_versions_round_trip_and_delete(live: Live) -> None:
         params = {"version": version} if version else {}
         data = live.http.get("/vectors/tiny/smile/npy", params=params).content
         np.testing.assert_array_equal(np.load(io.BytesIO(data)), array)
+    missing = live.http.get("/vectors/tiny/smile", params={"version": 9}).json()
+    assert missing["code"] == "vector_not_found" and "its versions are [1, 2]" in missing["message"]
     head = live.http.head("/vectors/tiny/smile/npy")  # as the other downloads: headers, no body
     assert head.status_code == 200 and head.headers["content-length"] == str(len(data)) and not head.content
     names = {v["name"] for v in live.http.get("/vectors", params={"model": "tiny"}).json()["vectors"]}
