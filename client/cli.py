@@ -4,8 +4,9 @@ Each command talks to `--url` (default: EDITGAN_URL, else http://127.0.0.1:8000)
 (default: EDITGAN_API_KEY). People get a progress bar on stderr and a short summary; `--json` prints the
 API's own answer on stdout instead: the finished job as `GET /jobs/{id}` returns it (invert, edit, apply
 with refinement), else the response body. Exit status: 0 done; 1 the service refused or the job failed
-(`code: message` on stderr, and with `--json` the error as JSON on stdout); 2 a local file could not be
-read or written; 3 no answer, or `--timeout` passed (the job goes on); 130 Ctrl-C, which cancels the job.
+(`code: message` on stderr, and with `--json` the error as JSON on stdout); 2 a usage error (a bad argument
+or service URL, nothing sent) or a local file could not be read or written; 3 no answer, or `--timeout`
+passed (the job goes on); 130 Ctrl-C, which cancels the job.
 """
 
 from __future__ import annotations
