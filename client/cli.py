@@ -274,16 +274,18 @@ def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def _number(kind: type, minimum: float) -> Callable[[str], Any]:
-    """An argparse type: a finite `kind` of at least `minimum`."""
+def number(kind: type, minimum: float, *, strict: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a finite `kind` of at least `minimum` (above it with `strict`). The engine's
+    commands (`service/cli.py`) use it too."""
 
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not math.isfinite(value) or value < minimum:
-            raise argparse.ArgumentTypeError(f"must be a finite number >= {minimum:g}, got {text!r}")
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            bound = "" if minimum == -math.inf else f" > {minimum:g}" if strict else f" >= {minimum:g}"
+            raise argparse.ArgumentTypeError(f"must be a finite number{bound}, got {text!r}")
         return value
 
     return parse
@@ -308,7 +310,7 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "--out", type=_out_dir, default=None, help="directory to save the result PNGs in (image.png, ...)"
     )
     jobs.add_argument(
-        "--timeout", type=_number(float, 0), default=None, help="stop waiting after SECONDS (the job goes on)"
+        "--timeout", type=number(float, 0), default=None, help="stop waiting after SECONDS (the job goes on)"
     )
     jobs.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     both = [service, jobs]
@@ -317,14 +319,14 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("image", type=Path, help="PNG, JPEG or WebP")
     p.add_argument("--model", default=None, help="default: the only model served")
     p.add_argument("--fit", choices=[f.value for f in Fit], default=None, help="another size or aspect (crop)")
-    p.add_argument("--steps", type=_number(int, 1), default=None, help="optimisation steps (default: the model's)")
+    p.add_argument("--steps", type=number(int, 1), default=None, help="optimisation steps (default: the model's)")
     p.set_defaults(func=_runner(_invert), loads_engine=False)
 
     p = sub.add_parser("edit", parents=both, help="optimise a latent towards an edited segmentation mask (a job)")
     p.add_argument("latent", help="latent id (lat_...)")
     p.add_argument("mask", type=Path, help="edited segmentation PNG: class ids or the model's colours")
     p.add_argument("--region", default=None, help="region (class group) to edit; default: the classes changed")
-    p.add_argument("--steps", type=_number(int, 1), default=None, help="optimisation steps (default: the model's)")
+    p.add_argument("--steps", type=number(int, 1), default=None, help="optimisation steps (default: the model's)")
     p.add_argument("--save-vector", metavar="NAME", default=None, help="keep the editing vector under NAME")
     p.add_argument("--description", default=None, help="the saved vector's description")
     p.add_argument(
@@ -339,7 +341,7 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p = sub.add_parser("apply", parents=both, help="apply editing vectors at scales (real time; a job if refined)")
     p.add_argument("latent", help="latent id (lat_...)")
     p.add_argument("vectors", nargs="+", type=parse_term, metavar="VECTOR[:SCALE]", help="e.g. smile:1.5 grow@2:-1")
-    p.add_argument("--refine-steps", type=_number(int, 0), default=0, help="> 0: self-supervised refinement, as a job")
+    p.add_argument("--refine-steps", type=number(int, 0), default=0, help="> 0: self-supervised refinement, as a job")
     p.set_defaults(func=_runner(_apply), loads_engine=False)
 
     vectors = sub.add_parser("vectors", help="the editing-vector registry: list, get, put, rm")
@@ -351,7 +353,7 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p = verbs.add_parser("get", parents=[service], help="one vector's metadata; --out saves its official .npy")
     p.add_argument("name")
     p.add_argument("--model", default=None, help="default: the only model served")
-    p.add_argument("--version", type=_number(int, 0), default=None, help="default: the latest")
+    p.add_argument("--version", type=number(int, 0), default=None, help="default: the latest")
     p.add_argument("--out", type=Path, default=None, help="file to save the vector in (official .npy)")
     p.set_defaults(func=_runner(_vectors_get), loads_engine=False)
 
@@ -362,7 +364,7 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--region", default=None, help="the class group it edits")
     p.add_argument("--classes", type=class_ids, default=None, help="or the class ids it edits: 1,2")
     p.add_argument("--description", default=None)
-    p.add_argument("--scale-range", type=_number(float, -math.inf), nargs=2, metavar=("MIN", "MAX"), default=None)
+    p.add_argument("--scale-range", type=number(float, -math.inf), nargs=2, metavar=("MIN", "MAX"), default=None)
     p.set_defaults(func=_runner(_vectors_put), loads_engine=False)
 
     p = verbs.add_parser("rm", parents=[service], help="delete every version of a registry vector")

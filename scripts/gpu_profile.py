@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.inputs import edit_input
 from bench.paper import car_bundle
-from bench.timing import StepClock, sync
+from bench.timing import StepClock, repeat, sync
 from engine import Bundle, load_bundle, optimize_edit, render
 from engine.perceptual import LPIPSLoss, PerceptualLoss
 from engine.precision import ieee_float32
@@ -59,17 +59,8 @@ def profiled(fn: Callable[[], Any], device: torch.device, table: Path) -> dict[s
     }
 
 
-def median_ms(fn: Callable[[], Any], n: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(n):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return round(statistics.median(times) * 1000, 2)
+def median_ms(fn: Callable[[], Any], n: int) -> float:
+    return round(statistics.median(repeat(fn, n)) * 1000, 2)
 
 
 def study(name: str, bundle: Bundle, perceptual: PerceptualLoss, out: Path, steps: int) -> dict[str, Any]:

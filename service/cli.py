@@ -26,9 +26,11 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from client.cli import number  # the argparse number type both command sets use
 
 if TYPE_CHECKING:
     from schemas.settings import Settings
@@ -563,25 +565,9 @@ def _widths(text: str) -> tuple[int, int]:
     return h1, h2
 
 
-def _number(kind: type, minimum: float, *, strict: bool) -> Callable[[str], Any]:
-    """An argparse type: a finite `kind` above `minimum` (or at least it, unless `strict`)."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-            bound = "" if minimum == -math.inf else f" > {minimum:g}" if strict else f" >= {minimum:g}"
-            raise argparse.ArgumentTypeError(f"must be a finite number{bound}, got {text!r}")
-        return value
-
-    return parse
-
-
-POSITIVE_INT, COUNT = _number(int, 0, strict=True), _number(int, 0, strict=False)
-POSITIVE, NON_NEGATIVE = _number(float, 0, strict=True), _number(float, 0, strict=False)
-FINITE = _number(float, -math.inf, strict=False)
+POSITIVE_INT, COUNT = number(int, 0, strict=True), number(int, 0)
+POSITIVE, NON_NEGATIVE = number(float, 0, strict=True), number(float, 0)
+FINITE = number(float, -math.inf)
 
 
 def build_parser() -> argparse.ArgumentParser:
