@@ -39,6 +39,12 @@ def bundle_dirs(models_dir: Path) -> list[Path]:
     return sorted(p for p in models_dir.iterdir() if (p / "bundle.json").is_file())
 
 
+NO_BUNDLE = (
+    "no bundle (a directory with bundle.json) in {}: set EDITGAN_MODELS_DIR to a directory of bundles (a "
+    "checkout's models/ holds the demo model; an installed package carries none)"
+)
+
+
 def check_models(models_dir: Path) -> list[str]:
     """The names of the bundles in `models_dir`, from their bundle.json alone (no weights read): a quick
     check, before starting processes, that there is at least one and that each describes itself."""
@@ -46,12 +52,6 @@ def check_models(models_dir: Path) -> list[str]:
     if not names:
         raise BundleError(NO_BUNDLE.format(models_dir))
     return names
-
-
-NO_BUNDLE = (
-    "no bundle (a directory with bundle.json) in {}: set EDITGAN_MODELS_DIR to a directory of bundles (a "
-    "checkout's models/ holds the demo model; an installed package carries none)"
-)
 
 
 def load_models(models_dir: Path, device: torch.device, *, verify: bool = True) -> dict[str, Bundle]:

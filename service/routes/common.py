@@ -7,9 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Header, Response
 from redis import Redis
-from rq.exceptions import NoSuchJobError
 from rq.job import Job
-from rq.serializers import JSONSerializer
 
 from schemas.errors import ErrorBody, ErrorCode
 from schemas.jobs import JobAccepted, JobKind, JobStatus
@@ -17,7 +15,7 @@ from service import backpressure, idempotency
 from service.errors import ApiError
 from service.idempotency import Idempotency
 from service.state import Services
-from workers.queue import enqueue
+from workers.queue import JobNotFoundError, enqueue, fetch
 
 # OpenAPI: the error bodies every route may answer with.
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -119,9 +117,9 @@ def submit(
 
 def _current(redis: Redis, accepted: JobAccepted) -> JobAccepted:
     """A replayed answer with the job's status now (it may have finished since), as recorded if the job has
-    expired meanwhile."""
+    expired meanwhile. (The replay is the caller's own: the key is per owner.)"""
     try:
-        status = Job.fetch(accepted.job_id, connection=redis, serializer=JSONSerializer).get_status(refresh=False)
-    except NoSuchJobError:
+        status = fetch(redis, accepted.job_id).get_status(refresh=False)
+    except JobNotFoundError:
         return accepted
     return accepted.model_copy(update={"status": JobStatus(status)})

@@ -42,10 +42,10 @@ def readyz(services: ServicesDep) -> JSONResponse:
         checks["writes"] = _writes_accepted(services.redis)
     except Exception:  # any Redis failure means not ready, never a 500
         checks["redis"], checks["workers"], checks["writes"] = False, 0, False
-    if checks["models"] and checks["redis"] and checks["workers"]:
+    failed = [text for name, text in NOT_READY.items() if not checks[name]]
+    if not failed:
         body = Readiness(status="ready" if checks["writes"] else "degraded", checks=checks)
         return JSONResponse(body.model_dump(exclude_none=True))
-    failed = [text for name, text in NOT_READY.items() if not checks[name]]
     body = Readiness(status="not_ready", checks=checks, code=ErrorCode.unavailable, message="; ".join(failed))
     return JSONResponse(body.model_dump(mode="json"), status_code=503, headers={"Retry-After": "5"})
 
