@@ -89,7 +89,7 @@ def submit(
     replay = idempotency.reserve(redis, owner, idem) if idem else None
     if replay is not None:
         response.headers["Idempotent-Replayed"] = "true"
-        accepted = _current(redis, replay)
+        accepted = _current(redis, owner, replay)
     else:
         try:
             body = payload() if callable(payload) else payload
@@ -115,11 +115,11 @@ def submit(
     return accepted
 
 
-def _current(redis: Redis, accepted: JobAccepted) -> JobAccepted:
+def _current(redis: Redis, owner: str | None, accepted: JobAccepted) -> JobAccepted:
     """A replayed answer with the job's status now (it may have finished since), as recorded if the job has
-    expired meanwhile. (The replay is the caller's own: the key is per owner.)"""
+    expired meanwhile."""
     try:
-        status = fetch(redis, accepted.job_id).get_status(refresh=False)
+        status = fetch(redis, accepted.job_id, owner).get_status(refresh=False)
     except JobNotFoundError:
         return accepted
     return accepted.model_copy(update={"status": JobStatus(status)})
