@@ -3,10 +3,10 @@
 Rendering labels every pixel, where the pixel-set path's per-pixel gathers are slow and the official
 [N, D, H, W] stack is 6.3 GB at 512 px. This module evaluates all members at once instead: their first
 layers as one product, each low-resolution projection interpolated separably (a small product down the
-rows, then one weighted gather across the columns for all resolutions), the later layers batched over
-members with BatchNorm folded in, and the canvas walked in row chunks that fit in cache, so that memory
-stays a few chunks whatever the canvas. It imports no model class (members are read through `Member`),
-so `engine.segmenter` can import it.
+rows, then across the columns for all resolutions at once: a weighted gather, or on GPUs a tiled
+product), the later layers batched over members with BatchNorm folded in, and the canvas walked in row
+chunks that fit in cache, so that memory stays a few chunks whatever the canvas. It imports no model
+class (members are read through `Member`), so `engine.segmenter` can import it.
 """
 
 from __future__ import annotations
@@ -113,22 +113,46 @@ class DensePlan:
     other than the canvas's); it depends on no weight or feature value, so segmenters cache it."""
 
     def __init__(
-        self, sizes: Sequence[int], size: int, box: tuple[int, int, int, int], mode: Upsample, like: Tensor
+        self,
+        sizes: Sequence[int],
+        size: int,
+        box: tuple[int, int, int, int],
+        mode: Upsample,
+        like: Tensor,
+        tile: int = 0,
     ) -> None:
+        """`tile` picks the horizontal pass (`horizontal`): 0 for `embedding_bag`, else the output columns of
+        one tile of the tiled product."""
         _, left, _, width = box
-        self.sizes, self.width, self.device = tuple(sizes), width, like.device
+        self.sizes, self.width, self.tile = tuple(sizes), width, tile
+        self.device, self.dtype = like.device, like.dtype
         self.columns = sum(sizes)  # J: the source columns of all these maps together
         # Per resolution, vertically: the [size, r] matrix and the first and last source row of each output row.
         self.vertical: dict[int, tuple[Tensor, list[int], list[int]]] = {}
-        self.horizontal: dict[int, list[tuple[Tensor, Tensor]]] = {}  # per tap: source column, weight [width]
+        self.column_taps: dict[int, list[tuple[Tensor, Tensor]]] = {}  # per tap: source column, weight [width]
         everywhere, columns = torch.arange(size), torch.arange(left, left + width)
         for r in sizes:
             taps = interpolation_taps(everywhere, r, size, mode)
             self.vertical[r] = (_interp_matrix(r, size, mode, like), taps[0][0].tolist(), taps[-1][0].tolist())
-            self.horizontal[r] = [
+            self.column_taps[r] = [
                 (i.to(like.device), w.to(like)) for i, w in interpolation_taps(columns, r, size, mode)
             ]
         self._across: dict[int, tuple[Tensor, Tensor]] = {}
+        self._tiles: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def horizontal(self, rows: Tensor, k: int) -> Tensor:
+        """The horizontal pass of k output rows: the vertically interpolated rows [k * J, X] (map by map,
+        row-major) -> [k * width, X] (row-major pixels), summed over all resolutions."""
+        if not self.tile:
+            index, weight = self.across(k)
+            return F.embedding_bag(index, rows, per_sample_weights=weight, mode="sum")
+        index, matrix = self.tiles(k)
+        tiles, span = matrix.shape[0], matrix.shape[2]
+        windows = rows.index_select(0, index).view(tiles, span, -1)  # [k * tiles, span, X]
+        out = torch.bmm(matrix, windows).view(k, -1, rows.shape[1])  # [k, tiles * tile, X]
+        if out.shape[1] != self.width:  # the last tile's padding columns
+            out = out[:, : self.width]
+        return out.reshape(-1, rows.shape[1])
 
     def across(self, k: int) -> tuple[Tensor, Tensor]:
         """The horizontal pass of k output rows as `F.embedding_bag` sums over the vertically interpolated
@@ -139,12 +163,42 @@ class DensePlan:
             y = torch.arange(k, device=self.device)[:, None]
             offset = 0
             for r in self.sizes:
-                for i, w in self.horizontal[r]:
+                for i, w in self.column_taps[r]:
                     index.append((offset + y * r + i[None, :]).reshape(-1))
                     weight.append(w.expand(k, -1).reshape(-1))
                 offset += k * r
             self._across[k] = (torch.stack(index, dim=1), torch.stack(weight, dim=1))
         return self._across[k]
+
+    def tiles(self, k: int) -> tuple[Tensor, Tensor]:
+        """The horizontal pass of k output rows as one batched product, for GPUs: each tile of `tile` output
+        columns reads, of every resolution, the short run of source columns under it (`span` in all), so
+        the pass is [tile, span] x [span, X] per tile and row. Its memory traffic is a gather of the runs and
+        the product, about 4 X floats per pixel, where the weighted gather of `across` reads X floats per
+        tap (14 taps at 512 px): a third of the bytes, for arithmetic that a GPU has to spare. On a CPU the
+        gather's chunks stay in cache and win (`engine.segmenter._HORIZONTAL_TILE`).
+        Returns the gather's row indices [k * tiles * span] and the matrices [k * tiles, tile, span]."""
+        if k not in self._tiles:
+            tiles = -(-self.width // self.tile)
+            columns = torch.arange(tiles * self.tile).clamp(max=self.width - 1).view(tiles, self.tile)
+            real = (torch.arange(tiles * self.tile) < self.width).view(tiles, self.tile, 1).float()
+            y = torch.arange(k)[:, None, None]
+            index, matrix, offset = [], [], 0
+            for r in self.sizes:
+                taps = [(i.cpu()[columns], w.cpu()[columns]) for i, w in self.column_taps[r]]  # [tiles, tile]
+                low = torch.stack([i for i, _ in taps]).amin(dim=(0, 2))
+                high = torch.stack([i for i, _ in taps]).amax(dim=(0, 2))
+                span = int((high - low).max()) + 1
+                start = low.clamp(max=r - span)  # every tile reads `span` columns, all within the map
+                part = torch.zeros(tiles, self.tile, span)
+                for i, w in taps:
+                    part.scatter_add_(2, (i - start[:, None])[..., None], w[..., None] * real)
+                index.append(offset + y * r + start[None, :, None] + torch.arange(span))  # [k, tiles, span]
+                matrix.append(part)
+                offset += k * r
+            every = torch.cat(matrix, 2).repeat(k, 1, 1)
+            self._tiles[k] = (torch.cat(index, 2).reshape(-1).to(self.device), every.to(self.device, self.dtype))
+        return self._tiles[k]
 
 
 class _RowWindow:
@@ -248,8 +302,7 @@ def segment_in_chunks(
             for r, window in zip(others, windows, strict=True):
                 window.interpolate(y0, y1, rows[offset : offset + k * r].view(k, -1))
                 offset += k * r
-            index, weight = plan.across(k)
-            h = F.embedding_bag(index, rows, per_sample_weights=weight, mode="sum").view(-1, mh)
+            h = plan.horizontal(rows, k).view(-1, mh)
         if size in maps:
             ys, xs = slice(y0, y1), slice(left, left + width)
             if h is None:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.inputs import edit_input
 from bench.paper import car_bundle
 from bench.timing import StepClock, repeat, sync
-from engine import Bundle, load_bundle, optimize_edit, render
+from engine import Bundle, load_bundle, optimize_edit, render, segmenter
 from engine.perceptual import LPIPSLoss, PerceptualLoss
 from engine.precision import ieee_float32
 from schemas.settings import SHIPPED_MODELS
@@ -63,11 +63,30 @@ def median_ms(fn: Callable[[], Any], n: int) -> float:
     return round(statistics.median(repeat(fn, n)) * 1000, 2)
 
 
+def by_column_tile(measure: Callable[[], float], bundle: Bundle) -> dict[str, float]:
+    """`measure()` with each horizontal pass of the dense segmentation (`engine.segmenter._HORIZONTAL_TILE`;
+    0 is the weighted gather), so that the default per device rests on a measurement."""
+    kind, tiles, out = bundle.device.type, segmenter._HORIZONTAL_TILE, {}
+    before = tiles.get(kind)
+    try:
+        for tile in (0, 32, 64, 128):
+            tiles[kind] = tile
+            measure()  # the new plan's first use builds it
+            out[str(tile)] = measure()
+    finally:
+        if before is None:
+            tiles.pop(kind, None)
+        else:
+            tiles[kind] = before
+    return out
+
+
 def study(name: str, bundle: Bundle, perceptual: PerceptualLoss, out: Path, steps: int) -> dict[str, Any]:
     inputs = edit_input(bundle)
     w = inputs.w
     mask = torch.from_numpy(inputs.mask.astype("int64"))
     result: dict[str, Any] = {"render_ms": median_ms(lambda: render(bundle, w), 10)}
+    result["render_ms_by_column_tile"] = by_column_tile(lambda: median_ms(lambda: render(bundle, w), 10), bundle)
     result["render_profile"] = [profiled(lambda: render(bundle, w), bundle.device, out / f"{name}-render.txt")]
     batch = w.expand(16, -1, -1)
     result["render_16_ms"] = median_ms(lambda: render(bundle, batch), 5)

@@ -8,6 +8,7 @@ import torch
 
 import engine.segmenter as segmenter_module
 from engine.checkpoints import strip_prefix
+from engine.dense_segmentation import DensePlan
 from engine.errors import InputError
 from engine.generator import Generator, GeneratorConfig
 from engine.segmenter import (
@@ -120,15 +121,19 @@ def _dense_check(s: Segmenter, features: list[torch.Tensor], mode: str, box: tup
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 @pytest.mark.parametrize("budget", [1, 3 * 2 * 56 * 384 + 5])
 @pytest.mark.parametrize("images", [1, 2])
+@pytest.mark.parametrize("tile", [0, 5, 64])
 def test_dense_segmentation_in_chunks_equals_reference(
-    mode: str, budget: int, images: int, monkeypatch: pytest.MonkeyPatch
+    mode: str, budget: int, images: int, tile: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # budget 1: one output row per chunk, each source row projected on its own, a summary per chunk.
     # The other: 3 rows of N * width * M*h1 = 2 * 56 * 384 activations per chunk (the last one shorter),
     # source rows projected 5 at a time at 32 px, so that a chunk often reads two projected blocks.
     # One image reads the maps' rows in place (whole rows: every low-resolution window, and the
     # full-resolution maps in the whole-width box); two go through the pixels-last copy.
+    # Tile 0 is the CPU's weighted gather across the columns; 5 and 64 the GPUs' tiled product, with
+    # tiles that do not divide the box (a padded last tile) and one wider than the box.
     monkeypatch.setattr(segmenter_module, "_CHUNK_FLOATS", {"cpu": budget})
+    monkeypatch.setattr(segmenter_module, "_HORIZONTAL_TILE", {"cpu": tile})
     _, s, features = _setup()
     features = [f[:images] for f in features]
     for box in [(8, 4, 47, 56), (8, 0, 47, 64)]:
@@ -144,7 +149,11 @@ def test_dense_segmentation_in_chunks_equals_reference(
         (5, 24, 10),  # sizes that do not divide the canvas (bilinear and nearest taps fall anywhere)
     ],
 )
-def test_dense_segmentation_handles_any_map_layout(mode: str, sizes: tuple[int, ...]) -> None:
+@pytest.mark.parametrize("tile", [0, 4])
+def test_dense_segmentation_handles_any_map_layout(
+    mode: str, sizes: tuple[int, ...], tile: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(segmenter_module, "_HORIZONTAL_TILE", {"cpu": tile})
     gen = torch.Generator().manual_seed(0)
     channels = tuple(3 + i for i in range(len(sizes)))
     torch.manual_seed(0)
@@ -265,3 +274,21 @@ def test_chunked_region_loss_equals_the_plain_loss() -> None:
     for x, y in zip(g1, g2, strict=True):
         assert x is not None and y is not None
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize(("box", "tile"), [((0, 0, 64, 64), 8), ((3, 5, 9, 37), 16), ((0, 7, 4, 3), 8)])
+def test_tiled_horizontal_pass_equals_the_weighted_gather(mode: str, box: tuple[int, int, int, int], tile: int) -> None:
+    sizes, k = (4, 8, 16, 32), 3
+    like = torch.zeros(1)
+    gather = DensePlan(sizes, 64, box, mode, like)
+    tiled = DensePlan(sizes, 64, box, mode, like, tile)
+    index, matrix = tiled.tiles(k)
+    tiles = -(-box[3] // tile)
+    assert matrix.shape[:2] == (k * tiles, tile) and index.numel() == k * tiles * matrix.shape[2]
+    if box[3] >= 32:  # each tile reads a short run of source columns, not all of them
+        assert matrix.shape[2] < gather.columns // 2
+    rows = torch.randn(k * gather.columns, 10, generator=torch.Generator().manual_seed(1))
+    expected = gather.horizontal(rows, k)
+    assert expected.shape == (k * box[3], 10)
+    torch.testing.assert_close(tiled.horizontal(rows, k), expected, rtol=1e-5, atol=1e-5)
