@@ -81,6 +81,32 @@ def by_column_tile(measure: Callable[[], float], bundle: Bundle) -> dict[str, fl
     return out
 
 
+def cudnn_benchmark(edit: Callable[..., Any], steps: int) -> dict[str, Any]:
+    """An optimisation edit's ms per update with cuDNN's autotuner on (each convolution shape timed once
+    over every algorithm; the loops' shapes never change) against its heuristics, and both final losses."""
+    out: dict[str, Any] = {}
+    before = torch.backends.cudnn.benchmark
+    try:
+        for on in (False, True, False, True):
+            torch.backends.cudnn.benchmark = on
+            start = time.perf_counter()
+            edit(1)  # with the autotuner on, the first call of each shape tries the algorithms
+            first_s = time.perf_counter() - start
+            clock = StepClock()
+            final = edit(steps, clock)
+            key = "on" if on else "off"
+            out.setdefault(key, []).append(
+                {
+                    "ms_per_step": round(clock.per_step * 1000, 2),
+                    "first_call_s": round(first_s, 2),
+                    "final_loss": final.history[-1]["total"] if final.history else None,
+                }
+            )
+    finally:
+        torch.backends.cudnn.benchmark = before
+    return out
+
+
 def study(name: str, bundle: Bundle, perceptual: PerceptualLoss, out: Path, steps: int) -> dict[str, Any]:
     inputs = edit_input(bundle)
     w = inputs.w
@@ -99,6 +125,8 @@ def study(name: str, bundle: Bundle, perceptual: PerceptualLoss, out: Path, step
     clock = StepClock()
     edit(steps, clock)
     result["optimize_ms_per_step"] = round(clock.per_step * 1000, 2)
+    if bundle.device.type == "cuda":
+        result["cudnn_benchmark"] = cudnn_benchmark(edit, steps)
     one = profiled(lambda: edit(1), bundle.device, out / f"{name}-optimize-setup.txt")
     many = profiled(lambda: edit(steps), bundle.device, out / f"{name}-optimize.txt")
     # The difference of a steps-update run and a one-update run: the updates alone, without the set-up.
