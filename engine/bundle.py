@@ -36,6 +36,9 @@ from engine.segmenter import Segmenter, SegmenterConfig
 FORMAT = "editgan-bundle"
 FORMAT_VERSION = 1
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Vector names as the service's requests spell them (`schemas.edits.VECTOR_NAME`): lower case, so that a
+# shipped vector and a registry one of the same name cannot differ by case alone.
+VECTOR_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _COLOR = re.compile(r"^#[0-9a-f]{6}$")
 MODES = ("sample", "segment", "invert", "edit", "refine")
 
@@ -306,6 +309,8 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu", *, verify:
         raise BundleError(f"bundle {spec.name}: examples must be [E, {shape[0]}, {shape[1]}]")
     vectors = read("vectors.safetensors") if "vectors.safetensors" in spec.files else {}
     for vname, v in vectors.items():
+        if not VECTOR_NAME_PATTERN.match(vname):
+            raise BundleError(f"bundle {spec.name}: vector name {vname!r} must match {VECTOR_NAME_PATTERN.pattern}")
         if tuple(v.shape) != shape:
             raise BundleError(f"bundle {spec.name}: vector {vname} has shape {list(v.shape)}, expected {list(shape)}")
     perceptual = read("perceptual.safetensors") if "perceptual.safetensors" in spec.files else None
@@ -334,6 +339,9 @@ def save_bundle(bundle: Bundle, path: str | Path) -> BundleSpec:
     Everything is written into a temporary sibling directory first, then swapped in with renames,
     so a reader never sees a half-written bundle and a failed save leaves the old one intact.
     """
+    for name in bundle.vectors:
+        if not VECTOR_NAME_PATTERN.match(name):
+            raise BundleError(f"vector name {name!r} must match {VECTOR_NAME_PATTERN.pattern}")
     with replace_directory(Path(path), marker="bundle.json") as tmp:
         files: dict[str, dict[str, Tensor]] = {
             "generator.safetensors": bundle.generator.state_dict(),

@@ -22,7 +22,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.bundle import NAME_PATTERN, Bundle, BundleSpec, ClassInfo, Geometry, build_networks, save_bundle
+from engine.bundle import (
+    NAME_PATTERN,
+    VECTOR_NAME_PATTERN,
+    Bundle,
+    BundleSpec,
+    ClassInfo,
+    Geometry,
+    build_networks,
+    save_bundle,
+)
 from engine.checkpoints import load_strict, sha256_file, strip_prefix, torch_load
 from engine.encoder import EncoderConfig
 from engine.errors import BundleError, CheckpointError
@@ -225,8 +234,10 @@ def import_official(release_dir: str | Path, out_dir: str | Path, *, name: str |
     vectors: dict[str, Tensor] = {}
     vector_meta: dict[str, dict[str, Any]] = {}
     for path in sorted((release / "static" / "editing_vectors").glob("*.npy")):
-        if not NAME_PATTERN.match(path.stem):
-            raise BundleError(f"{path}: vector name {path.stem!r} must match {NAME_PATTERN.pattern}")
+        if not VECTOR_NAME_PATTERN.match(path.stem):
+            raise BundleError(
+                f"{path}: vector name {path.stem!r} must match {VECTOR_NAME_PATTERN.pattern} (rename the file)"
+            )
         vectors[path.stem] = read_w_plus(path, *shape, what=str(path))
         prefix = path.stem.split("_")[0]
         vector_meta[path.stem] = {

@@ -26,7 +26,7 @@ READ_ONLY: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorBody, "description": "`vector_read_only`: a vector shipped with the model cannot be deleted."}
 }
 ModelName = Annotated[str, Path(pattern=MODEL_NAME)]
-VectorName = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+VectorName = Annotated[str, Path(pattern=VECTOR_NAME)]
 Version = Annotated[int | None, Query(ge=0, description="Default: the latest; 0 = shipped with the model.")]
 
 

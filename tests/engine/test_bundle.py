@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -7,11 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.bundle import Bundle, BundleSpec, load_bundle, save_bundle
+from engine.bundle import VECTOR_NAME_PATTERN, Bundle, BundleSpec, load_bundle, save_bundle
 from engine.checkpoints import sha256_file
 from engine.errors import BundleError, CheckpointError, EngineError
 from engine.images import colorize, image_to_uint8
 from engine.rendering import render
+from schemas.edits import VECTOR_NAME
 
 
 def _states(b: Bundle) -> dict[str, torch.Tensor]:
@@ -193,3 +195,22 @@ def test_lpips_bundle_without_backbone_says_which_file(
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(MissingWeightsError, match="vgg16-397923af.pth"):
         tiny_bundle.perceptual()
+
+
+def test_vector_names_are_lower_case_on_save_and_load(tiny_bundle: Bundle, tmp_path: Path) -> None:
+    # As the service's requests spell them (`schemas.edits.VECTOR_NAME`): a shipped "Smile" could never be
+    # applied, and would sit beside a registry "smile".
+    assert VECTOR_NAME_PATTERN.pattern == VECTOR_NAME
+    bad = dataclasses.replace(tiny_bundle, vectors={"Smile": next(iter(tiny_bundle.vectors.values()))})
+    with pytest.raises(BundleError, match="vector name 'Smile' must match"):
+        save_bundle(bad, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    save_bundle(tiny_bundle, tmp_path / "b")
+    root = tmp_path / "b"
+    path = root / "vectors.safetensors"
+    save_file({k.upper(): v for k, v in load_file(str(path)).items()}, str(path))
+    meta = json.loads((root / "bundle.json").read_text())
+    meta["files"]["vectors.safetensors"] = sha256_file(path)  # a consistent forgery
+    (root / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="vector name '[A-Z_]+' must match"):
+        load_bundle(root)

@@ -195,3 +195,12 @@ def test_official_512px_car_release_imports_loads_and_renders(tmp_path: Path) ->
         check=False,
     )
     assert out.returncode == 2 and "car_model_9.pth" in out.stderr
+
+
+def test_vector_names_must_be_what_requests_can_name(tmp_path: Path) -> None:
+    release = _tiny_release(tmp_path / "release")
+    vectors = release / "static/editing_vectors"
+    (vectors / "wheel_enlarge.npy").rename(vectors / "Wheel_Enlarge.npy")  # an edit request could not name it
+    with pytest.raises(BundleError, match="vector name 'Wheel_Enlarge' must match .*rename the file"):
+        import_official(release, tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()

@@ -57,6 +57,10 @@ def test_registry_versions_round_trip_and_delete(live: Live) -> None:
     assert live.http.delete("/vectors/tiny/smile").status_code == 204
     assert live.http.get("/vectors/tiny/smile").json()["code"] == "vector_not_found"
     assert live.http.delete("/vectors/tiny/smile").status_code == 404
+    # names are lower case wherever a vector is named: a path that could never name one is invalid, not missing
+    for call in (live.http.get, live.http.delete):
+        upper = call("/vectors/tiny/Smile")
+        assert upper.status_code == 422 and upper.json()["code"] == "validation_error", upper.text
 
 
 def test_shipped_vectors_are_read_only_and_version_zero(live: Live) -> None:
