@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from engine.bundle import Bundle, save_bundle
@@ -76,3 +78,26 @@ def test_train_perceptual_writes_a_loadable_network(tmp_path: Path) -> None:
     assert (tmp_path / "p" / "perceptual.safetensors").stat().st_mode & 0o777 == 0o644  # readable by a container
     again = _run("train", "perceptual", "--out", str(tmp_path), "--steps", "1")  # holds `p`: not a run of its own
     assert again.returncode == 2 and "refusing to replace" in again.stderr and (tmp_path / "p").is_dir()
+
+
+def test_worker_without_redis_says_where_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In process, with the connection's minute of retries cut to none: the message is the subject here.
+    # The URL's password must not reach the log.
+    from redis import Redis
+
+    import workers.worker
+    from service.cli import main
+
+    with socket.socket() as s:  # a port that nothing listens on: connections are refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    save_tiny_model(tmp_path / "models")
+    monkeypatch.setenv("REDIS_URL", f"redis://:hunter2@127.0.0.1:{port}/0")
+    monkeypatch.setenv("EDITGAN_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setattr(workers.worker, "worker_redis", lambda url: Redis.from_url(url, socket_connect_timeout=1))
+    assert main(["worker", "--burst"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"editgan: error: Redis at 127.0.0.1:{port} is unreachable:"), err
+    assert len(err.strip().splitlines()) == 1 and "hunter2" not in err and "Traceback" not in err
