@@ -54,7 +54,8 @@ class Readiness(BaseModel):
 
     status: Literal["ready", "degraded", "not_ready"]
     checks: dict[str, bool | int] = Field(
-        description="models loaded, Redis answering, live workers on the queue, Redis accepting writes"
+        description="models loaded, Redis answering, live workers (the fewest on any model's queue), Redis "
+        "accepting writes"
     )
     code: ErrorCode | None = Field(None, description="`unavailable` when not ready.")
     message: str | None = Field(None, description="Which checks failed, when not ready.")

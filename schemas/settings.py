@@ -84,7 +84,17 @@ class Settings(BaseSettings):
     editgan_threads: int | None = Field(
         None, ge=1, le=256, description="Torch CPU threads per process (default: torch's)."
     )
-    editgan_queue: str = Field("editgan", pattern=r"^[a-z0-9_-]{1,40}$", description="RQ queue name.")
+    editgan_queue: str = Field(
+        "editgan",
+        pattern=r"^[a-z0-9_-]{1,40}$",
+        description="Prefix of the RQ queues: each model's jobs go to `<EDITGAN_QUEUE>:<model>`.",
+    )
+    editgan_worker_models: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(,[A-Za-z0-9][A-Za-z0-9_.-]{0,63})*$",
+        description="The models a worker loads and takes jobs for, comma-separated (e.g. `car` for a fleet of "
+        "GPU workers for that model alone). Unset: every bundle in EDITGAN_MODELS_DIR. Gateways load them all.",
+    )
     editgan_result_ttl: int = Field(
         86_400, ge=60, description="Seconds that latents, result images and finished jobs are kept."
     )
@@ -117,7 +127,10 @@ class Settings(BaseSettings):
         0, ge=0, description="Requests per minute per API key (per client address without one); 0: unlimited."
     )
     editgan_max_queued_jobs: int = Field(
-        1000, ge=1, description="Most jobs waiting in the queue; past it job requests get 429 and Retry-After."
+        1000,
+        ge=1,
+        description="Most jobs waiting in a model's queue; past it job requests for that model get 429 and "
+        "Retry-After.",
     )
     editgan_max_queued_per_key: int = Field(
         100, ge=1, description="Most unfinished (queued or running) jobs per API key; past it 429 and Retry-After."
@@ -130,7 +143,13 @@ class Settings(BaseSettings):
     editgan_log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
     @field_validator(
-        "redis_url", "editgan_threads", "editgan_lpips_backbone", "editgan_api_keys", "editgan_precision", mode="before"
+        "redis_url",
+        "editgan_threads",
+        "editgan_lpips_backbone",
+        "editgan_api_keys",
+        "editgan_precision",
+        "editgan_worker_models",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

@@ -33,7 +33,7 @@ from service.ratelimit import RateLimiter
 from service.routes import editor, edits, health, jobs, latents, models, vectors
 from service.state import Services
 from workers.models import compile_models, load_models, resolve_device
-from workers.queue import job_queue, sweep_lost_jobs
+from workers.queue import job_queue, queue_name, sweep_lost_jobs
 from workers.registry import Registry
 from workers.store import LatentCache, Store
 
@@ -45,7 +45,7 @@ def _operation_id(route: APIRoute) -> str:
     return route.name  # function names are unique: clean names for generated clients
 
 
-async def _sweep_forever(redis: Redis, queue_name: str, heartbeat_ttl: float) -> None:
+async def _sweep_forever(redis: Redis, queue_names: list[str], heartbeat_ttl: float) -> None:
     """Sweep lost jobs every few seconds, except for one heartbeat TTL after Redis was unreachable: while it
     was down no worker could refresh its jobs' heartbeats, so every running job would look lost (and be run
     again, or failed, while it still runs)."""
@@ -56,7 +56,8 @@ async def _sweep_forever(redis: Redis, queue_name: str, heartbeat_ttl: float) ->
             if time.monotonic() < resume_at:
                 await run_in_threadpool(redis.ping)  # still reachable: the grace runs on
             else:
-                await run_in_threadpool(sweep_lost_jobs, redis, queue_name)
+                for name in queue_names:
+                    await run_in_threadpool(sweep_lost_jobs, redis, name)
         except Exception:  # Redis may be restarting: try again next round
             resume_at = time.monotonic() + SWEEP_SECONDS + heartbeat_ttl
             log.warning("sweeping lost jobs failed; sweeps resume one heartbeat TTL after Redis is back", exc_info=True)
@@ -88,7 +89,11 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
         services = getattr(app.state, "services", None)
         return [bundle.device for bundle in services.bundles.values()] if services else []
 
-    metrics = ServiceMetrics(connect, settings.editgan_queue, devices=model_devices)
+    def queue_names() -> list[str]:  # for /metrics; empty until the lifespan has loaded the models
+        services = getattr(app.state, "services", None)
+        return [queue.name for queue in services.queues.values()] if services else []
+
+    metrics = ServiceMetrics(connect, queue_names, devices=model_devices)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -124,12 +129,13 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
             redis=redis,
             store=Store(redis, settings.editgan_result_ttl, aredis=aredis, latent_cache=latent_cache),
             registry=Registry(redis),
-            queue=job_queue(redis, settings),
+            queues={name: job_queue(redis, settings, name) for name in loaded},
             bundles=loaded,
             batchers=batchers,
             engine=engine,
         )
-        sweeper = asyncio.create_task(_sweep_forever(redis, settings.editgan_queue, settings.editgan_heartbeat_ttl))
+        names = [queue_name(settings, name) for name in loaded]
+        sweeper = asyncio.create_task(_sweep_forever(redis, names, settings.editgan_heartbeat_ttl))
         log.info("gateway ready: models %s", sorted(loaded))
         try:
             yield

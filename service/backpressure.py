@@ -75,7 +75,7 @@ def unfinished_jobs(redis: Redis, owner: str) -> int:
 def check_room(redis: Redis, queue: Queue, owner: str | None, *, max_total: int, max_per_key: int) -> None:
     """Raise ApiError 429 when the queue, or this key's share of the work, is full."""
     if queue.count >= max_total:
-        raise _full(f"the queue holds {max_total} jobs (EDITGAN_MAX_QUEUED_JOBS)")
+        raise _full(f"the queue {queue.name} holds {max_total} jobs (EDITGAN_MAX_QUEUED_JOBS)")
     if owner is not None and unfinished_jobs(redis, owner) >= max_per_key:
         raise _full(f"this API key has {max_per_key} unfinished jobs (EDITGAN_MAX_QUEUED_PER_KEY)")
 

@@ -49,6 +49,17 @@ class _Snapshot:
     workers: int
 
 
+def _snapshot(queue: Queue) -> _Snapshot:
+    # cleanup=False: a scrape must only read; rq's own maintenance moves expired started jobs.
+    registries = {
+        "started": queue.started_job_registry.get_job_count(cleanup=False),
+        "failed": queue.failed_job_registry.get_job_count(cleanup=False),
+        "finished": queue.finished_job_registry.get_job_count(cleanup=False),
+        "canceled": queue.canceled_job_registry.get_job_count(cleanup=False),
+    }
+    return _Snapshot(depth=queue.count, registries=registries, workers=live_workers(queue))
+
+
 class QueueCollector:
     """Reads queue depth, rq registry sizes, live workers and job statistics from Redis on every scrape.
 
@@ -56,9 +67,12 @@ class QueueCollector:
     returned by `redis_factory` should carry a socket timeout so that a hung Redis cannot stall a scrape.
     """
 
-    def __init__(self, redis_factory: Callable[[], Redis], queue_name: str, prefix: str = "editgan") -> None:
+    def __init__(
+        self, redis_factory: Callable[[], Redis], queue_names: Callable[[], Iterable[str]], prefix: str = "editgan"
+    ) -> None:
+        """`queue_names`: the queues to report now (one per served model; none before the models load)."""
         self.redis_factory = redis_factory
-        self.queue_name = queue_name
+        self.queue_names = queue_names
         self.prefix = prefix
 
     def describe(self) -> Iterable[Metric]:
@@ -75,15 +89,7 @@ class QueueCollector:
         up = GaugeMetricFamily("editgan_redis_up", "1 if the gateway could read Redis during this scrape")
         try:
             redis = self.redis_factory()
-            queue = Queue(self.queue_name, connection=redis)
-            # cleanup=False: a scrape must only read; rq's own maintenance moves expired started jobs.
-            registries = {
-                "started": queue.started_job_registry.get_job_count(cleanup=False),
-                "failed": queue.failed_job_registry.get_job_count(cleanup=False),
-                "finished": queue.finished_job_registry.get_job_count(cleanup=False),
-                "canceled": queue.canceled_job_registry.get_job_count(cleanup=False),
-            }
-            snapshot = _Snapshot(depth=queue.count, registries=registries, workers=live_workers(queue))
+            snapshots = {name: _snapshot(Queue(name, connection=redis)) for name in sorted(set(self.queue_names()))}
             stats = read_job_stats(redis, prefix=self.prefix)
         except (RedisError, OSError) as exc:
             log.warning("metrics scrape could not read Redis: %s", exc)
@@ -95,16 +101,17 @@ class QueueCollector:
 
         labels = ["queue"]
         depth = GaugeMetricFamily("editgan_queue_depth", "Jobs waiting in the rq queue", labels=labels)
-        depth.add_metric([self.queue_name], snapshot.depth)
-        yield depth
         regs = GaugeMetricFamily(
             "editgan_queue_registry_jobs", "Jobs in the queue's rq registries", labels=["queue", "registry"]
         )
-        for name, size in snapshot.registries.items():
-            regs.add_metric([self.queue_name, name], size)
-        yield regs
         workers = GaugeMetricFamily("editgan_workers", "Live rq workers listening on the queue", labels=labels)
-        workers.add_metric([self.queue_name], snapshot.workers)
+        for queue, snapshot in snapshots.items():
+            depth.add_metric([queue], snapshot.depth)
+            for name, size in snapshot.registries.items():
+                regs.add_metric([queue, name], size)
+            workers.add_metric([queue], snapshot.workers)
+        yield depth
+        yield regs
         yield workers
 
         duration = HistogramMetricFamily(
@@ -157,7 +164,7 @@ class ServiceMetrics:
     def __init__(
         self,
         redis_factory: Callable[[], Redis],
-        queue_name: str,
+        queue_names: Callable[[], Iterable[str]],
         prefix: str = "editgan",
         devices: Callable[[], Iterable[torch.device]] = tuple,
     ) -> None:
@@ -187,7 +194,7 @@ class ServiceMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=self.registry,
         )
-        self.collector = QueueCollector(redis_factory, queue_name, prefix)
+        self.collector = QueueCollector(redis_factory, queue_names, prefix)
         self.registry.register(self.collector)
         self.registry.register(DeviceMemoryCollector(devices))
 

@@ -28,7 +28,7 @@ class Services:
     redis: Redis
     store: Store
     registry: Registry
-    queue: Queue
+    queues: dict[str, Queue]  # per served model: its jobs' queue (`workers.queue.queue_name`)
     bundles: dict[str, Bundle]
     # One per model: concurrent synchronous renders of a model share one batched pass (service/batching.py),
     # which runs on the engine thread below, so engine calls never overlap.

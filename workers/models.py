@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -54,13 +55,24 @@ def check_models(models_dir: Path) -> list[str]:
     return names
 
 
-def load_models(models_dir: Path, device: torch.device, *, verify: bool = True) -> dict[str, Bundle]:
-    """name -> loaded bundle for every bundle found; at least one is required. On CUDA the process's
-    convolutions become IEEE float32 (`ieee_float32`): renders are exact, TF32 is a loop's opt-in."""
+def load_models(
+    models_dir: Path, device: torch.device, *, verify: bool = True, only: Collection[str] | None = None
+) -> dict[str, Bundle]:
+    """name -> loaded bundle for every bundle found (`only`: for those named, each of which must be
+    there); at least one is required. On CUDA the process's convolutions become IEEE float32
+    (`ieee_float32`): renders are exact, TF32 is a loop's opt-in."""
     if device.type == "cuda":
         ieee_float32()
+    paths = bundle_dirs(models_dir)
+    if only is not None:
+        found = {read_spec(path).name: path for path in paths}
+        if missing := sorted(set(only) - set(found)):
+            raise BundleError(
+                f"EDITGAN_WORKER_MODELS names {', '.join(missing)}, not in {models_dir} (it has {sorted(found)})"
+            )
+        paths = [path for name, path in found.items() if name in only]
     bundles: dict[str, Bundle] = {}
-    for path in bundle_dirs(models_dir):
+    for path in paths:
         bundle = load_bundle(path, device, verify=verify)
         if bundle.spec.name in bundles:
             raise BundleError(f"two bundles are named {bundle.spec.name!r} in {models_dir}")

@@ -51,8 +51,14 @@ def stop_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:stop"
 
 
-def job_queue(redis: Redis, settings: Settings) -> Queue:
-    return Queue(settings.editgan_queue, connection=redis, serializer=JSONSerializer)
+def queue_name(settings: Settings, model: str) -> str:
+    """The queue of `model`'s jobs: `EDITGAN_QUEUE:<model>`. One queue per model, so that a worker takes only
+    jobs for models it has loaded, and fleets of workers can serve different models behind one gateway."""
+    return f"{settings.editgan_queue}:{model}"
+
+
+def job_queue(redis: Redis, settings: Settings, model: str) -> Queue:
+    return Queue(queue_name(settings, model), connection=redis, serializer=JSONSerializer)
 
 
 def enqueue(
@@ -106,7 +112,7 @@ def _error(job: Job, status: JobStatus) -> ErrorBody | None:
     return ErrorBody(code=ErrorCode.job_failed, message=last)
 
 
-def job_info(job: Job, queue: Queue) -> JobInfo:
+def job_info(job: Job) -> JobInfo:
     """rq's view of a job in the API's words (status words are rq's own)."""
     status = JobStatus(job.get_status(refresh=False))
     kind = JobKind(job.meta.get("kind", "invert"))

@@ -129,7 +129,8 @@ def build_runtime(settings: Settings, redis: Redis) -> Runtime:
     if settings.editgan_threads:
         torch.set_num_threads(settings.editgan_threads)
     device = resolve_device(settings.editgan_device)
-    bundles = load_models(settings.editgan_models_dir, device)
+    only = settings.editgan_worker_models.split(",") if settings.editgan_worker_models else None
+    bundles = load_models(settings.editgan_models_dir, device, only=only)
     check_precisions(bundles, settings.editgan_precision)  # before compiling: a refusal should not wait for it
     if settings.editgan_compile:
         compile_models(bundles, gradients=True, setting=settings.editgan_precision)
@@ -153,16 +154,18 @@ def worker_redis(url: str) -> Redis:
 
 
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> None:
-    """Load every bundle, then work the queue until SIGTERM (or until it is empty with `burst`)."""
+    """Load the bundles (EDITGAN_WORKER_MODELS, else all), then work their queues until SIGTERM (or until
+    they are empty with `burst`)."""
     if settings.redis_url is None:
         raise EngineError("the worker needs REDIS_URL (`editgan up` sets it for the worker it starts)")
     redis = worker_redis(settings.redis_url)
     runtime = build_runtime(settings, redis)
     install(runtime)
-    queue = job_queue(redis, settings)
-    sweep_lost_jobs(redis, queue.name)  # jobs of a worker that died while nobody watched
+    queues = [job_queue(redis, settings, model) for model in runtime.bundles]
+    for queue in queues:
+        sweep_lost_jobs(redis, queue.name)  # jobs of a worker that died while nobody watched
     worker = EditganWorker(
-        [queue],
+        queues,
         connection=redis,
         serializer=JSONSerializer,
         worker_ttl=max(30, settings.editgan_heartbeat_ttl),

@@ -93,11 +93,12 @@ def submit(
     else:
         try:
             body = payload() if callable(payload) else payload
+            queue = services.queues[model]
             job: Job = backpressure.admit(
                 redis,
-                services.queue,
+                queue,
                 owner,
-                lambda: enqueue(services.queue, settings, kind, model, body, owner),
+                lambda: enqueue(queue, settings, kind, model, body, owner),
                 max_total=settings.editgan_max_queued_jobs,
                 max_per_key=settings.editgan_max_queued_per_key,
                 ttl=settings.editgan_result_ttl,

@@ -15,7 +15,7 @@ from workers.queue import live_workers
 from workers.store import PREFIX
 
 PROBE_KEY = f"{PREFIX}:probe:writes"
-NOT_READY = {"models": "no model loaded", "redis": "Redis unreachable", "workers": "no live worker on the queue"}
+NOT_READY = {"models": "no model loaded", "redis": "Redis unreachable", "workers": "no live worker"}
 
 # No body or query: a 422 can only come from the key headers every route reads (ErrorBody, as elsewhere).
 router = APIRouter(tags=["health"], responses={422: ERRORS[422]})
@@ -29,20 +29,25 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "Not ready."}})
 def readyz(services: ServicesDep) -> JSONResponse:
-    """Readiness: models loaded, Redis reachable, at least one live worker on the queue.
+    """Readiness: models loaded, Redis reachable, at least one live worker on every model's queue
+    (`checks.workers`: the fewest on any of them).
 
     `checks.writes` is false while Redis refuses writes (disk full, read-only replica, out of memory): the
     status is then `degraded` but still 200: reads keep working, and as every gateway shares the one Redis,
     taking them all out of rotation would only turn a partial outage into a full one.
     """
     checks: dict[str, bool | int] = {"models": bool(services.bundles)}
+    texts = dict(NOT_READY)
     try:
         checks["redis"] = bool(services.redis.ping())
-        checks["workers"] = live_workers(services.queue)
+        workers = {model: live_workers(queue) for model, queue in services.queues.items()}
+        checks["workers"] = min(workers.values(), default=0)
+        if unserved := sorted(model for model, count in workers.items() if not count):
+            texts["workers"] = f"no live worker for model {', '.join(unserved)}"
         checks["writes"] = _writes_accepted(services.redis)
     except Exception:  # any Redis failure means not ready, never a 500
         checks["redis"], checks["workers"], checks["writes"] = False, 0, False
-    failed = [text for name, text in NOT_READY.items() if not checks[name]]
+    failed = [text for name, text in texts.items() if not checks[name]]
     if not failed:
         body = Readiness(status="ready" if checks["writes"] else "degraded", checks=checks)
         return JSONResponse(body.model_dump(exclude_none=True))

@@ -25,11 +25,14 @@ from rq import Queue
 
 from schemas.settings import Settings, env_names
 from service.cli import build_parser
+from workers.models import check_models
+from workers.queue import queue_name
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE, COMPOSE, MAKEFILE = ROOT / "Dockerfile", ROOT / "docker-compose.yml", ROOT / "Makefile"
 DEPLOY, K8S = ROOT / "deploy", ROOT / "deploy" / "k8s"
 CPU_OVERRIDE = DEPLOY / "compose.cpu.yml"
+MODELS = ROOT / "models"  # what the image bakes (BAKE_MODELS=1)
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 # The HTTP contract of the gateway that the probes and the scrape config rely on.
@@ -547,12 +550,17 @@ def test_k8s_autoscalers_target_the_deployments(monkeypatch: pytest.MonkeyPatch)
     (scaler,) = _objects("ScaledObject")
     worker = _role(f"deploy/k8s Deployment {scaler['spec']['scaleTargetRef']['name']}", "worker")
     settings = _settings(worker.env, monkeypatch)
-    (trigger,) = scaler["spec"]["triggers"]
-    meta, url = trigger["metadata"], urlsplit(str(settings.redis_url))
-    assert meta["listName"] == Queue(settings.editgan_queue, connection=Redis()).key, "KEDA watches another queue"
+    # one trigger per model the workers take jobs for: those of EDITGAN_WORKER_MODELS, else the baked ones
+    models = settings.editgan_worker_models.split(",") if settings.editgan_worker_models else check_models(MODELS)
+    queues = {Queue(queue_name(settings, model), connection=Redis()).key for model in models}
+    triggers = scaler["spec"]["triggers"]
+    assert {t["metadata"]["listName"] for t in triggers} == queues and len(triggers) == len(queues), "other queues"
+    url = urlsplit(str(settings.redis_url))
     namespace = _documents(K8S / "kustomization.yaml")[0]["namespace"]
-    assert meta["address"] == f"{url.hostname}.{namespace}.svc:{url.port}"
-    assert int(meta["databaseIndex"]) == int(url.path.strip("/") or 0)
+    for trigger in triggers:
+        meta = trigger["metadata"]
+        assert meta["address"] == f"{url.hostname}.{namespace}.svc:{url.port}"
+        assert int(meta["databaseIndex"]) == int(url.path.strip("/") or 0)
     assert _documents(K8S / "keda" / "kustomization.yaml")[0]["namespace"] == namespace
 
 

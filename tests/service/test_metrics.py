@@ -60,7 +60,7 @@ def _app(metrics: ServiceMetrics) -> FastAPI:
 
 
 def test_middleware_labels_by_route_template(redis_client: redis.Redis) -> None:
-    metrics = ServiceMetrics(lambda: redis_client, QUEUE)
+    metrics = ServiceMetrics(lambda: redis_client, lambda: [QUEUE])
     with TestClient(_app(metrics), raise_server_exceptions=False) as client:
         ok = [client.get(f"/items/{i}") for i in (1, 22, 333)]
         missing = client.get("/items/-5")
@@ -96,8 +96,13 @@ def test_collector_reads_queue_registries_workers_and_jobs(redis_client: redis.R
     record_job(redis_client, kind="invert", status="finished", seconds=0.3)
     record_job(redis_client, kind="invert", status="failed", seconds=12.0)
 
-    samples = _samples(ServiceMetrics(lambda: redis_client, QUEUE))
+    other = Queue(f"{QUEUE}-other", connection=redis_client)  # a second model's queue: one job, no worker
+    other.enqueue("builtins.print", 9)
+
+    samples = _samples(ServiceMetrics(lambda: redis_client, lambda: [QUEUE, other.name]))
     assert _value(samples, "editgan_redis_up") == 1
+    assert _value(samples, "editgan_queue_depth", queue=other.name) == 1
+    assert _value(samples, "editgan_workers", queue=other.name) == 0
     assert _value(samples, "editgan_queue_depth", queue=QUEUE) == len(jobs) - 1 == queue.count
     assert _value(samples, "editgan_queue_registry_jobs", queue=QUEUE, registry="canceled") == 1
     for registry in ("started", "failed", "finished"):
@@ -118,7 +123,7 @@ def test_collector_reads_queue_registries_workers_and_jobs(redis_client: redis.R
 
 def test_scrape_with_redis_down_reports_it_and_does_not_raise() -> None:
     down = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5, socket_timeout=0.5)
-    metrics = ServiceMetrics(lambda: down, QUEUE)
+    metrics = ServiceMetrics(lambda: down, lambda: [QUEUE])
     start = time.perf_counter()
     samples = _samples(metrics)
     assert time.perf_counter() - start < 5
@@ -129,7 +134,10 @@ def test_scrape_with_redis_down_reports_it_and_does_not_raise() -> None:
 
 
 def test_two_instances_in_one_process_do_not_collide(redis_client: redis.Redis) -> None:
-    first, second = ServiceMetrics(lambda: redis_client, QUEUE), ServiceMetrics(lambda: redis_client, QUEUE)
+    first, second = (
+        ServiceMetrics(lambda: redis_client, lambda: [QUEUE]),
+        ServiceMetrics(lambda: redis_client, lambda: [QUEUE]),
+    )
     record_error(first, "invalid_input", 422)
     assert _value(_samples(first), "editgan_http_errors_total", code="invalid_input", status="422") == 1
     assert ("editgan_http_errors_total", frozenset({("code", "invalid_input"), ("status", "422")})) not in _samples(
@@ -156,7 +164,7 @@ def test_device_memory_is_exported_per_model_device_and_only_for_gpus(redis_clie
     ]
     # The real allocator reader on the CPU: nothing to export, so no empty family either.
     assert list(DeviceMemoryCollector(lambda: [torch.device("cpu")]).collect()) == []
-    metrics = ServiceMetrics(lambda: redis_client, QUEUE, devices=lambda: [torch.device("cpu")])
+    metrics = ServiceMetrics(lambda: redis_client, lambda: [QUEUE], devices=lambda: [torch.device("cpu")])
     samples = _samples(metrics)
     assert not [name for name, _ in samples if name.startswith("editgan_device_memory")]
     assert _value(samples, "process_resident_memory_bytes") > 0

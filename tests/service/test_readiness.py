@@ -18,4 +18,4 @@ def test_not_ready_says_why_as_an_error_body_with_retry_after(tiny_models: Path,
     assert response.status_code == 503 and response.headers["retry-after"] == "5"
     body = response.json()
     assert body["status"] == "not_ready" and body["checks"]["workers"] == 0 and body["checks"]["redis"] is True
-    assert body["code"] == "unavailable" and body["message"] == "no live worker on the queue"
+    assert body["code"] == "unavailable" and body["message"] == "no live worker for model tiny"

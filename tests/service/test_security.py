@@ -67,7 +67,7 @@ def secure(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture
 def api(secure: tuple[httpx.Client, redis.Redis]) -> httpx.Client:
     http, client = secure
-    Queue("editgan", connection=client).empty()  # each test starts with nothing queued
+    Queue("editgan:tiny", connection=client).empty()  # each test starts with nothing queued (the model's queue)
     return http
 
 
@@ -178,7 +178,7 @@ def test_the_queue_bounds_hold_exactly_under_concurrent_submissions(api: httpx.C
     accepted = [who[i] for i, s in statuses.items() if s == 202]
     assert sorted(statuses.values()).count(429) == len(who) - 3 and len(accepted) == 3, statuses
     assert max(accepted.count(k) for k in set(accepted)) <= 2
-    assert Queue("editgan", connection=redis.Redis.from_url(SECURE_REDIS_URL)).count == 3
+    assert Queue("editgan:tiny", connection=redis.Redis.from_url(SECURE_REDIS_URL)).count == 3
 
 
 def test_requests_past_the_rate_limit_get_429_with_retry_after(api: httpx.Client) -> None:

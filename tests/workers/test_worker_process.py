@@ -20,7 +20,7 @@ from schemas.jobs import JobKind
 from schemas.settings import Settings
 from tests.conftest import save_tiny_model
 from tests.processes import start, stop
-from workers.queue import enqueue, fetch, job_info, job_queue, stop_key, sweep_lost_jobs
+from workers.queue import enqueue, fetch, job_info, job_queue, queue_name, stop_key, sweep_lost_jobs
 from workers.stats import read_job_stats
 from workers.store import Store
 
@@ -71,7 +71,7 @@ def submit_long_inversion(redis_client: redis.Redis, settings: Settings, steps: 
     Image.fromarray(canvas).save(buf, format="PNG")
     upload = Store(redis_client, settings.editgan_result_ttl).put_png(buf.getvalue(), kind="upload")
     payload = {"model": "tiny", "upload_id": upload, "steps": steps}
-    return enqueue(job_queue(redis_client, settings), settings, JobKind.invert, "tiny", payload)
+    return enqueue(job_queue(redis_client, settings, "tiny"), settings, JobKind.invert, "tiny", payload)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -98,7 +98,7 @@ def test_sigterm_requeues_the_running_job_and_another_worker_takes_it(
     assert first.wait(30) == 0  # type: ignore[attr-defined]
     requeued = fetch(redis_client, job.id)
     assert requeued.get_status() == "queued" and requeued.meta["requeued"] == 1
-    assert job_queue(redis_client, settings).job_ids == [job.id]
+    assert job_queue(redis_client, settings, "tiny").job_ids == [job.id]
 
     spawn()
     wait_for(lambda: progress_step(redis_client, job) > 0, 90, "the second worker to start the job")
@@ -116,12 +116,12 @@ def test_a_killed_workers_job_is_failed_within_the_heartbeat_ttl(
     killed_at = time.monotonic()
 
     def failed() -> bool:
-        sweep_lost_jobs(redis_client, settings.editgan_queue)  # what the gateway does every few seconds
+        sweep_lost_jobs(redis_client, queue_name(settings, "tiny"))  # what the gateway does every few seconds
         return fetch(redis_client, job.id).get_status() == "failed"
 
     wait_for(failed, HEARTBEAT * 3, "the job to be failed")
     assert time.monotonic() - killed_at < 60
-    info = job_info(fetch(redis_client, job.id), job_queue(redis_client, settings))
+    info = job_info(fetch(redis_client, job.id))
     assert info.error is not None and info.error.code == "worker_lost"
 
 
@@ -135,15 +135,15 @@ def test_a_killed_workers_job_is_retried_by_another_worker(
     worker.kill()  # type: ignore[attr-defined]
 
     def requeued() -> bool:
-        sweep_lost_jobs(redis_client, settings.editgan_queue)
+        sweep_lost_jobs(redis_client, queue_name(settings, "tiny"))
         return fetch(redis_client, job.id).get_status() == "queued"
 
     wait_for(requeued, HEARTBEAT * 3, "the job to be requeued")
-    waiting = job_info(fetch(redis_client, job.id), job_queue(redis_client, settings))
+    waiting = job_info(fetch(redis_client, job.id))
     assert waiting.progress.stage == "queued" and waiting.progress.step == 0  # not the lost run's last step
     spawn()
     wait_for(lambda: fetch(redis_client, job.id).get_status() == "finished", 120, "the retry to finish")
-    result = job_info(fetch(redis_client, job.id), job_queue(redis_client, settings)).result
+    result = job_info(fetch(redis_client, job.id)).result
     assert result is not None
 
 
@@ -152,10 +152,10 @@ def test_engine_errors_fail_the_job_with_a_code_and_are_not_retried(
 ) -> None:
     retrying = settings.model_copy(update={"editgan_job_retries": 2})
     payload = {"model": "tiny", "latent_id": "lat_" + "A" * 22, "vectors": [{"vector": "grow"}], "refine_steps": 2}
-    job = enqueue(job_queue(redis_client, retrying), retrying, JobKind.refine, "tiny", payload)
+    job = enqueue(job_queue(redis_client, retrying, "tiny"), retrying, JobKind.refine, "tiny", payload)
     spawn()
     wait_for(lambda: fetch(redis_client, job.id).get_status() == "failed", 90, "the job to fail")
-    info = job_info(fetch(redis_client, job.id), job_queue(redis_client, settings))
+    info = job_info(fetch(redis_client, job.id))
     assert info.error is not None and info.error.code == "latent_not_found"
     assert fetch(redis_client, job.id).retries_left == 0
     runs = read_job_stats(redis_client).kinds["refine"].statuses
