@@ -6,6 +6,8 @@
   to `started_at`), run time (`started_at` to `ended_at`) against the engine time the job reports.
 - Worker cold start: a job is queued before the worker process exists; then process start -> registered
   on the queue (models loaded) -> job started -> result.
+- A job's end as its client sees it: the delay after rq's `ended_at` when following by long polls
+  (`GET /jobs/{id}?wait=`) against polls every 0.25 s.
 - Peak resident memory of the gateway and worker processes (the kernel's high-water mark) and, with the
   worker on a GPU, the most GPU memory a job held (its result's `peak_device_memory_gib`).
 """
@@ -31,6 +33,7 @@ from workers.queue import fetch
 
 TERMINAL = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 POLL = 0.01  # seconds between status reads
+POLL_INTERVAL = 0.25  # the web editor's pace before long polls
 
 
 def engine_timings(ctx: Context, bundle: Bundle, inputs: EditInput, steps: dict[str, int]) -> dict[str, Any]:
@@ -175,6 +178,30 @@ def through_service(
     return overhead, times
 
 
+def follow(http: httpx.Client, job_id: str, long_poll: bool) -> float:
+    """Follow a job through `GET /jobs/{id}` as a client does, by long polls or by polls every
+    `POLL_INTERVAL`; the wall-clock time at which the client saw it end."""
+    while True:
+        params = {"wait": 25} if long_poll else None
+        if http.get(f"/jobs/{job_id}", params=params).json()["status"] in ("finished", "failed", "stopped", "canceled"):
+            return time.time()
+        if not long_poll:
+            time.sleep(POLL_INTERVAL)
+
+
+def notification(service: Service, submit: Submitter, reps: int) -> dict[str, Any]:
+    """How long after a refinement job ended its client saw it: long polls against polls every
+    `POLL_INTERVAL` (the web editor's former pace), alternating, p50/p95 ms of each."""
+    delays: dict[str, list[float]] = {"long_poll": [], "polling": []}
+    for rep in range(reps):
+        for long_poll in (True, False) if rep % 2 == 0 else (False, True):
+            job_id = submit.refine()
+            seen = follow(submit.http, job_id, long_poll)
+            ended = _at(fetch(service.redis, job_id), "ended_at")
+            delays["long_poll" if long_poll else "polling"].append(max(0.0, seen - ended))
+    return {k: summary_ms(v) for k, v in delays.items()} | {"poll_interval_s": POLL_INTERVAL}
+
+
 def run(ctx: Context) -> SectionResult:
     bundle = ctx.bundle()
     steps = default_steps(bundle, ctx.quick)
@@ -189,6 +216,8 @@ def run(ctx: Context) -> SectionResult:
             ctx.log("jobs: worker cold start (a job waits in the queue before the worker exists)")
             cold, worker = cold_start(service, submit)
             overhead, service_times = through_service(ctx, service, submit, steps, 2 if ctx.quick else 5)
+            ctx.log("jobs: a job's end as its client sees it, long polls against polls")
+            seen = notification(service, submit, 2 if ctx.quick else 6)
             memory = {"gateway_gib": gib(gateway.process.peak_rss()), "worker_gib": gib(worker.peak_rss())}
     gpu = [t["peak_gpu_gib"] for t in service_times.values() if t["peak_gpu_gib"] is not None]
     memory["worker_gpu_gib"] = max(gpu, default=None)
@@ -201,10 +230,13 @@ def run(ctx: Context) -> SectionResult:
         "service": service_times,
         "worker_cold_start": cold,
         "peak_memory": memory,
+        "end_seen_after": seen,
     }
     per_step = ", ".join(f"{k} {engine[k]['ms_per_step']:.0f}" for k in ("invert", "optimize", "refine"))
     cell = (
         f"queue p50 {queue['p50_ms']:.1f} ms; ms/step {per_step}; cold start {cold['to_first_result_s']:.1f} s; "
+        f"end seen after p50 {seen['long_poll']['p50_ms']:.0f} ms (long poll) / {seen['polling']['p50_ms']:.0f} ms "
+        f"(polls every {POLL_INTERVAL} s); "
         f"RSS gateway {memory['gateway_gib']} / worker {memory['worker_gib']} GiB"
         + (f"; worker GPU {memory['worker_gpu_gib']} GiB" if memory["worker_gpu_gib"] is not None else "")
     )

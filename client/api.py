@@ -48,6 +48,7 @@ Upload = bytes | str | Path | IO[bytes]
 Term = VectorTerm | tuple[str, float] | str
 ProgressCallback = Callable[[JobInfo], None]
 R = TypeVar("R", bound=BaseModel)
+LONG_POLL = 25.0  # seconds a `wait` holds each read (the service allows 30)
 
 # A job's result type follows from its kind: parse by kind, not by whichever union member fits best.
 RESULT_TYPES: dict[JobKind, type[BaseModel]] = {
@@ -150,6 +151,7 @@ class EditganClient:
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self.base_url = base_url.rstrip("/")
+        self._timeout = timeout
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
 
     def close(self) -> None:
@@ -298,9 +300,13 @@ class EditganClient:
 
     # ------------------------------------------------------------------ jobs
 
-    def get_job(self, job_id: str) -> JobInfo:
-        """`GET /jobs/{id}`: status, progress and, once terminal, the typed result or the error."""
-        return self._job_info(self._send("GET", f"/jobs/{job_id}"))
+    def get_job(self, job_id: str, *, wait: float = 0.0) -> JobInfo:
+        """`GET /jobs/{id}`: status, progress and, once terminal, the typed result or the error. With `wait`
+        (seconds, at most 30) a long poll: the answer comes when the job next changes, or after `wait`."""
+        if wait <= 0:
+            return self._job_info(self._send("GET", f"/jobs/{job_id}"))
+        timeout = httpx.Timeout(self._timeout, read=self._timeout + wait)  # the server holds the answer
+        return self._job_info(self._send("GET", f"/jobs/{job_id}", params={"wait": wait}, timeout=timeout))
 
     def cancel_job(self, job_id: str) -> JobInfo:
         """`DELETE /jobs/{id}`: a queued job is `canceled` at once, a running one `stopped` at its next step."""
@@ -315,8 +321,11 @@ class EditganClient:
         poll_interval: float = 0.5,
         check: bool = True,
     ) -> JobInfo:
-        """Poll `GET /jobs/{id}` until the job is terminal and return its last state.
+        """Follow `GET /jobs/{id}` until the job is terminal and return its last state.
 
+        Long polls (`get_job(wait=...)`): each answer comes as the job changes, and the end is seen at once.
+        `poll_interval` paces a server that answers at once (one from before long polls): the pauses start
+        short and grow to it.
         `progress(info)` is called whenever status, stage or step/total changes, the terminal state included.
         With `check`, a job that ends `failed`, `stopped` or `canceled` raises `JobFailedError`. `timeout`
         (seconds) raises `WaitTimeoutError`; the job itself goes on (cancel it with `cancel_job`).
@@ -325,10 +334,14 @@ class EditganClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = min(0.05, poll_interval)  # short jobs finish in well under a second: start fast, back off
         last: tuple[object, ...] | None = None
+        hold = 0.0  # the first read answers at once
         while True:
-            info = self.get_job(job_id)
+            asked = time.monotonic()
+            info = self.get_job(job_id, wait=hold)
+            held = time.monotonic() - asked
             seen = (info.status, info.progress.stage, info.progress.step, info.progress.total)
-            if progress is not None and seen != last:
+            changed = seen != last
+            if progress is not None and changed:
                 progress(info)
             last = seen
             if info.status.is_terminal:
@@ -339,8 +352,10 @@ class EditganClient:
             if deadline is not None and now >= deadline:
                 assert timeout is not None
                 raise WaitTimeoutError(info, timeout)
-            time.sleep(delay if deadline is None else min(delay, deadline - now))
-            delay = min(delay * 1.5, poll_interval)
+            if not changed and held < hold / 2:  # answered at once with nothing new: a server without long polls
+                time.sleep(delay if deadline is None else min(delay, deadline - now))
+                delay = min(delay * 1.5, poll_interval)
+            hold = LONG_POLL if deadline is None else max(0.0, min(LONG_POLL, deadline - time.monotonic()))
 
     def wait_result(
         self,

@@ -33,7 +33,7 @@ from schemas.edits import (
     VectorTerm,
 )
 from schemas.jobs import JobProgress
-from workers.queue import stop_key
+from workers.queue import announce, stop_key
 from workers.registry import ReadOnlyVectorError, VectorNotFoundError
 from workers.results import publish, rendering_arrays
 from workers.runtime import Runtime, current
@@ -82,6 +82,7 @@ class Reporter:
         self._last_write = time.monotonic()
         self.job.meta["progress"] = self.progress_state.model_dump()
         self.job.save_meta()
+        announce(self.runtime.redis, self.job.id)
 
 
 ERRORS: dict[type[Exception], str] = {

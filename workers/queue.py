@@ -8,6 +8,7 @@ optimisation steps (rq's SimpleWorker cannot kill its own job).
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -25,6 +26,8 @@ from schemas.errors import ErrorBody, ErrorCode
 from schemas.jobs import JobInfo, JobKind, JobProgress, JobStatus
 from schemas.settings import Settings
 from workers.store import PREFIX, ForbiddenError
+
+log = logging.getLogger(__name__)
 
 FUNCTIONS = {
     JobKind.invert: "workers.jobs.run_invert",
@@ -49,6 +52,21 @@ class JobNotCancellableError(ValueError):
 
 def stop_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:stop"
+
+
+def events_channel(job_id: str) -> str:
+    """The pub/sub channel on which a job's changes are announced (`announce`): progress written, the job
+    over, requeued or cancelled. `GET /jobs/{id}?wait=` listens on it."""
+    return f"{PREFIX}:job:{job_id}:events"
+
+
+def announce(redis: Redis, job_id: str) -> None:
+    """Tell waiting readers that the job changed (after the change is in Redis). Best effort: a reader that
+    misses it still answers at the end of its wait, so a failure here must never fail the job."""
+    try:
+        redis.publish(events_channel(job_id), b"1")
+    except Exception:
+        log.warning("could not announce a change of job %s", job_id, exc_info=True)
 
 
 def queue_name(settings: Settings, model: str) -> str:
@@ -147,6 +165,7 @@ def cancel(redis: Redis, job: Job, stop_ttl: int) -> JobStatus:
         # starts it all the same; it stops at its first step instead of running to the end.
         redis.set(stop_key(job.id), b"1", ex=stop_ttl)
         job.cancel()
+        announce(redis, job.id)
         return JobStatus.canceled
     if status == JobStatus.started:
         redis.set(stop_key(job.id), b"1", ex=stop_ttl)

@@ -150,7 +150,7 @@ class Store:
         """The same store, reading and writing as `owner`."""
         return Store(self.redis, self.ttl, self.prefix, owner, self.aredis, self.latent_cache)
 
-    def _async_client(self) -> AsyncRedis:
+    def async_client(self) -> AsyncRedis:
         if self.aredis is None:
             raise RuntimeError("this store has no asyncio Redis client (Store(..., aredis=...))")
         return self.aredis
@@ -222,7 +222,7 @@ class Store:
             owner, stored = hit
             self._check_owner("latent", latent_id, owner)
             return stored
-        async with self._async_client().pipeline(transaction=False) as pipe:
+        async with self.async_client().pipeline(transaction=False) as pipe:
             pipe.hgetall(key)
             pipe.pttl(key)  # how long the copy may live: no longer than the original
             raw, pttl = await pipe.execute()
@@ -268,7 +268,7 @@ class Store:
         self, model: str, w_plus: np.ndarray, pngs: list[bytes], ttl: int | None = None
     ) -> tuple[str, list[str]]:
         """`put_result` on the asyncio client (the same single MULTI/EXEC)."""
-        async with self._async_client().pipeline() as pipe:
+        async with self.async_client().pipeline() as pipe:
             latent_id, image_ids = self._stage_result(pipe, model, w_plus, pngs, ttl)
             await pipe.execute()
         if self.latent_cache is not None:  # the next edit is often of this result (the cache keeps a copy)

@@ -33,7 +33,7 @@ from engine import EngineError
 from schemas.settings import Settings
 from workers.jobs import HANDLED, ShutdownRequestedError
 from workers.models import check_precisions, compile_models, load_models, resolve_device
-from workers.queue import job_queue, sweep_lost_jobs
+from workers.queue import announce, job_queue, sweep_lost_jobs
 from workers.registry import Registry
 from workers.runtime import Runtime, install
 from workers.stats import record_job
@@ -75,6 +75,7 @@ class EditganWorker(SimpleWorker):
         finally:
             done.set()
             beat.join()
+            announce(self.connection, job.id)  # finished, failed, stopped or requeued: all in Redis by now
         self._record(job, time.monotonic() - start)
         self.set_state("idle")
 

@@ -1,24 +1,63 @@
-"""`GET /jobs/{id}` (status, progress, result or error) and `DELETE /jobs/{id}` (cancel)."""
+"""`GET /jobs/{id}` (status, progress, result or error; with `wait`, a long poll) and `DELETE /jobs/{id}`."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
+from starlette.concurrency import run_in_threadpool
 
 from schemas.jobs import JobInfo
 from service.deps import ServicesDep
 from service.routes.common import ERRORS
-from workers.queue import cancel, fetch, job_info
+from service.state import Services
+from workers.queue import cancel, events_channel, fetch, job_info
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERRORS)
 JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The id `POST` answered with.")]
+MAX_WAIT = 30.0  # seconds: under the usual 60 s idle timeouts of proxies and load balancers
+Wait = Annotated[
+    float,
+    Query(
+        ge=0,
+        le=MAX_WAIT,
+        description="Seconds to hold the answer until the job next changes (progress, status): a long poll. "
+        "A job already over answers at once; 0 answers at once in any case.",
+    ),
+]
+
+
+def _read(services: Services, job_id: str) -> JobInfo:
+    return job_info(fetch(services.redis, job_id, services.owner))
 
 
 @router.get("/{job_id}", response_model=JobInfo)
-def get_job(services: ServicesDep, job_id: JobId) -> JobInfo:
-    """A job's rq status, its progress (step/total, losses) and, once terminal, its result or error."""
-    return job_info(fetch(services.redis, job_id, services.owner))
+async def get_job(services: ServicesDep, job_id: JobId, wait: Wait = 0.0) -> JobInfo:
+    """A job's rq status, its progress (step/total, losses) and, once terminal, its result or error.
+
+    With `wait`, the answer comes when the job next changes (the worker writes progress a few times a
+    second and announces the job's end), or after `wait` seconds: a client that asks again with each answer
+    sees every change as it happens, with no polling interval, and a finished job at once.
+    """
+    if wait <= 0:
+        return await run_in_threadpool(_read, services, job_id)
+    deadline = time.monotonic() + wait
+    pubsub = services.store.async_client().pubsub()
+    try:
+        # Subscribed before the read: a change between the two is not lost, it ends the wait at once.
+        await pubsub.subscribe(events_channel(job_id))
+        info = await run_in_threadpool(_read, services, job_id)  # 404/403 here, before any waiting
+        if info.status.is_terminal:
+            return info
+        while (left := deadline - time.monotonic()) > 0:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+            if message is not None:
+                break
+    finally:
+        await asyncio.shield(pubsub.aclose())
+    return await run_in_threadpool(_read, services, job_id)
 
 
 @router.delete("/{job_id}", response_model=JobInfo, responses={409: ERRORS[422] | {"description": "Job is over."}})

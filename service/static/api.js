@@ -107,16 +107,21 @@ export const optimizeEdit = (latentId, maskBlob, { steps, region } = {}) => {
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
- * Poll `GET /jobs/{id}` until the job is terminal; `onProgress(info)` sees every answer (`onProgress(null,
- * error)` each poll that got none). Resolves with the finished job's result; rejects with an ApiError for a
- * failed, stopped or cancelled job, or when the service stays unreachable for `patienceMs`.
+ * Follow `GET /jobs/{id}` until the job is terminal; `onProgress(info)` sees every answer (`onProgress(null,
+ * error)` each read that got none). Reads after the first are long polls (`?wait=`): the service answers as
+ * the job changes, so progress and the end show at once; an unchanged answer that came back early (a
+ * service without long polls) is paced by `intervalMs`. Resolves with the finished job's result; rejects
+ * with an ApiError for a failed, stopped or cancelled job, or when the service stays unreachable for
+ * `patienceMs`.
  */
-export async function waitForJob(location, onProgress, { intervalMs = 250, patienceMs = 60_000 } = {}) {
+export async function waitForJob(location, onProgress, { intervalMs = 250, patienceMs = 60_000, holdS = 25 } = {}) {
   let failingSince = null;
-  for (;;) {
+  let last = null;
+  for (let first = true; ; first = false) {
     let info;
+    const asked = Date.now();
     try {
-      info = await request("GET", location);
+      info = await request("GET", first ? location : `${location}?wait=${holdS}`);
       failingSince = null;
     } catch (err) {
       // The job runs on whatever the page's connection does: a dropped network or a 503 while Redis
@@ -134,6 +139,8 @@ export async function waitForJob(location, onProgress, { intervalMs = 250, patie
       if (info.error) throw new ApiError(200, info.error.code, info.error.message);
       throw new ApiError(200, "cancelled", `the job was ${info.status}`);
     }
-    await sleep(intervalMs);
+    const seen = JSON.stringify([info.status, info.progress.stage, info.progress.step, info.progress.total]);
+    if (seen === last && Date.now() - asked < holdS * 500) await sleep(intervalMs);
+    last = seen;
   }
 }

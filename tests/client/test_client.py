@@ -314,3 +314,35 @@ def test_readiness_reads_every_status_the_gateway_answers_and_a_bad_url_sends_no
     for url in ("notaurl", "ftp://host", "http://[::1"):
         with pytest.raises(InvalidUrlError):
             EditganClient(url)
+
+
+def _job_body(status: str, step: int) -> dict[str, object]:
+    return {
+        "job_id": "j1",
+        "kind": "invert",
+        "model": "tiny",
+        "status": status,
+        "progress": {"stage": "optimizing", "step": step, "total": 3, "losses": {}},
+    }
+
+
+def test_wait_long_polls_and_paces_a_server_that_answers_at_once() -> None:
+    """Logic only: which reads `wait` sends (a transport answers them)."""
+    answers = [_job_body("started", 1), _job_body("started", 2), _job_body("finished", 3)]
+    asked: list[str | None] = []
+
+    def transport(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.params.get("wait"))
+        return httpx.Response(200, json=answers[min(len(asked), len(answers)) - 1])
+
+    with EditganClient("http://service", transport=httpx.MockTransport(transport)) as api:
+        assert api.wait("j1").status == JobStatus.finished
+    assert asked == [None, "25.0", "25.0"]  # the first read at once, then long polls
+
+    # A server from before long polls answers every read at once: unchanged answers are paced, as polls.
+    answers = [_job_body("started", 1)] * 6 + [_job_body("finished", 3)]
+    asked.clear()
+    start = time.monotonic()
+    with EditganClient("http://service", transport=httpx.MockTransport(transport)) as api:
+        api.wait("j1", poll_interval=0.2)
+    assert len(asked) == 7 and time.monotonic() - start >= 0.05 + 0.075 + 0.1125 + 0.16875 + 0.2
