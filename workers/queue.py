@@ -188,4 +188,9 @@ def sweep_lost_jobs(redis: Redis, queue_name: str) -> None:
     (EDITGAN_HEARTBEAT_TTL); rq's own cleanup then treats expired entries as abandoned jobs. Run often
     (the gateway every few seconds) instead of rq's 10-minute maintenance.
     """
-    StartedJobRegistry(queue_name, connection=redis, serializer=JSONSerializer).cleanup(time.time())
+    registry = StartedJobRegistry(queue_name, connection=redis, serializer=JSONSerializer)
+    now = time.time()
+    lost = registry.get_expired_job_ids(now)
+    registry.cleanup(now)
+    for job_id in lost:  # failed with `worker_lost`, or queued again for a retry: waiting readers answer now
+        announce(redis, job_id)

@@ -20,7 +20,16 @@ from schemas.jobs import JobKind
 from schemas.settings import Settings
 from tests.conftest import save_tiny_model
 from tests.processes import start, stop
-from workers.queue import enqueue, fetch, job_info, job_queue, queue_name, stop_key, sweep_lost_jobs
+from workers.queue import (
+    enqueue,
+    events_channel,
+    fetch,
+    job_info,
+    job_queue,
+    queue_name,
+    stop_key,
+    sweep_lost_jobs,
+)
 from workers.stats import read_job_stats
 from workers.store import Store
 
@@ -114,6 +123,8 @@ def test_a_killed_workers_job_is_failed_within_the_heartbeat_ttl(
     wait_for(lambda: progress_step(redis_client, job) > 0, 90, "the worker to start the job")
     worker.kill()  # type: ignore[attr-defined]  # SIGKILL: no chance to clean up
     killed_at = time.monotonic()
+    events = redis_client.pubsub(ignore_subscribe_messages=True)
+    events.subscribe(events_channel(job.id))  # as a long-polling reader; the dead worker announces nothing
 
     def failed() -> bool:
         sweep_lost_jobs(redis_client, queue_name(settings, "tiny"))  # what the gateway does every few seconds
@@ -123,6 +134,11 @@ def test_a_killed_workers_job_is_failed_within_the_heartbeat_ttl(
     assert time.monotonic() - killed_at < 60
     info = job_info(fetch(redis_client, job.id))
     assert info.error is not None and info.error.code == "worker_lost"
+    deadline = time.monotonic() + 2  # (the first read may return the subscription's confirmation, as None)
+    while (message := events.get_message(timeout=0.2)) is None and time.monotonic() < deadline:
+        pass
+    assert message is not None, "the sweep did not announce the lost job"
+    events.close()
 
 
 def test_a_killed_workers_job_is_retried_by_another_worker(
