@@ -69,7 +69,8 @@ class Readiness(ReadinessBody):
 
     @property
     def ready(self) -> bool:
-        """Whether the service takes work: `degraded` (Redis refuses writes) still serves reads."""
+        """Whether the service takes work: `degraded` (a model without a live worker, or Redis refusing
+        writes) still serves what it can."""
         return self.status != "not_ready"
 
 

@@ -49,8 +49,9 @@ class ErrorBody(BaseModel):
 
 
 class Readiness(BaseModel):
-    """`GET /readyz`: ready (200), degraded (200: Redis refuses writes, reads still work) or not ready (503,
-    with `code` and `message` as every error, and Retry-After)."""
+    """`GET /readyz`: ready (200), degraded (200: a model has no live worker, so its jobs wait, or Redis
+    refuses writes, so only reads work) or not ready (503: no model loaded or Redis unreachable, with `code`
+    and `message` as every error, and Retry-After)."""
 
     status: Literal["ready", "degraded", "not_ready"]
     checks: dict[str, bool | int] = Field(
@@ -58,4 +59,4 @@ class Readiness(BaseModel):
         "accepting writes"
     )
     code: ErrorCode | None = Field(None, description="`unavailable` when not ready.")
-    message: str | None = Field(None, description="Which checks failed, when not ready.")
+    message: str | None = Field(None, description="Which checks failed (not ready), or why degraded.")

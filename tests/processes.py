@@ -60,15 +60,16 @@ def service_env(redis_url: str, models_dir: Path, port: int, **settings: str) ->
 def wait_ready(
     base_url: str, procs: list[subprocess.Popen[bytes]], log: Path, timeout: float = 90, *, path: str = "/readyz"
 ) -> None:
-    """Until `path` answers 200: /readyz (models loaded, Redis reachable, a worker registered), or /healthz
-    for a gateway that runs without a worker (its /readyz stays 503)."""
+    """Until `path` answers 200: /readyz with a live worker for every model (models loaded, Redis reachable,
+    `checks.workers` at least 1), or /healthz for a gateway that runs without a worker."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for p in procs:
             if p.poll() is not None:
                 raise AssertionError(f"process exited with {p.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(f"{base_url}{path}", timeout=2).status_code == 200:
+            response = httpx.get(f"{base_url}{path}", timeout=2)
+            if response.status_code == 200 and (path != "/readyz" or response.json()["checks"]["workers"] >= 1):
                 return
         except httpx.HTTPError:
             pass
@@ -132,7 +133,7 @@ def gateway_alone(redis_url: str, models_dir: Path, log: Path, **settings: str) 
     gateway = start(["serve"], service_env(redis_url, models_dir, port, **settings), log)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base_url, [gateway], log, path="/healthz")  # no worker: /readyz stays 503
+        wait_ready(base_url, [gateway], log, path="/healthz")  # no worker to wait for
         yield base_url
     finally:
         stop(gateway)

@@ -15,7 +15,7 @@ from workers.queue import live_workers
 from workers.store import PREFIX
 
 PROBE_KEY = f"{PREFIX}:probe:writes"
-NOT_READY = {"models": "no model loaded", "redis": "Redis unreachable", "workers": "no live worker"}
+NOT_READY = {"models": "no model loaded", "redis": "Redis unreachable"}
 
 # No body or query: a 422 can only come from the key headers every route reads (ErrorBody, as elsewhere).
 router = APIRouter(tags=["health"], responses={422: ERRORS[422]})
@@ -29,27 +29,34 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "Not ready."}})
 def readyz(services: ServicesDep) -> JSONResponse:
-    """Readiness: models loaded, Redis reachable, at least one live worker on every model's queue
-    (`checks.workers`: the fewest on any of them).
+    """Readiness: models loaded and Redis reachable (503 otherwise). Then `ready`, or `degraded` (still 200)
+    with a `message` saying why:
 
-    `checks.writes` is false while Redis refuses writes (disk full, read-only replica, out of memory): the
-    status is then `degraded` but still 200: reads keep working, and as every gateway shares the one Redis,
-    taking them all out of rotation would only turn a partial outage into a full one.
+    - a model has no live worker (`checks.workers`: the fewest on any model's queue): its jobs wait in the
+      queue until one starts. Workers do not gate readiness: the gateway still serves real-time edits and
+      queues jobs, and a worker fleet scaled to zero (KEDA's `minReplicaCount: 0`) would otherwise take
+      every gateway out of rotation, so that no job could arrive to scale it up again;
+    - Redis refuses writes (`checks.writes`: disk full, read-only replica, out of memory): reads keep working,
+      and as every gateway shares the one Redis, taking them all out of rotation would only turn a partial
+      outage into a full one.
     """
     checks: dict[str, bool | int] = {"models": bool(services.bundles)}
-    texts = dict(NOT_READY)
+    notes = []
     try:
         checks["redis"] = bool(services.redis.ping())
         workers = {model: live_workers(queue) for model, queue in services.queues.items()}
         checks["workers"] = min(workers.values(), default=0)
         if unserved := sorted(model for model, count in workers.items() if not count):
-            texts["workers"] = f"no live worker for model {', '.join(unserved)}"
+            notes.append(f"no live worker for model {', '.join(unserved)}: its jobs wait in the queue")
         checks["writes"] = _writes_accepted(services.redis)
+        if not checks["writes"]:
+            notes.append("Redis refuses writes: reads only")
     except Exception:  # any Redis failure means not ready, never a 500
         checks["redis"], checks["workers"], checks["writes"] = False, 0, False
-    failed = [text for name, text in texts.items() if not checks[name]]
+    failed = [text for name, text in NOT_READY.items() if not checks[name]]
     if not failed:
-        body = Readiness(status="ready" if checks["writes"] else "degraded", checks=checks)
+        status = "degraded" if notes else "ready"
+        body = Readiness(status=status, checks=checks, message="; ".join(notes) or None)
         return JSONResponse(body.model_dump(exclude_none=True))
     body = Readiness(status="not_ready", checks=checks, code=ErrorCode.unavailable, message="; ".join(failed))
     return JSONResponse(body.model_dump(mode="json"), status_code=503, headers={"Retry-After": "5"})

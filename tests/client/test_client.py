@@ -303,8 +303,8 @@ def test_readiness_reads_every_status_the_gateway_answers_and_a_bad_url_sends_no
     checks = {"models": True, "redis": True, "workers": 1, "writes": False}
     bodies = {
         "degraded": (200, {"status": "degraded", "checks": checks}),
-        "not_ready": (503, {"status": "not_ready", "checks": checks | {"workers": 0}, "code": "unavailable",
-                            "message": "no live worker for model tiny"}),
+        "not_ready": (503, {"status": "not_ready", "checks": checks | {"redis": False, "workers": 0},
+                            "code": "unavailable", "message": "Redis unreachable"}),
     }  # fmt: skip
     for status, (http_status, body) in bodies.items():
         transport = httpx.MockTransport(lambda request, s=http_status, b=body: httpx.Response(s, json=b))

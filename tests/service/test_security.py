@@ -55,7 +55,7 @@ def secure(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     gateway = start(["serve"], env, log)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base_url, [gateway], log, path="/healthz")  # no worker: /readyz stays 503
+        wait_ready(base_url, [gateway], log, path="/healthz")  # no worker to wait for
         with httpx.Client(base_url=base_url, timeout=30) as http:
             yield http, client
     finally:

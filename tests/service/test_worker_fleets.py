@@ -55,9 +55,11 @@ def test_each_model_has_its_own_queue_and_workers(two_models: Path, tmp_path: Pa
         base_url = f"http://127.0.0.1:{port}"
         wait_ready(base_url, procs, log, path="/healthz")
         with httpx.Client(base_url=base_url, timeout=30) as http:
-            # not ready while a model has no worker, and the message names it
-            body = _poll(http, "/readyz", lambda b: b.get("message") == "no live worker for model tiny-b")
-            assert body["status"] == "not_ready" and body["checks"]["workers"] == 0
+            # degraded (still 200: in rotation) while a model has no worker, and the message names it
+            unserved = "no live worker for model tiny-b: its jobs wait in the queue"
+            body = _poll(http, "/readyz", lambda b: b.get("message") == unserved)
+            assert body["status"] == "degraded" and body["checks"]["workers"] == 0
+            assert http.get("/readyz").status_code == 200
             first, second = _invert(http, "tiny-b"), _invert(http, "tiny")  # tiny-b's job first in time
             done = _poll(http, second, lambda b: b["status"] == "finished")
             assert done["model"] == "tiny"
@@ -71,7 +73,7 @@ def test_each_model_has_its_own_queue_and_workers(two_models: Path, tmp_path: Pa
             procs.append(start(["worker"], env | {"EDITGAN_WORKER_MODELS": "tiny-b"}, log))
             assert _poll(http, first, lambda b: b["status"] == "finished")["model"] == "tiny-b"
             ready = _poll(http, "/readyz", lambda b: b["status"] == "ready")
-            assert ready["checks"]["workers"] == 1
+            assert ready["checks"]["workers"] == 1 and "message" not in ready
     finally:
         for p in procs:
             stop(p)
