@@ -27,6 +27,7 @@ from service.auth import Authenticator, parse_keys
 from service.batching import render_batcher
 from service.deps import authenticate
 from service.errors import install_error_handlers
+from service.job_events import JobEvents
 from service.limits import BodyLimitMiddleware
 from service.metrics import MetricsMiddleware, ServiceMetrics, record_error
 from service.ratelimit import RateLimiter
@@ -85,6 +86,11 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
             retry=AsyncRetry(NoBackoff(), 1),
         )
 
+    def connect_listener() -> AsyncRedis:  # the job announcements' subscriber: idle for long, so no read timeout
+        return AsyncRedis.from_url(
+            redis_url, socket_connect_timeout=2, socket_keepalive=True, client_name="editgan-job-events"
+        )
+
     def model_devices() -> list[torch.device]:  # for /metrics; empty until the lifespan has loaded them
         services = getattr(app.state, "services", None)
         return [bundle.device for bundle in services.bundles.values()] if services else []
@@ -114,6 +120,7 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
         redis = connect()
         aredis = connect_async()
         latent_cache = LatentCache(settings.editgan_latent_cache) if settings.editgan_latent_cache else None
+        job_events = JobEvents(connect_listener)
         batchers = {
             name: render_batcher(
                 bundle,
@@ -133,14 +140,19 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
             bundles=loaded,
             batchers=batchers,
             engine=engine,
+            job_events=job_events,
         )
         names = [queue_name(settings, name) for name in loaded]
         sweeper = asyncio.create_task(_sweep_forever(redis, names, settings.editgan_heartbeat_ttl))
+        listener = asyncio.create_task(job_events.run())
         log.info("gateway ready: models %s", sorted(loaded))
         try:
             yield
         finally:
             sweeper.cancel()
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
             for batcher in batchers.values():
                 batcher.close()
             engine.shutdown(wait=True)

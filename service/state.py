@@ -16,6 +16,7 @@ from schemas.errors import ErrorCode
 from schemas.settings import Settings
 from service.batching import MicroBatcher, RenderRequest
 from service.errors import ApiError
+from service.job_events import JobEvents
 from workers.registry import Registry
 from workers.store import Store
 
@@ -37,6 +38,8 @@ class Services:
     owner: str | None = None
     # The one thread that runs the gateway's torch work (service/app.py says why); None: the caller's.
     engine: Executor | None = None
+    # Wakes `GET /jobs/{id}?wait=` readers at their job's announcements (service/job_events.py).
+    job_events: JobEvents | None = None
 
     def on_engine(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` on the engine thread, waited for."""

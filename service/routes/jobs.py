@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -13,7 +13,7 @@ from schemas.jobs import JobInfo
 from service.deps import ServicesDep
 from service.routes.common import ERRORS
 from service.state import Services
-from workers.queue import cancel, events_channel, fetch, job_info
+from workers.queue import cancel, fetch, job_info
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERRORS)
 JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The id `POST` answered with.")]
@@ -39,24 +39,19 @@ async def get_job(services: ServicesDep, job_id: JobId, wait: Wait = 0.0) -> Job
 
     With `wait`, the answer comes when the job next changes (the worker writes progress a few times a
     second and announces the job's end), or after `wait` seconds: a client that asks again with each answer
-    sees every change as it happens, with no polling interval, and a finished job at once.
+    sees every change as it happens, with no polling interval, and a finished job at once. The gateway's one
+    subscription to all announcements wakes the readers (`service.job_events`): an open long poll holds no
+    Redis connection of its own.
     """
-    if wait <= 0:
+    if wait <= 0 or services.job_events is None:
         return await run_in_threadpool(_read, services, job_id)
-    deadline = time.monotonic() + wait
-    pubsub = services.store.async_client().pubsub()
-    try:
-        # Subscribed before the read: a change between the two is not lost, it ends the wait at once.
-        await pubsub.subscribe(events_channel(job_id))
+    # Watched before the read: a change between the two is not lost, it ends the wait at once.
+    async with services.job_events.watch(job_id) as changed:
         info = await run_in_threadpool(_read, services, job_id)  # 404/403 here, before any waiting
         if info.status.is_terminal:
             return info
-        while (left := deadline - time.monotonic()) > 0:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
-            if message is not None:
-                break
-    finally:
-        await asyncio.shield(pubsub.aclose())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), wait)
     return await run_in_threadpool(_read, services, job_id)
 
 

@@ -77,3 +77,34 @@ def test_bad_waits_are_refused_and_an_unknown_job_answers_at_once(live: Live) ->
     missing = live.http.get("/jobs/no-such-job", params={"wait": 20})
     assert missing.status_code == 404 and missing.json()["code"] == "job_not_found"
     assert time.monotonic() - start < 2
+
+
+def test_open_long_polls_share_the_gateways_one_subscription(live: Live) -> None:
+    long, queued = _submit(live, 14, 3000), _submit(live, 15, 3)  # `queued` waits behind `long`
+    db = live.redis.connection_pool.connection_kwargs.get("db", 0)
+
+    def listeners() -> int:
+        clients = live.redis.client_list()
+        return sum(1 for c in clients if c.get("name") == "editgan-job-events" and int(c.get("db", -1)) == db)
+
+    answers: list[tuple[dict[str, Any], float]] = []
+    waiters = [threading.Thread(target=lambda: answers.append(_get(live, queued, 4))) for _ in range(12)]
+    for w in waiters:
+        w.start()
+    time.sleep(1.0)  # all twelve are waiting now
+    assert listeners() == 1
+    for w in waiters:
+        w.join(20)
+    assert len(answers) == 12 and all(a["status"] == "queued" and s >= 3.5 for a, s in answers), answers
+    for location in (queued, long):
+        assert live.http.delete(location).status_code == 200
+
+
+def test_announcement_channels_name_their_job() -> None:
+    """Logic only: the subscriber's parsing of the channels it receives."""
+    from service.job_events import job_id_of
+    from workers.queue import events_channel
+
+    assert job_id_of(events_channel("a1-b2").encode()) == "a1-b2" == job_id_of(events_channel("a1-b2"))
+    for other in ("editgan:job:a1:stop", "editgan:job::events", "other:job:a1:events"):
+        assert job_id_of(other) is None

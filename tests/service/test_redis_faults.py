@@ -181,6 +181,17 @@ def test_redis_restart_under_load_loses_no_vector_and_no_accepted_job(restartabl
             info = wait_terminal(http, location, timeout=240)
             assert info["status"] == "finished", info
 
+        # The gateway's subscription to job announcements came back with Redis: a long poll of a running job
+        # answers at its next progress write, not at the end of its wait.
+        location = http.post("/invert", files={"image": ("i.png", png(99))}, data={"steps": "3000"}).headers["Location"]
+        deadline = time.monotonic() + 60
+        while http.get(location).json()["progress"]["step"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        start = time.monotonic()
+        assert http.get(location, params={"wait": 20}).json()["status"] == "started"
+        assert time.monotonic() - start < 5, "no announcement reached the gateway after the restart"
+        assert http.delete(location).status_code == 200
+
 
 def test_the_first_vector_edit_after_a_redis_restart_is_served(restartable: Stack) -> None:
     """The real-time route's pooled connections die with the server: the first request on one must retry on
