@@ -86,10 +86,11 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
             retry=AsyncRetry(NoBackoff(), 1),
         )
 
-    def connect_listener() -> AsyncRedis:  # the job announcements' subscriber: idle for long, so no read timeout
-        return AsyncRedis.from_url(
-            redis_url, socket_connect_timeout=2, socket_keepalive=True, client_name="editgan-job-events"
-        )
+    def connect_listener() -> AsyncRedis:
+        # The job announcements' subscriber idles for long: no read timeout, and over TCP keepalive probes to
+        # notice a peer gone silently. A unix socket (the embedded Redis) takes neither option.
+        keepalive = {} if redis_url.startswith("unix:") else {"socket_keepalive": True}
+        return AsyncRedis.from_url(redis_url, socket_connect_timeout=2, client_name="editgan-job-events", **keepalive)
 
     def model_devices() -> list[torch.device]:  # for /metrics; empty until the lifespan has loaded them
         services = getattr(app.state, "services", None)

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
+from PIL import Image
 
 from tests.processes import free_port, service_env, start, stop, wait_ready
 
@@ -46,8 +47,26 @@ def test_up_serves_with_an_embedded_redis_whose_registry_survives_a_restart(tiny
         back = httpx.get(f"{base}/vectors/tiny/kept/npy")
         assert back.status_code == 200
         np.testing.assert_array_equal(np.load(io.BytesIO(back.content)), delta)
+        # Job announcements reach the gateway over the embedded Redis's unix socket too: a long poll of a
+        # running job answers at its next progress write, not at the end of its wait.
+        photo = io.BytesIO()
+        Image.new("RGB", (40, 30), (200, 120, 90)).save(photo, format="PNG")
+        job = httpx.post(
+            f"{base}/invert", files={"image": ("p.png", photo.getvalue(), "image/png")}, data={"steps": "2000"}
+        )
+        assert job.status_code == 202, job.text
+        location = f"{base}{job.headers['location']}"
+        deadline = time.monotonic() + 60
+        while httpx.get(location).json()["progress"]["step"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        asked = time.monotonic()
+        answer = httpx.get(location, params={"wait": 20}, timeout=30).json()
+        assert time.monotonic() - asked < 5, "no job announcement reached the gateway"
+        assert answer["status"] == "started"
+        assert httpx.delete(location).status_code == 200
     finally:
         assert stop(again) == 0, log.read_text()[-2000:]
+    assert "job announcements lost" not in log.read_text()
 
 
 def test_a_second_signal_hurries_the_shutdown_but_still_stops_redis(tiny_models: Path, tmp_path: Path) -> None:
