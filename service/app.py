@@ -100,7 +100,11 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
         services = getattr(app.state, "services", None)
         return [queue.name for queue in services.queues.values()] if services else []
 
-    metrics = ServiceMetrics(connect, queue_names, devices=model_devices)
+    def job_events() -> JobEvents | None:  # for /metrics
+        services = getattr(app.state, "services", None)
+        return services.job_events if services else None
+
+    metrics = ServiceMetrics(connect, queue_names, devices=model_devices, job_events=job_events)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -42,6 +42,11 @@ class JobEvents:
         self.waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         self.subscribed = asyncio.Event()  # set while the subscription is live
 
+    @property
+    def waiting(self) -> int:
+        """Readers waiting now (open long polls)."""
+        return sum(len(events) for events in self.waiters.values())
+
     @contextlib.asynccontextmanager
     async def watch(self, job_id: str) -> AsyncIterator[asyncio.Event]:
         """An event set at the job's next announcement. Enter it before reading the job's state, so that a

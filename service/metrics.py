@@ -31,6 +31,7 @@ from rq import Queue
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.memory import usage_bytes
+from service.job_events import JobEvents
 from workers.queue import live_workers
 from workers.stats import read_job_stats
 
@@ -154,6 +155,31 @@ class DeviceMemoryCollector:
             yield family
 
 
+class JobWaitsCollector:
+    """The gateway's open long polls (`GET /jobs/{id}?wait=`) and whether its subscription to job
+    announcements is live (service/job_events.py), read at every scrape; nothing before the models load."""
+
+    def __init__(self, events: Callable[[], JobEvents | None]) -> None:
+        self.events = events
+
+    def describe(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily("editgan_job_waiters", "")
+        yield GaugeMetricFamily("editgan_job_events_subscribed", "")
+
+    def collect(self) -> Iterable[Metric]:
+        events = self.events()
+        if events is None:
+            return
+        yield GaugeMetricFamily(
+            "editgan_job_waiters", "Open long polls of GET /jobs/{id}?wait= in this gateway", value=events.waiting
+        )
+        yield GaugeMetricFamily(
+            "editgan_job_events_subscribed",
+            "1 while this gateway's subscription to job announcements is live (else long polls wait out their time)",
+            value=int(events.subscribed.is_set()),
+        )
+
+
 def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
 
@@ -167,8 +193,10 @@ class ServiceMetrics:
         queue_names: Callable[[], Iterable[str]],
         prefix: str = "editgan",
         devices: Callable[[], Iterable[torch.device]] = tuple,
+        job_events: Callable[[], JobEvents | None] = lambda: None,
     ) -> None:
-        """`devices`: the devices the gateway's models are on now (none before they load)."""
+        """`devices`: the devices the gateway's models are on now (none before they load); `job_events`: the
+        gateway's long-poll hub, once it exists."""
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self.request_duration = Histogram(
@@ -197,6 +225,7 @@ class ServiceMetrics:
         self.collector = QueueCollector(redis_factory, queue_names, prefix)
         self.registry.register(self.collector)
         self.registry.register(DeviceMemoryCollector(devices))
+        self.registry.register(JobWaitsCollector(job_events))
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition of every metric and its content type, for the /metrics route."""

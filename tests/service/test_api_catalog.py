@@ -119,6 +119,8 @@ def test_health_readiness_and_metrics(live: Live) -> None:
     assert counts and counts[0] >= 3
     assert any(s.labels.get("code") == "unknown_model" for s in families["editgan_http_errors"].samples)
     assert families["editgan_redis_up"].samples[0].value == 1
+    assert families["editgan_job_events_subscribed"].samples[0].value == 1  # long polls are woken
+    assert families["editgan_job_waiters"].samples[0].value == 0
     # The gateway's own memory, whatever the device; GPU memory only with models on a GPU (not here).
     assert families["process_resident_memory_bytes"].samples[0].value > 50 * 2**20
     assert "editgan_device_memory_bytes" not in families

@@ -93,6 +93,8 @@ def test_open_long_polls_share_the_gateways_one_subscription(live: Live) -> None
         w.start()
     time.sleep(1.0)  # all twelve are waiting now
     assert listeners() == 1
+    waiting = [line for line in live.http.get("/metrics").text.splitlines() if line.startswith("editgan_job_waiters")]
+    assert waiting == ["editgan_job_waiters 12.0"], waiting
     for w in waiters:
         w.join(20)
     assert len(answers) == 12 and all(a["status"] == "queued" and s >= 3.5 for a, s in answers), answers
