@@ -60,3 +60,6 @@ class Readiness(BaseModel):
     )
     code: ErrorCode | None = Field(None, description="`unavailable` when not ready.")
     message: str | None = Field(None, description="Which checks failed (not ready), or why degraded.")
+    unserved_models: list[str] | None = Field(
+        None, description="Models no live worker serves (degraded): their jobs wait in the queue until one starts."
+    )

@@ -41,7 +41,7 @@ def readyz(services: ServicesDep) -> JSONResponse:
       outage into a full one.
     """
     checks: dict[str, bool | int] = {"models": bool(services.bundles)}
-    notes = []
+    notes, unserved = [], []
     try:
         checks["redis"] = bool(services.redis.ping())
         workers = {model: live_workers(queue) for model, queue in services.queues.items()}
@@ -56,7 +56,9 @@ def readyz(services: ServicesDep) -> JSONResponse:
     failed = [text for name, text in NOT_READY.items() if not checks[name]]
     if not failed:
         status = "degraded" if notes else "ready"
-        body = Readiness(status=status, checks=checks, message="; ".join(notes) or None)
+        body = Readiness(
+            status=status, checks=checks, message="; ".join(notes) or None, unserved_models=unserved or None
+        )
         return JSONResponse(body.model_dump(exclude_none=True))
     body = Readiness(status="not_ready", checks=checks, code=ErrorCode.unavailable, message="; ".join(failed))
     return JSONResponse(body.model_dump(mode="json"), status_code=503, headers={"Retry-After": "5"})

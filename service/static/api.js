@@ -104,6 +104,9 @@ export const optimizeEdit = (latentId, maskBlob, { steps, region } = {}) => {
   return request("POST", "/edit/optimize", { form });
 };
 
+/** `GET /readyz`, or null when the service is not ready (503) or does not answer. */
+export const readiness = () => request("GET", "/readyz").catch(() => null);
+
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**

@@ -15,6 +15,7 @@ const state = {
   result: null, // {kind: "edit" | "vectors", latentId, images, editId}
   savedVector: null, // VectorInfo of the last vector saved from an edit
   job: null, // the running job's JobAccepted
+  unserved: [], // models no live worker serves (GET /readyz), read when a job starts
   vectorRequest: 0, // sequence number: answers to older real-time requests are dropped
   vectorTimer: null,
 };
@@ -98,7 +99,10 @@ function showProgress(label, info, err) {
   const percent = info.status === "finished" ? 100 : total ? Math.floor((100 * step) / total) : 0;
   $("job-progress").value = percent;
   const where = info.status === "queued" ? `queued (position ${info.queue_position ?? "?"})` : stage;
-  $("job-label").textContent = `${label}: ${where}, step ${step}/${total} (${percent} %)`;
+  // With no worker for the model (a fleet scaled to zero, or none started), say why the job does not start.
+  const idle = info.status === "queued" && state.unserved.includes(info.model);
+  const hint = idle ? " - no worker serves this model yet: the job starts when one does" : "";
+  $("job-label").textContent = `${label}: ${where}, step ${step}/${total} (${percent} %)${hint}`;
 }
 
 /**
@@ -128,6 +132,7 @@ async function runJob(accepted, label, show) {
   $("job-progress").value = 0;
   $("job-label").textContent = `${label}: queued`;
   refreshControls();
+  state.unserved = (await api.readiness())?.unserved_models ?? [];
   try {
     const result = await api.waitForJob(accepted.location, (info, err) => showProgress(label, info, err));
     await show(result);

@@ -22,6 +22,7 @@ def test_without_a_worker_the_gateway_stays_in_rotation_and_says_why(tiny_models
     body = response.json()
     assert body["status"] == "degraded" and body["checks"]["workers"] == 0 and body["checks"]["redis"] is True
     assert body["message"] == "no live worker for model tiny: its jobs wait in the queue" and "code" not in body
+    assert body["unserved_models"] == ["tiny"]
 
 
 def test_not_ready_says_why_as_an_error_body_with_retry_after(tiny_models: Path, tmp_path: Path) -> None:

@@ -59,6 +59,7 @@ def test_each_model_has_its_own_queue_and_workers(two_models: Path, tmp_path: Pa
             unserved = "no live worker for model tiny-b: its jobs wait in the queue"
             body = _poll(http, "/readyz", lambda b: b.get("message") == unserved)
             assert body["status"] == "degraded" and body["checks"]["workers"] == 0
+            assert body["unserved_models"] == ["tiny-b"]
             assert http.get("/readyz").status_code == 200
             first, second = _invert(http, "tiny-b"), _invert(http, "tiny")  # tiny-b's job first in time
             done = _poll(http, second, lambda b: b["status"] == "finished")
@@ -73,7 +74,7 @@ def test_each_model_has_its_own_queue_and_workers(two_models: Path, tmp_path: Pa
             procs.append(start(["worker"], env | {"EDITGAN_WORKER_MODELS": "tiny-b"}, log))
             assert _poll(http, first, lambda b: b["status"] == "finished")["model"] == "tiny-b"
             ready = _poll(http, "/readyz", lambda b: b["status"] == "ready")
-            assert ready["checks"]["workers"] == 1 and "message" not in ready
+            assert ready["checks"]["workers"] == 1 and "message" not in ready and "unserved_models" not in ready
     finally:
         for p in procs:
             stop(p)

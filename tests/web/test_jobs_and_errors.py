@@ -8,6 +8,9 @@ from typing import Any
 import httpx
 from selenium.webdriver.common.by import By
 
+from schemas.settings import SHIPPED_MODELS
+from tests.processes import gateway_alone
+from tests.service.test_readiness import READY_REDIS_URL
 from tests.web.page import EditorPage
 
 
@@ -65,3 +68,19 @@ def test_api_errors_show_in_the_page_and_a_running_edit_can_be_cancelled(
     assert page.el("edit-button").is_enabled() and not page.el("cancel-job").is_enabled()
     page.screenshot("cancelled")
     assert model["name"] in page.text("model")
+
+
+def test_a_job_that_no_worker_serves_says_so(page: EditorPage, tmp_path: Path) -> None:
+    """A gateway without a worker (a fleet scaled to zero): the queued job's label says why it does not start."""
+    with gateway_alone(READY_REDIS_URL, SHIPPED_MODELS, tmp_path / "gateway.log") as base_url:
+        page.base_url = base_url
+        page.open()
+        page.click("sample-button")
+        page.wait(lambda: page.text("latent-id").startswith("lat_"), what="a random sample")
+        page.choose_class("hair")
+        page.stroke([(20, 2), (44, 2)])
+        page.click("edit-button")
+        label = page.wait(lambda: "no worker" in page.text("job-label") and page.text("job-label"), what="the hint")
+        assert label.startswith("Editing: queued (position 0)") and "the job starts when one does" in label
+        page.click("cancel-job")
+        assert page.wait_job("Editing", timeout=60) == "Editing: cancelled."
