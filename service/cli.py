@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from client.cli import number  # the argparse number type both command sets use
@@ -195,8 +196,20 @@ def _run_gateway(settings: Settings) -> None:
     from service.app import create_app
 
     app = create_app(settings)
+
+    class Gateway(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            # uvicorn now waits for the open requests: answer the long polls instead of holding the exit.
+            services = getattr(app.state, "services", None)
+            if services is not None and services.job_events is not None:
+                services.job_events.close_soon()
+
     print(f"editgan: serving on http://{settings.editgan_host}:{settings.editgan_port}", file=sys.stderr)
-    uvicorn.run(app, host=settings.editgan_host, port=settings.editgan_port, log_level=settings.editgan_log_level)
+    config = uvicorn.Config(
+        app, host=settings.editgan_host, port=settings.editgan_port, log_level=settings.editgan_log_level
+    )
+    Gateway(config).run()
 
 
 def _serve(args: argparse.Namespace) -> int:

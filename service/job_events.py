@@ -41,6 +41,8 @@ class JobEvents:
         self.connect = connect
         self.waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         self.subscribed = asyncio.Event()  # set while the subscription is live
+        self.closing = False  # the gateway is shutting down: waits answer at once
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def waiting(self) -> int:
@@ -62,12 +64,23 @@ class JobEvents:
                 if not waiting:
                     del self.waiters[job_id]
 
+    def close_soon(self) -> None:
+        """From any thread (a signal handler): answer every open wait now, and every later one at once. A
+        shutting-down server waits for its open requests, and long polls would hold it for up to their 30 s."""
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._close)
+
+    def _close(self) -> None:
+        self.closing = True
+        self._wake()
+
     def _wake(self, job_id: str | None = None) -> None:
         for key in [job_id] if job_id is not None else list(self.waiters):
             for event in self.waiters.get(key, ()):
                 event.set()
 
     async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
         while True:
             redis = self.connect()
             pubsub = redis.pubsub()

@@ -43,7 +43,7 @@ async def get_job(services: ServicesDep, job_id: JobId, wait: Wait = 0.0) -> Job
     subscription to all announcements wakes the readers (`service.job_events`): an open long poll holds no
     Redis connection of its own.
     """
-    if wait <= 0 or services.job_events is None:
+    if wait <= 0 or services.job_events is None or services.job_events.closing:
         return await run_in_threadpool(_read, services, job_id)
     # Watched before the read: a change between the two is not lost, it ends the wait at once.
     async with services.job_events.watch(job_id) as changed:

@@ -3,12 +3,19 @@ and worker. The worker announces progress writes and a job's end; the gateway an
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+import httpx
+import redis
+
 from tests.live import Live
+from tests.processes import free_port, service_env, start, stop, wait_ready
 from tests.service.test_api_edits import photo
+from tests.service.test_readiness import READY_REDIS_URL
 
 
 def _get(live: Live, location: str, wait: float) -> tuple[dict[str, Any], float]:
@@ -110,3 +117,37 @@ def test_announcement_channels_name_their_job() -> None:
     assert job_id_of(events_channel("a1-b2").encode()) == "a1-b2" == job_id_of(events_channel("a1-b2"))
     for other in ("editgan:job:a1:stop", "editgan:job::events", "other:job:a1:events"):
         assert job_id_of(other) is None
+
+
+def test_a_shutting_down_gateway_answers_its_long_polls_at_once(tiny_models: Path, tmp_path: Path) -> None:
+    # uvicorn waits for open requests before it exits: a long poll must not hold a rolling deploy for 30 s.
+    client = redis.Redis.from_url(READY_REDIS_URL)
+    client.flushdb()
+    port, log = free_port(), tmp_path / "gateway.log"
+    gateway = start(["serve"], service_env(READY_REDIS_URL, tiny_models, port), log)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base_url, [gateway], log, path="/healthz")
+        submitted = httpx.post(f"{base_url}/invert", files={"image": ("p.png", photo(16), "image/png")})
+        location = f"{base_url}{submitted.headers['location']}"  # no worker: it stays queued
+        answers: list[tuple[int, float]] = []
+
+        def wait() -> None:
+            start_at = time.monotonic()
+            response = httpx.get(location, params={"wait": 25}, timeout=40)
+            answers.append((response.status_code, time.monotonic() - start_at))
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(1.0)
+        gateway.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        assert gateway.wait(20) == 0, log.read_text()[-2000:]
+        assert time.monotonic() - stopped_at < 10
+        waiter.join(30)
+        ((status, seconds),) = answers
+        assert status == 200 and seconds < 10, (status, seconds)
+    finally:
+        stop(gateway)
+        client.flushdb()
+        client.close()
