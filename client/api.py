@@ -49,6 +49,7 @@ Term = VectorTerm | tuple[str, float] | str
 ProgressCallback = Callable[[JobInfo], None]
 R = TypeVar("R", bound=BaseModel)
 LONG_POLL = 25.0  # seconds a `wait` holds each read (the service allows 30)
+TRANSIENT = {502, 503, 504}  # statuses `wait` rides out: a gateway restarting, Redis failing over
 
 # A job's result type follows from its kind: parse by kind, not by whichever union member fits best.
 RESULT_TYPES: dict[JobKind, type[BaseModel]] = {
@@ -321,12 +322,15 @@ class EditganClient:
         timeout: float | None = None,
         poll_interval: float = 0.5,
         check: bool = True,
+        patience: float = 60.0,
     ) -> JobInfo:
         """Follow `GET /jobs/{id}` until the job is terminal and return its last state.
 
         Long polls (`get_job(wait=...)`): each answer comes as the job changes, and the end is seen at once.
         `poll_interval` paces a server that answers at once (one from before long polls): the pauses start
-        short and grow to it.
+        short and grow to it. A service that does not answer, or answers 502/503/504 (a gateway restarting in
+        a rolling deploy, Redis failing over), is waited out for up to `patience` seconds in a row, with
+        growing pauses (or its Retry-After); the job goes on meanwhile.
         `progress(info)` is called whenever status, stage or step/total changes, the terminal state included.
         With `check`, a job that ends `failed`, `stopped` or `canceled` raises `JobFailedError`. `timeout`
         (seconds) raises `WaitTimeoutError`; the job itself goes on (cancel it with `cancel_job`).
@@ -336,9 +340,22 @@ class EditganClient:
         delay = min(0.05, poll_interval)  # short jobs finish in well under a second: start fast, back off
         last: tuple[object, ...] | None = None
         hold = 0.0  # the first read answers at once
+        failing_since: float | None = None
         while True:
             asked = time.monotonic()
-            info = self.get_job(job_id, wait=hold)
+            try:
+                info = self.get_job(job_id, wait=hold)
+            except (TransportError, ApiError) as exc:
+                if isinstance(exc, ApiError) and exc.status not in TRANSIENT:
+                    raise
+                failing_since = failing_since or asked
+                late = deadline is not None and time.monotonic() >= deadline
+                if late or time.monotonic() - failing_since > patience:
+                    raise
+                pause = getattr(exc, "retry_after", None) or min(5.0, 0.25 * 2 ** (time.monotonic() - failing_since))
+                time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
+                continue
+            failing_since = None
             held = time.monotonic() - asked
             seen = (info.status, info.progress.stage, info.progress.step, info.progress.total)
             changed = seen != last

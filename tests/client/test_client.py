@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import httpx
 import numpy as np
@@ -346,3 +346,38 @@ def test_wait_long_polls_and_paces_a_server_that_answers_at_once() -> None:
     with EditganClient("http://service", transport=httpx.MockTransport(transport)) as api:
         api.wait("j1", poll_interval=0.2)
     assert len(asked) == 7 and time.monotonic() - start >= 0.05 + 0.075 + 0.1125 + 0.16875 + 0.2
+
+
+def test_wait_rides_out_a_restarting_gateway_within_its_patience() -> None:
+    """Logic only: a 503 with Retry-After, then no answer at all, then the job; and the limits of that."""
+    script: list[Any] = [
+        httpx.Response(
+            503, json={"code": "unavailable", "message": "Redis unreachable"}, headers={"Retry-After": "0.1"}
+        ),
+        httpx.ConnectError("connection refused"),
+        httpx.Response(200, json=_job_body("finished", 3)),
+    ]
+
+    def transport(request: httpx.Request) -> httpx.Response:
+        step = script.pop(0) if len(script) > 1 else script[0]
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    with EditganClient("http://service", transport=httpx.MockTransport(transport)) as api:
+        assert api.wait("j1").status == JobStatus.finished
+
+    def down(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, json={"code": "unavailable", "message": "Redis unreachable"})
+
+    start = time.monotonic()
+    with EditganClient("http://service", transport=httpx.MockTransport(down)) as api, pytest.raises(ApiError) as late:
+        api.wait("j1", patience=0.6)
+    assert late.value.status == 503 and 0.6 <= time.monotonic() - start < 5
+
+    def gone(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"code": "job_not_found", "message": "no such job"})
+
+    with EditganClient("http://service", transport=httpx.MockTransport(gone)) as api, pytest.raises(ApiError) as lost:
+        api.wait("j1")  # not transient: at once
+    assert lost.value.code == "job_not_found"
