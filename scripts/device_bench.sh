@@ -7,8 +7,8 @@
 #   scripts/device_bench.sh run       there, with .whl carried: installs them into /tmp/site when missing,
 #                                     then `editgan bench` on CUDA; JSON, results row and log under $OUT
 #
-# Settings (environment): DEVICE (default cuda), SECTIONS (default paper,vector,precision,jobs,naive,compile:
-# the order they run in), PAPER_STEPS (default 29, the official default), PAPER_SIZE (512), LOAD_SECONDS (4,
+# Settings (environment): DEVICE (default cuda), SECTIONS (default profile,paper,vector,precision,jobs,naive,
+# compile: the order they run in; `profile` is scripts/gpu_profile.py, the others `editgan bench` sections), PAPER_STEPS (default 29, the official default), PAPER_SIZE (512), LOAD_SECONDS (4,
 # the vector section's load measurements), BUDGET_S (540: sections still to start past it are skipped),
 # QUICK=1 for a smoke run, OUT (default ./artifacts/device). Per section: <section>.json; a row each in
 # RESULTS.md; one log.
@@ -42,7 +42,7 @@ run() {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$out/log" || true
     local quick=() section left status=0
     [ "${QUICK:-0}" = 1 ] && quick=(--quick)
-    local sections=${SECTIONS:-paper,vector,precision,jobs,naive,compile}
+    local sections=${SECTIONS:-profile,paper,vector,precision,jobs,naive,compile}
     for section in ${sections//,/ }; do
         left=$((deadline - $(date +%s)))
         if [ "$left" -lt 30 ]; then
@@ -50,6 +50,15 @@ run() {
             continue
         fi
         echo "device_bench: $section at $(date -u +%T), ${left} s left" | tee -a "$out/log" >&2
+        if [ "$section" = profile ]; then
+            # scripts/gpu_profile.py: the render by each horizontal-pass tile, cuDNN's autotuner off and on,
+            # kernel and launch counts; its compile probes (measured before) only while 60 s of its budget last
+            timeout --signal=INT --kill-after=15 "$left" python3 scripts/gpu_profile.py --device "${DEVICE:-cuda}" \
+                --size "${PAPER_SIZE:-512}" --budget 60 --out "$out/profile" \
+                >"$out/profile.json" 2> >(tee -a "$out/log" >&2) || status=$?
+            echo "device_bench: profile ended at $(date -u +%T)" | tee -a "$out/log" >&2
+            continue
+        fi
         # SIGINT first, so that the section's context managers stop the gateways and Redis it started.
         timeout --signal=INT --kill-after=15 "$left" python3 -m service.cli bench --device "${DEVICE:-cuda}" \
             --only "$section" --paper-steps "${PAPER_STEPS:-29}" --paper-size "${PAPER_SIZE:-512}" \
