@@ -89,8 +89,9 @@ class JobEvents:
                 self.subscribed.set()
                 self._wake()  # anything announced while unsubscribed is read again by its waiters
                 async for message in pubsub.listen():
-                    if message.get("type") == "pmessage":
-                        self._wake(job_id_of(message["channel"]))
+                    job_id = job_id_of(message["channel"]) if message.get("type") == "pmessage" else None
+                    if job_id is not None:
+                        self._wake(job_id)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis restarting: waiters answer at the end of their wait meanwhile
