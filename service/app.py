@@ -34,7 +34,7 @@ from service.ratelimit import RateLimiter
 from service.routes import editor, edits, health, jobs, latents, models, vectors
 from service.state import Services
 from workers.models import compile_models, load_models, resolve_device
-from workers.queue import job_queue, queue_name, sweep_lost_jobs
+from workers.queue import job_queue, sweep_lost_jobs
 from workers.registry import Registry
 from workers.store import LatentCache, Store
 
@@ -126,6 +126,7 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
         aredis = connect_async()
         latent_cache = LatentCache(settings.editgan_latent_cache) if settings.editgan_latent_cache else None
         job_events = JobEvents(connect_listener)
+        queues = {name: job_queue(redis, settings, name) for name in loaded}
         batchers = {
             name: render_batcher(
                 bundle,
@@ -141,13 +142,13 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
             redis=redis,
             store=Store(redis, settings.editgan_result_ttl, aredis=aredis, latent_cache=latent_cache),
             registry=Registry(redis),
-            queues={name: job_queue(redis, settings, name) for name in loaded},
+            queues=queues,
             bundles=loaded,
             batchers=batchers,
             engine=engine,
             job_events=job_events,
         )
-        names = [queue_name(settings, name) for name in loaded]
+        names = [queue.name for queue in queues.values()]
         sweeper = asyncio.create_task(_sweep_forever(redis, names, settings.editgan_heartbeat_ttl))
         listener = asyncio.create_task(job_events.run())
         log.info("gateway ready: models %s", sorted(loaded))
