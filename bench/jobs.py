@@ -183,7 +183,7 @@ def follow(http: httpx.Client, job_id: str, long_poll: bool) -> float:
     `POLL_INTERVAL`; the wall-clock time at which the client saw it end."""
     while True:
         params = {"wait": 25} if long_poll else None
-        if http.get(f"/jobs/{job_id}", params=params).json()["status"] in ("finished", "failed", "stopped", "canceled"):
+        if JobStatus(http.get(f"/jobs/{job_id}", params=params).json()["status"]) in TERMINAL:
             return time.time()
         if not long_poll:
             time.sleep(POLL_INTERVAL)

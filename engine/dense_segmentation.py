@@ -186,8 +186,8 @@ class DensePlan:
             index, matrix, offset = [], [], 0
             for r in self.sizes:
                 taps = [(i.cpu()[columns], w.cpu()[columns]) for i, w in self.column_taps[r]]  # [tiles, tile]
-                low = torch.stack([i for i, _ in taps]).amin(dim=(0, 2))
-                high = torch.stack([i for i, _ in taps]).amax(dim=(0, 2))
+                sources = torch.stack([i for i, _ in taps])
+                low, high = sources.amin(dim=(0, 2)), sources.amax(dim=(0, 2))
                 span = int((high - low).max()) + 1
                 start = low.clamp(max=r - span)  # every tile reads `span` columns, all within the map
                 part = torch.zeros(tiles, self.tile, span)
