@@ -32,6 +32,7 @@ import socket
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -48,6 +49,7 @@ from bench.results import SectionResult
 from bench.timing import gib, ratio, repeat, summary_ms
 from engine import Bundle, apply_vectors, render
 from schemas.settings import Settings
+from service import server_timing
 from service.state import preview_members
 from workers.vectors import bundle_vector
 
@@ -56,6 +58,8 @@ CONCURRENCY = (1, 4, 16)
 # VM switches between two speeds for seconds at a time, and blocks of a whole round (100 calls) put the
 # two sides of one ratio in different speeds (HTTP p50 27.3 and 18.9 ms against one gateway in one run).
 BLOCK = 10
+OUTSIDE = "outside"  # an edit's duration at the client less the route's (Server-Timing `route`)
+IDLE_SECONDS = 0.01  # about one engine pass: how long Redis sits idle between an edit's two round trips
 OPEN_LOOP_LOADS = (0.5, 0.9)  # offered rates, as fractions of the batching-off gateway's 16-client throughput
 OPEN_LOOP_CONNECTIONS = 32  # the open-loop client's connections: requests beyond them queue in the client
 
@@ -83,6 +87,7 @@ class _Connection:
     def _send(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
         self.http.request(method, path, body=body, headers=headers)
         response = self.http.getresponse()
+        self.headers = response.headers  # the last response's
         return response.status, response.read()
 
     def close(self) -> None:
@@ -96,16 +101,28 @@ def _post_ok(connection: _Connection, body: bytes) -> bytes:
     return data
 
 
-def _sequential(url: str, body: dict[str, Any], n: int, inside: list[float] | None = None) -> list[float]:
-    """`n` requests one at a time: their durations; each response's own engine time goes to `inside`."""
-    return _one_at_a_time(url, body, [body] * n, inside)
+def _sequential(
+    url: str,
+    body: dict[str, Any],
+    n: int,
+    inside: list[float] | None = None,
+    phases: dict[str, list[float]] | None = None,
+) -> list[float]:
+    """`n` requests one at a time: their durations; each response's own engine time goes to `inside`, its
+    Server-Timing phases (ms) to `phases`."""
+    return _one_at_a_time(url, body, [body] * n, inside, phases)
 
 
 def _one_at_a_time(
-    url: str, warm_up: dict[str, Any], bodies: list[dict[str, Any]], inside: list[float] | None = None
+    url: str,
+    warm_up: dict[str, Any],
+    bodies: list[dict[str, Any]],
+    inside: list[float] | None = None,
+    phases: dict[str, list[float]] | None = None,
 ) -> list[float]:
     """Each body posted once, one at a time, after two posts of `warm_up` (the connection, first-call
-    allocations): their durations; each response's own engine time goes to `inside`. With fresh latents in
+    allocations): their durations; each response's own engine time goes to `inside`, its Server-Timing
+    phases (ms) to `phases`, with `outside` the rest of its duration (HTTP, framework, wake-ups). With fresh latents in
     `bodies` it times what the gateway's latent cache cannot serve (a latent read from Redis), against
     `_sequential`'s repeated edits of one latent, a slider's pattern, with the same warm-up."""
     connection = _Connection(url)
@@ -120,9 +137,26 @@ def _one_at_a_time(
             out.append(time.perf_counter() - start)
             if inside is not None:
                 inside.append(float(json.loads(data)["metrics"]["seconds"]))
+            if phases is not None:
+                timings = server_timing.parse(connection.headers.get(server_timing.HEADER, ""))
+                timings[OUTSIDE] = out[-1] * 1000 - timings.get(server_timing.TOTAL, math.nan)
+                for name, ms in timings.items():
+                    phases.setdefault(name, []).append(ms)
         return out
     finally:
         connection.close()
+
+
+def _after_idle(call: Callable[[], object], n: int) -> list[float]:
+    """`n` timed calls, each after `IDLE_SECONDS` asleep: what a round trip costs when the other side has gone
+    idle meanwhile, as Redis has by the time an edit's render is done (on a VM, waking an idle vCPU costs)."""
+    out = []
+    for _ in range(n):
+        time.sleep(IDLE_SECONDS)
+        start = time.perf_counter()
+        call()
+        out.append(time.perf_counter() - start)
+    return out
 
 
 def _floor(url: str, n: int) -> list[float]:
@@ -268,6 +302,8 @@ class Samples:
     preview_engine: list[float] = field(default_factory=list)  # render by the preview's members
     floor: list[float] = field(default_factory=list)  # GET /healthz, one at a time (`_floor`)
     redis: list[float] = field(default_factory=list)  # a Redis PING from this process
+    redis_after_idle: list[float] = field(default_factory=list)  # the same, each after 10 ms asleep
+    phases: dict[str, list[float]] = field(default_factory=dict)  # `http`'s Server-Timing phases, in ms
     single: dict[str, list[float]] = field(default_factory=lambda: {"on": [], "off": []})
     loaded_rps: dict[str, list[float]] = field(default_factory=lambda: {"on": [], "off": []})  # 16 clients
     preview_rps: dict[str, list[float]] = field(default_factory=lambda: {"on": [], "off": []})  # the same, previews
@@ -303,10 +339,11 @@ def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
             ctx.log(f"vector: round {r + 1}/{rounds}: engine forward and HTTP, one request at a time")
             for b in range(blocks):  # what is compared alternates every BLOCK calls
                 out.engine += repeat(lambda: apply_vectors(bundle, w, [(vector, 1.0)]), BLOCK)
-                out.http += _sequential(urls["on"], body, BLOCK, out.http_engine)
+                out.http += _sequential(urls["on"], body, BLOCK, out.http_engine, out.phases)
                 out.first_edit += _one_at_a_time(urls["on"], body, fresh[(r * blocks + b) * BLOCK :][:BLOCK])
                 out.floor += _floor(urls["on"], BLOCK)
                 out.redis += repeat(service.redis.ping, BLOCK)
+                out.redis_after_idle += _after_idle(service.redis.ping, BLOCK)
                 out.preview_http += _sequential(urls["on"], body | {"preview": True}, BLOCK)
                 out.preview_engine += repeat(lambda: render(bundle, w, members=_preview_count(bundle)), BLOCK)
                 for key in ("off", "on"):
@@ -417,6 +454,7 @@ def run(ctx: Context) -> SectionResult:
     paired = ratio(statistics.median(s.http), statistics.median(s.http_engine))
     overhead = statistics.median([h - e for h, e in zip(s.http, s.http_engine, strict=True)]) * 1000
     preview = summary_ms(s.preview_http)
+    phases = {name: round(statistics.median(v), 3) for name, v in s.phases.items()}
     data = {
         "vector": f"{name}@0",
         "engine_forward": engine,
@@ -433,6 +471,9 @@ def run(ctx: Context) -> SectionResult:
         # makes two: the latent read and the result transaction)
         "http_floor_healthz": summary_ms(s.floor),
         "redis_round_trip": summary_ms(s.redis),
+        "redis_round_trip_after_idle": summary_ms(s.redis_after_idle),
+        # the gateway's own account of the one-at-a-time edits (Server-Timing), and the rest of each duration
+        "gateway_phases_p50_ms": phases,
         "target_http_p50_ms": 20.0,
         "preview": {
             "members": _preview_count(bundle),
@@ -448,7 +489,8 @@ def run(ctx: Context) -> SectionResult:
     rps = "/".join(f"{x['throughput_rps']:.0f}" for x in s.sweep)
     busy = batching["open_loop"][-1]
     cells = {
-        "vector": f"{over}x (in the gateway: {paired}x, +{overhead:.1f} ms; HTTP p50 {http['p50_ms']:.1f} (a latent's "
+        "vector": f"{over}x (in the gateway: {paired}x, +{overhead:.1f} ms{_where(phases)}; "
+        f"HTTP p50 {http['p50_ms']:.1f} (a latent's "
         f"first edit {summary_ms(s.first_edit)['p50_ms']:.1f}), "
         f"p99 {http['p99_ms']:.1f} ms; preview p50 "
         f"{preview['p50_ms']:.1f} ms); {rps} req/s at 1/4/16",
@@ -459,6 +501,13 @@ def run(ctx: Context) -> SectionResult:
         f"{_p99(busy, 'on')} ms on, {_p99(busy, 'off')} ms off",
     }
     return SectionResult(data, cells)
+
+
+def _where(phases: dict[str, float]) -> str:
+    """The largest parts of the overhead, from the Server-Timing phases (empty if the gateway sent none)."""
+    if OUTSIDE not in phases or math.isnan(phases[OUTSIDE]):
+        return ""
+    return f" (storing {phases.get('store', math.nan):.1f}, outside the route {phases[OUTSIDE]:.1f})"
 
 
 def _change(new: float, old: float) -> float | None:

@@ -138,6 +138,11 @@ class Settings(BaseSettings):
     editgan_lpips_backbone: Path | None = Field(
         None, description="Torchvision VGG16/AlexNet weights for bundles that use the official LPIPS."
     )
+    editgan_server_timing: bool = Field(
+        True,
+        description="Real-time edits answer with a Server-Timing header: how long the latent read, the vectors, "
+        "the engine and storing the result took. Off: clients learn nothing of the gateway's phases.",
+    )
     editgan_host: str = Field("127.0.0.1", description="Address the gateway binds (`editgan up`, `editgan serve`).")
     editgan_port: int = Field(8000, ge=1, le=65535, description="Port the gateway binds.")
     editgan_log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")

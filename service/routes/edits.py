@@ -30,6 +30,7 @@ from service.deps import ServicesDep
 from service.errors import ApiError
 from service.idempotency import Idempotency, fingerprint
 from service.routes.common import ACCEPTED_HEADERS, CONFLICTS, ERRORS, IdempotencyKey, check_steps, submit
+from service.server_timing import HEADER, Phases
 from service.state import Services
 from service.uploads import decode_canvas, decode_mask, decode_painted, read_limited
 from workers.png import png_bytes
@@ -135,6 +136,16 @@ def optimize(
     response_model=VectorEditResult,
     responses={
         **CONFLICTS,
+        200: {
+            "description": "The edit (without `refine_steps`).",
+            "headers": {
+                HEADER: {
+                    "description": "The gateway's phases in ms (`latent`, `vectors`, `engine`, `store`, and `route` "
+                    "in all), unless EDITGAN_SERVER_TIMING is off.",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
         202: {
             "model": JobAccepted,
             "description": "With `refine_steps` > 0: a refinement job.",
@@ -150,7 +161,9 @@ async def edit_with_vectors(
     # render is awaited from the engine thread. As a sync route, its thread-pool hop and the two wake-ups
     # around the engine thread cost about 0.45 ms of a 4 ms path on 2 cores. Vectors from the registry (a
     # blocking read) and job submissions still run in the thread pool.
+    phases = Phases()
     stored = await services.store.aget_latent(request.latent_id)
+    phases.mark("latent")
     bundle = services.bundle(stored.model)
     check_steps(request.refine_steps or None, services)
     refs = [t.vector for t in request.vectors]
@@ -185,6 +198,7 @@ async def edit_with_vectors(
     # the batch, and the event loop never waits behind queued GPU work.
     pairs = [(r.vector, t.scale) for r, t in zip(resolved, request.vectors, strict=True)]
     edited = add_vectors(bundle, w, pairs, device=torch.device("cpu"))
+    phases.mark("vectors")
     members = services.preview_members(bundle.spec.name) if request.preview else None
     arrays: dict[str, np.ndarray] = await services.arender(
         bundle.spec.name,
@@ -196,6 +210,7 @@ async def edit_with_vectors(
         ),
     )
     seconds = time.perf_counter() - start
+    phases.mark("engine")  # waiting for the engine thread (and a batch's company), the pass, the arrays
     # A preview is provisional (the full edit follows it when a slider stops): kept briefly, so that a drag's
     # many results do not fill Redis for a day.
     settings = services.settings
@@ -203,6 +218,7 @@ async def edit_with_vectors(
     latent_id, images = await apublish(
         services.store, bundle.spec.name, edited[0].numpy(), arrays, inline=request.inline, ttl=ttl
     )
+    phases.mark("store")  # PNGs and the Redis transaction
     result = VectorEditResult(
         latent_id=latent_id,
         model=bundle.spec.name,
@@ -213,7 +229,9 @@ async def edit_with_vectors(
     )
     # Serialised here: a Response skips FastAPI's revalidation of the response model. The model is built
     # validated.
-    return Response(result.model_dump_json(), media_type="application/json")
+    body = result.model_dump_json()
+    timing = {HEADER: phases.header()} if settings.editgan_server_timing else None
+    return Response(body, media_type="application/json", headers=timing)
 
 
 def _resolve_all(refs: list[str], bundle: Bundle, services: Services) -> list[Resolved]:

@@ -39,6 +39,12 @@ def test_quick_vector_and_jobs_sections_print_json_and_append_a_row(tiny_models:
     # paired in the gateway: a request takes longer end to end than its own engine time
     assert vector["http_over_gateway_engine_p50"] > 1 and vector["http_overhead_ms_p50"] > 0
     assert vector["gateway_engine"]["n"] == vector["http_end_to_end"]["n"]
+    # the gateway's phases (Server-Timing) and the rest of each edit's duration add up to the edit
+    phases = vector["gateway_phases_p50_ms"]
+    assert set(phases) == {"latent", "vectors", "engine", "store", "route", "outside"}
+    assert phases["outside"] > 0 and phases["engine"] > 0
+    assert phases["route"] + phases["outside"] == pytest.approx(vector["http_end_to_end"]["p50_ms"], rel=0.5)
+    assert vector["redis_round_trip_after_idle"]["n"] == vector["redis_round_trip"]["n"] > 0
     assert vector["http_first_edit_of_a_latent"]["n"] == vector["http_end_to_end"]["n"]  # one fresh per edit
     assert [c["clients"] for c in vector["concurrency"]] == [1, 4, 16]
     assert all(c["errors"] == 0 and c["requests"] > 0 for c in vector["concurrency"])
