@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from engine import Bundle, EngineError
 from schemas.errors import ErrorCode
 from schemas.settings import Settings
+from service import server_timing
 from service.auth import Authenticator, parse_keys
 from service.batching import render_batcher
 from service.deps import authenticate
@@ -197,7 +198,10 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
             allow_origins=origins,
             allow_methods=["GET", "HEAD", "POST", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
-            expose_headers=["Location", "Retry-After", "Idempotent-Replayed", "X-Model", "Content-Disposition"],
+            expose_headers=[
+                *("Location", "Retry-After", "Idempotent-Replayed", "X-Model", "Content-Disposition"),
+                server_timing.HEADER,  # a page on another origin reads a real-time edit's phases too
+            ],
             allow_credentials=False,  # keys travel in headers, never cookies
         )
     return app

@@ -77,6 +77,8 @@ def test_cors_is_closed_by_default_and_open_to_configured_origins(tmp_path: Path
     opened = TestClient(create_app(Settings(**base, editgan_cors_origins="https://a.example")))
     answer = opened.get("/healthz", headers={"Origin": "https://a.example"})
     assert answer.headers["access-control-allow-origin"] == "https://a.example"
+    exposed = {h.strip().lower() for h in answer.headers["access-control-expose-headers"].split(",")}
+    assert {"location", "retry-after", "server-timing"} <= exposed  # what a page on that origin may read
 
 
 def test_with_keys_off_an_authorization_header_of_another_scheme_is_ignored(tmp_path: Path) -> None:
