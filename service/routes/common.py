@@ -63,12 +63,20 @@ def check_steps(steps: int | None, services: Services) -> None:
         raise ApiError(422, ErrorCode.invalid_input, f"steps must be <= {limit} (EDITGAN_MAX_STEPS), got {steps}")
 
 
+def _idempotency_header(description: str) -> Any:  # fastapi.Header is typed as returning Any
+    return Header(alias="Idempotency-Key", pattern=idempotency.HEADER_PATTERN, description=description)
+
+
 IdempotencyKey = Annotated[
     str | None,
-    Header(
-        alias="Idempotency-Key",
-        pattern=idempotency.HEADER_PATTERN,
-        description="Retrying with the same key returns the job the first request created (not a second job).",
+    _idempotency_header("Retrying with the same key returns the job the first request created (not a second job)."),
+]
+# `POST /edit/vector` makes a job only with refinement; a real-time edit is answered at once, nothing to replay
+RefineIdempotencyKey = Annotated[
+    str | None,
+    _idempotency_header(
+        "With `refine_steps` > 0: retrying with the same key returns the job the first request created. A "
+        "real-time edit does not use it: a retry renders again and stores a second result (new ids)."
     ),
 ]
 

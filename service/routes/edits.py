@@ -29,7 +29,15 @@ from service.batching import RenderRequest
 from service.deps import ServicesDep
 from service.errors import ApiError
 from service.idempotency import Idempotency, fingerprint
-from service.routes.common import ACCEPTED_HEADERS, CONFLICTS, ERRORS, IdempotencyKey, check_steps, submit
+from service.routes.common import (
+    ACCEPTED_HEADERS,
+    CONFLICTS,
+    ERRORS,
+    IdempotencyKey,
+    RefineIdempotencyKey,
+    check_steps,
+    submit,
+)
 from service.server_timing import HEADER, Phases
 from service.state import Services
 from service.uploads import decode_canvas, decode_mask, decode_painted, read_limited
@@ -154,7 +162,10 @@ def optimize(
     },
 )
 async def edit_with_vectors(
-    services: ServicesDep, request: VectorEditRequest, response: Response, idempotency_key: IdempotencyKey = None
+    services: ServicesDep,
+    request: VectorEditRequest,
+    response: Response,
+    idempotency_key: RefineIdempotencyKey = None,
 ) -> Response:
     """Apply editing vectors at chosen scales: real time (200) without refinement, a job (202) with it."""
     # On the event loop: the latent read and the result write go through the asyncio Redis client and the

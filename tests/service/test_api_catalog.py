@@ -131,6 +131,11 @@ def test_openapi_documents_the_endpoints(live: Live) -> None:
     for path in ("/invert", "/edit/optimize", "/edit/vector", "/jobs/{job_id}", "/vectors", "/models"):
         assert path in spec["paths"], path
     assert "ErrorBody" in spec["components"]["schemas"]
+    # the headers a real-time edit sends and reads are described as it behaves
+    vector = spec["paths"]["/edit/vector"]["post"]
+    assert "Server-Timing" in vector["responses"]["200"]["headers"]
+    (key,) = [p for p in vector["parameters"] if p["name"] == "Idempotency-Key"]
+    assert "refine_steps" in key["description"] and "real-time edit does not use it" in key["description"]
 
 
 def test_the_statuses_routes_answer_with_are_documented(live: Live) -> None:
