@@ -53,14 +53,15 @@ class VectorEdit:
     params: dict[str, Any] = field(default_factory=dict)  # the refinement's resolved parameters
 
 
-def check_w_plus(bundle: Bundle, w: Tensor, device: torch.device | None = None) -> Tensor:
-    """[L, S] or [N, L, S] finite -> [N, L, S] float32 on `device` (default the bundle's)."""
+def check_w_plus(bundle: Bundle, w: Tensor, device: torch.device | None = None, *, values: bool = True) -> Tensor:
+    """[L, S] or [N, L, S] finite -> [N, L, S] float32 on `device` (default the bundle's). Without `values`
+    only the shape is checked (the caller checks what it computes from the latent instead)."""
     shape = (bundle.spec.n_latent, bundle.spec.generator.style_dim)
     if w.ndim == 2:
         w = w.unsqueeze(0)
     if w.ndim != 3 or tuple(w.shape[1:]) != shape or not w.is_floating_point():
         raise InputError(f"latent must be [{shape[0]}, {shape[1]}] or [N, {shape[0]}, {shape[1]}], got {list(w.shape)}")
-    if not bool(torch.isfinite(w).all()):
+    if values and not bool(torch.isfinite(w).all()):
         raise InputError("latent contains NaN or infinite values")
     return w.detach().to(device or bundle.device, torch.float32)
 
@@ -275,17 +276,19 @@ def optimize_edit(
     )
 
 
-def _deltas(bundle: Bundle, terms: Sequence[VectorTerm], device: torch.device | None = None) -> tuple[Tensor, set[int]]:
+def _deltas(
+    bundle: Bundle, terms: Sequence[VectorTerm], device: torch.device | None = None, *, values: bool = True
+) -> tuple[Tensor, set[int]]:
     """The summed offset [L, S] of (vector, scale) pairs, on `device` (default the bundle's), and the union
-    of their class groups."""
+    of their class groups. Without `values` the vectors' finiteness is left to the caller."""
     pairs: list[tuple[Tensor, float]] = []
     classes: set[int] = set()
     shape = (bundle.spec.n_latent, bundle.spec.generator.style_dim)
     for vector, scale in terms:
         if isinstance(vector, EditingVector):
-            delta = vector.check(bundle.spec).delta  # checks shape and finiteness too
+            delta = vector.check(bundle.spec, values=values).delta  # checks shape (and finiteness) too
             classes |= set(vector.classes)
-        elif tuple(vector.shape) != shape or not bool(torch.isfinite(vector).all()):
+        elif tuple(vector.shape) != shape or (values and not bool(torch.isfinite(vector).all())):
             raise InputError(f"vector must be a finite [{shape[0]}, {shape[1]}] array, got {list(vector.shape)}")
         else:
             delta = vector
@@ -300,10 +303,19 @@ def add_vectors(
     `apply_vectors` renders. Split out so that a caller can batch the rendering of several edits.
 
     Computed on `device` (default the bundle's): the gateway adds on the CPU, where its latents and the
-    vectors are, so that its event loop issues no GPU work (each would wait for the queued renders)."""
-    w0 = check_w_plus(bundle, w, device)
-    delta, _ = _deltas(bundle, terms, device)
-    return _shifted(w0, delta)
+    vectors are, so that its event loop issues no GPU work (each would wait for the queued renders).
+
+    One finiteness check, of the sum: a NaN or infinity in the latent or a vector makes the sum non-finite
+    too (even at scale 0: 0 * inf is NaN), and only then are the inputs checked one by one, for the error
+    that names the culprit. The real-time route runs this on the event loop for every edit."""
+    w0 = check_w_plus(bundle, w, device, values=False)
+    delta, _ = _deltas(bundle, terms, device, values=False)
+    edited = w0 + delta
+    if edited.device.type == "meta" or not bool(torch.isfinite(edited).all()):  # meta tensors hold no values
+        check_w_plus(bundle, w, device)
+        _deltas(bundle, terms, device)
+        return _shifted(w0, delta)  # the inputs are finite: the sum left float32's range, or it is on meta
+    return edited
 
 
 def _shifted(w: Tensor, delta: Tensor) -> Tensor:

@@ -42,12 +42,13 @@ class EditingVector:
     source_latent: Tensor | None = None  # [L, S] the W+ the edit started from
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
-    def check(self, spec: BundleSpec) -> EditingVector:
-        """Raise unless the vector fits `spec` (model, shape, class ids, finite values); returns self."""
+    def check(self, spec: BundleSpec, *, values: bool = True) -> EditingVector:
+        """Raise unless the vector fits `spec` (model, shape, class ids, and with `values` finite values);
+        returns self. Without `values` the caller checks what it computes from the vector instead."""
         shape = (spec.n_latent, spec.generator.style_dim)
         if self.model != spec.name:
             raise InputError(f"vector belongs to model {self.model!r}, not {spec.name!r}")
-        if tuple(self.delta.shape) != shape or not bool(torch.isfinite(self.delta).all()):
+        if tuple(self.delta.shape) != shape or (values and not bool(torch.isfinite(self.delta).all())):
             raise InputError(f"vector must be a finite [{shape[0]}, {shape[1]}] array, got {list(self.delta.shape)}")
         if self.source_latent is not None and tuple(self.source_latent.shape) != shape:
             raise InputError(f"source latent must be [{shape[0]}, {shape[1]}]")

@@ -205,6 +205,30 @@ def test_vectors_add_on_the_device_asked_for_not_only_the_models(tiny_bundle: Bu
     assert add_vectors(elsewhere, w, [(vector, 0.5)]).device.type == "meta"  # by default on the models' device
 
 
+def test_adding_vectors_names_what_is_not_finite(tiny_bundle: Bundle) -> None:
+    # One finiteness check of the sum on the way that succeeds; every culprit is still named when it fails.
+    w = tiny_bundle.generator.sample_w_plus(1, seed=4)
+    vector = torch.randn(8, 32, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(add_vectors(tiny_bundle, w, [(vector, -1.5)]), w - 1.5 * vector)
+    bad_latent = w.clone()
+    bad_latent[0, 2, 5] = float("nan")
+    with pytest.raises(InputError, match="latent contains NaN"):
+        add_vectors(tiny_bundle, bad_latent, [(vector, 1.0)])
+    infinite = vector.clone()
+    infinite[1, 1] = float("inf")
+    for scale in (1.0, 0.0):  # at scale 0 too: 0 * inf is NaN, not 0
+        with pytest.raises(InputError, match="vector must be a finite"):
+            add_vectors(tiny_bundle, w, [(vector, 1.0), (infinite, scale)])
+    record = EditingVector(infinite, tiny_bundle.spec.name, [1])
+    with pytest.raises(InputError, match="vector must be a finite"):
+        add_vectors(tiny_bundle, w, [(record, 0.5)])
+    huge = torch.full((8, 32), 3e38)
+    with pytest.raises(InputError, match="exceeds float32's range"):
+        add_vectors(tiny_bundle, w, [(huge, 2.0)])
+    with pytest.raises(InputError, match="latent contains NaN"):  # on a device without values too
+        add_vectors(dataclasses.replace(tiny_bundle, device=torch.device("meta")), bad_latent, [(vector, 1.0)])
+
+
 def test_bad_edits_are_refused(tiny_bundle: Bundle, perceptual: PerceptualLoss) -> None:
     w = tiny_bundle.generator.sample_w_plus(1, seed=2)
     for member in tiny_bundle.segmenter.classifiers():  # class 4 can no longer win anywhere
