@@ -51,8 +51,9 @@ run() {
         fi
         echo "device_bench: $section at $(date -u +%T), ${left} s left" | tee -a "$out/log" >&2
         if [ "$section" = profile ]; then
-            # scripts/gpu_profile.py: the render by each horizontal-pass tile, cuDNN's autotuner off and on,
-            # kernel and launch counts; its compile probes (measured before) only while 60 s of its budget last
+            # scripts/gpu_profile.py: the render by each horizontal-pass tile and beside a thread holding the GIL,
+            # cuDNN's autotuner off and on, kernel and launch counts; its compile probes (measured before) only
+            # while 60 s of its budget last
             timeout --signal=INT --kill-after=15 "$left" python3 scripts/gpu_profile.py --device "${DEVICE:-cuda}" \
                 --size "${PAPER_SIZE:-512}" --budget 60 --out "$out/profile" \
                 >"$out/profile.json" 2> >(tee -a "$out/log" >&2) || status=$?

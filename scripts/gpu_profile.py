@@ -3,11 +3,12 @@
     python3 scripts/gpu_profile.py [--device cuda] [--size 512] [--budget 180] [--out DIR]
 
 For the paper-scale car architecture (random weights) and the shipped demo model: wall time, the GPU's
-kernel time in the same span (busy share) and kernel launches, from `torch.profiler`; then, while the
-budget lasts, the render through `torch.compile` with CUDA graphs ("reduce-overhead") and with the
-default mode. A busy share well under 1 means the host (Python, launches) bounds the step, not the GPU:
-CUDA graphs and fewer, fused kernels pay there, reduced precision does not. Prints JSON; the profiler
-tables go to --out.
+kernel time in the same span (busy share) and kernel launches, from `torch.profiler`, and the render on an
+engine thread beside a thread that keeps the GIL busy, at several switch intervals (the gateway's event
+loop under load); then, while the budget lasts, the render through `torch.compile` with CUDA graphs
+("reduce-overhead") and with the default mode. A busy share well under 1 means the host (Python, launches)
+bounds the step, not the GPU: CUDA graphs and fewer, fused kernels pay there, reduced precision does not.
+Prints JSON; the profiler tables go to --out.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import argparse
 import json
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +84,49 @@ def by_column_tile(measure: Callable[[], float], bundle: Bundle) -> dict[str, fl
     return out
 
 
+def _hold_the_gil(stop: threading.Event) -> None:
+    """Pure Python until `stop`: it gives the GIL up only when another thread asks and the switch interval
+    has passed, as an event loop busy with other requests does."""
+    while not stop.is_set():
+        sum(range(200))
+
+
+def beside_busy_python(render_once: Callable[[], Any], n: int = 20) -> dict[str, float]:
+    """Render ms (median of `n`) on an engine thread, as the gateway renders: alone, then beside a thread
+    that keeps the GIL busy, at Python's default switch interval (5 ms) and shorter ones. Torch releases the
+    GIL around each op, so a host-bound render re-acquires it once per op; if the busy thread stretches the
+    render, the gateway's batching on a GPU is bounded by these waits rather than by the GPU."""
+    engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+    before = sys.getswitchinterval()
+
+    def timed() -> float:
+        start = time.perf_counter()
+        render_once()
+        sync()
+        return time.perf_counter() - start
+
+    def median_on_engine() -> float:
+        return round(statistics.median(engine.submit(timed).result() for _ in range(n)) * 1000, 2)
+
+    try:
+        engine.submit(timed).result()  # this thread's first parallel region and allocations
+        out = {"alone": median_on_engine()}
+        for interval in (0.005, 0.0005, 0.0001):
+            sys.setswitchinterval(interval)
+            stop = threading.Event()
+            busy = threading.Thread(target=_hold_the_gil, args=(stop,), daemon=True)
+            busy.start()
+            try:
+                out[f"busy_{interval * 1000:g}ms"] = median_on_engine()
+            finally:
+                stop.set()
+                busy.join()
+    finally:
+        sys.setswitchinterval(before)
+        engine.shutdown()
+    return out
+
+
 def cudnn_benchmark(edit: Callable[..., Any], steps: int) -> dict[str, Any]:
     """An optimisation edit's ms per update with cuDNN's autotuner on (each convolution shape timed once
     over every algorithm; the loops' shapes never change) against its heuristics, and both final losses."""
@@ -116,6 +162,7 @@ def study(name: str, bundle: Bundle, perceptual: PerceptualLoss, out: Path, step
     result["render_profile"] = [profiled(lambda: render(bundle, w), bundle.device, out / f"{name}-render.txt")]
     batch = w.expand(16, -1, -1)
     result["render_16_ms"] = median_ms(lambda: render(bundle, batch), 5)
+    result["render_ms_beside_busy_python"] = beside_busy_python(lambda: render(bundle, w))
 
     def edit(n: int, clock: StepClock | None = None) -> Any:
         params = {"steps": n}
