@@ -124,9 +124,9 @@ def _one_at_a_time(
 ) -> list[float]:
     """Each body posted once, one at a time, after two posts of `warm_up` (the connection, first-call
     allocations): their durations; each response's own engine time goes to `inside`, its Server-Timing
-    phases (ms) to `phases`, with `outside` the rest of its duration (HTTP, framework, wake-ups). With fresh latents in
-    `bodies` it times what the gateway's latent cache cannot serve (a latent read from Redis), against
-    `_sequential`'s repeated edits of one latent, a slider's pattern, with the same warm-up."""
+    phases (ms) to `phases`, with `outside` the rest of its duration (HTTP, framework, wake-ups). With
+    fresh latents in `bodies` it times what the gateway's latent cache cannot serve (a latent read from
+    Redis), against `_sequential`'s repeated edits of one latent, a slider's pattern, with the same warm-up."""
     connection = _Connection(url)
     try:
         for _ in range(2):
