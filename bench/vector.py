@@ -139,9 +139,9 @@ def _one_at_a_time(
             out.append(time.perf_counter() - start)
             if inside is not None:
                 inside.append(float(json.loads(data)["metrics"]["seconds"]))
-            if phases is not None:
-                timings = server_timing.parse(connection.headers.get(server_timing.HEADER, ""))
-                timings[OUTSIDE] = out[-1] * 1000 - timings.get(server_timing.TOTAL, math.nan)
+            timings = server_timing.parse(connection.headers.get(server_timing.HEADER, ""))
+            if phases is not None and server_timing.TOTAL in timings:  # none with EDITGAN_SERVER_TIMING off
+                timings[OUTSIDE] = out[-1] * 1000 - timings[server_timing.TOTAL]
                 for name, ms in timings.items():
                     phases.setdefault(name, []).append(ms)
         return out
@@ -507,7 +507,7 @@ def run(ctx: Context) -> SectionResult:
 
 def _where(phases: dict[str, float]) -> str:
     """The largest parts of the overhead, from the Server-Timing phases (empty if the gateway sent none)."""
-    if OUTSIDE not in phases or math.isnan(phases[OUTSIDE]):
+    if OUTSIDE not in phases:
         return ""
     return f" (storing {phases.get('store', math.nan):.1f}, outside the route {phases[OUTSIDE]:.1f})"
 
