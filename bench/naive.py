@@ -29,7 +29,7 @@ from bench.results import SectionResult
 from bench.timing import StepClock, ratio, timed
 from engine import Bundle, EditParams, optimize_edit
 from engine.images import dilate
-from engine.optim import ProgressFn, encoder_term, masked, mse01, scalars
+from engine.optim import ProgressFn, encoder_term, masked, mse01
 from engine.perceptual import PerceptualLoss
 from engine.segmenter import Upsample, upsample_features
 
@@ -108,7 +108,7 @@ def naive_optimize_edit(
             rgb = p.lpips_weight * lp + p.mse_weight * mse
             total = p.rgb_weight * rgb + p.ce_weight * ce + p.encoder_weight * enc
         accuracy = (logits.argmax(-1) == wanted).float().mean()
-        logs = scalars(total=total, rgb=rgb, lpips=lp, mse=mse, ce=ce, region_accuracy=accuracy, encoder=enc)
+        logs = _scalars(total=total, rgb=rgb, lpips=lp, mse=mse, ce=ce, region_accuracy=accuracy, encoder=enc)
         history.append(logs)
         if progress is not None:
             progress(step, p.steps, logs)
@@ -119,6 +119,11 @@ def naive_optimize_edit(
         optimizer.step()
     final = w.detach()
     return NaiveEdit(w_plus=final, labels=naive_segment(bundle, final), history=history)
+
+
+def _scalars(**terms: Tensor) -> dict[str, float]:
+    """Each term read as a float as soon as it is computed, as the official loop logs them."""
+    return {k: float(v.detach()) for k, v in terms.items()}
 
 
 def edit_region(

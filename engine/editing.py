@@ -19,10 +19,11 @@ from torch import Tensor
 from engine.bundle import Bundle
 from engine.errors import InputError
 from engine.images import dilate, labels_from_array
-from engine.optim import ProgressFn, StopFn, encoder_term, masked, mse01, optimize_w, scalars
+from engine.optim import ProgressFn, StopFn, encoder_term, logged, masked, mse01, optimize_w
 from engine.params import EditParams, RefineParams
 from engine.perceptual import PerceptualLoss
 from engine.rendering import Rendering, render
+from engine.segmentation_kernels import PixelSet
 from engine.segmenter import pixels_from_mask
 from engine.vectors import EditingVector, combine
 
@@ -119,11 +120,12 @@ class _SegmentationLoss:
         self.keep = (~region).to(reference.dtype)[None, None]  # [1, 1, S, S]
         self.reference = masked(reference, self.keep)
         self.reference_features = perceptual.target(self.reference)
-        self.pixels = pixels_from_mask(region)
-        self.targets = targets.reshape(-1)[self.pixels]
+        pixels = pixels_from_mask(region)
+        self.pixels = PixelSet(pixels, region.shape[-1])  # its interpolation plans: built at the first step
+        self.targets = targets.reshape(-1)[pixels]
         self.weights = (p.rgb_weight, p.lpips_weight, p.mse_weight, p.ce_weight)
 
-    def __call__(self, w: Tensor) -> tuple[Tensor, Tensor, dict[str, float]]:
+    def __call__(self, w: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """-> (loss, rendered image, logged terms)."""
         rgb_w, lpips_w, mse_w, ce_w = self.weights
         out = self.bundle.generator.synthesis(w, return_features=True)
@@ -134,7 +136,7 @@ class _SegmentationLoss:
         ce, accuracy = self.bundle.segmenter.region_loss(out.features, self.pixels, self.targets, mode=self.upsample)
         rgb = lpips_w * lp + mse_w * mse
         total = rgb_w * rgb + ce_w * ce
-        logs = scalars(total=total, rgb=rgb, lpips=lp, mse=mse, ce=ce, region_accuracy=accuracy)
+        logs = logged(total=total, rgb=rgb, lpips=lp, mse=mse, ce=ce, region_accuracy=accuracy)
         return total, out.image, logs
 
 
@@ -235,11 +237,11 @@ def optimize_edit(
     w0, terms, roi, classes = problem.w0, problem.terms, problem.roi, problem.classes
     enc = bundle.encoder if p.encoder_weight > 0 else None
 
-    def loss_fn(w_: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def loss_fn(w_: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         loss, image, logs = terms(w_)
         e = encoder_term(enc, w_, image, range_=p.encoder_input, batch_statistics=p.encoder_batch_statistics).mean()
         total = loss + p.encoder_weight * e
-        return total, logs | scalars(encoder=e, total=total)
+        return total, logs | logged(encoder=e, total=total)
 
     # Step 0 is the unedited latent: its image term is 0, so when the image term rises faster than the
     # cross-entropy falls it would win on total loss and the edit would silently do nothing.
@@ -386,7 +388,7 @@ def refine(
             p,
         )
 
-        def loss_fn(w_: Tensor, terms_i: _SegmentationLoss = terms_i) -> tuple[Tensor, dict[str, float]]:
+        def loss_fn(w_: Tensor, terms_i: _SegmentationLoss = terms_i) -> tuple[Tensor, dict[str, Tensor]]:
             loss, _, logs = terms_i(w_)
             return loss, logs
 

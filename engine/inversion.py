@@ -11,7 +11,7 @@ from torch import Tensor
 
 from engine.bundle import Bundle
 from engine.errors import InputError
-from engine.optim import ProgressFn, StopFn, encoder_term, mse01, optimize_w, psnr, scalars
+from engine.optim import ProgressFn, StopFn, encoder_term, logged, mse01, optimize_w, psnr
 from engine.params import InvertParams, lr_schedule
 from engine.perceptual import PerceptualLoss
 from engine.rendering import Rendering, render
@@ -74,14 +74,14 @@ def invert(
     target_features = perceptual.target(target)
     enc = encoder if p.encoder_weight > 0 else None
 
-    def loss_fn(w: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def loss_fn(w: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         x = g.synthesis(w).image
         lp = perceptual.to_target(x, target_features).mean()
         mse = mse01(x, target).mean()
         e = encoder_term(enc, w, x, range_=p.encoder_input, batch_statistics=p.encoder_batch_statistics).mean()
         recon = p.lpips_weight * lp + p.mse_weight * mse
         total = recon + p.encoder_weight * e
-        return total, scalars(total=total, reconstruction=recon, lpips=lp, mse=mse, encoder=e)
+        return total, logged(total=total, reconstruction=recon, lpips=lp, mse=mse, encoder=e)
 
     # Official schedule: update k of `steps` uses progress t = (k + 1) / (steps + 1).
     def lr(k: int) -> float:

@@ -16,7 +16,7 @@ from engine.precision import Precision, forward_precision, loop_precision
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]  # (step, total, losses of that step)
 StopFn = Callable[[], bool]  # polled between steps; True ends the run with `CancelledError`
-LossFn = Callable[[Tensor], tuple[Tensor, dict[str, float]]]  # W+ -> (loss to minimise, logged terms)
+LossFn = Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]]  # W+ -> (loss to minimise, logged 0-d terms)
 
 
 @dataclass
@@ -41,9 +41,13 @@ def optimize_w(
     """Adam on a copy of `w0` for `steps` updates; returns the iterate with the lowest `best_key` among
     w_best_from ... w_steps (an edit passes 1: returning the unchanged start would silently do nothing).
 
-    Every iterate w_0 ... w_steps is evaluated once. The best one is *cloned* when measured: the official
+    Every iterate w_0 ... w_steps is evaluated once. The best one is *cloned* when evaluated: the official
     code keeps a `.detach()` view of the parameter, which Adam then updates in place, so it always
     returned the last step instead. `precision` (engine.precision) applies to the loss and its gradient.
+
+    The logged terms reach the host once per step, together, after the step's update is queued: read one
+    by one as they are computed (as the official code does), each would make the host wait for the device
+    in mid-step, leaving a GPU idle while the host then queues the backward pass.
     """
     w = w0.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([w], lr=lr(0))
@@ -55,19 +59,21 @@ def optimize_w(
                 raise CancelledError(f"stopped after {step} of {steps} steps")
             last = step == steps
             with torch.set_grad_enabled(not last), forward_precision(w.device, precision):  # the last is only measured
-                loss, logs = loss_fn(w)
+                loss, terms = loss_fn(w)
+            packed = torch.stack([t.detach().float().reshape(()) for t in terms.values()])
+            iterate = w.detach().clone()  # as evaluated: the update below changes w in place
+            if not last:
+                for group in opt.param_groups:
+                    group["lr"] = lr(step)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            logs = dict(zip(terms, packed.tolist(), strict=True))  # the step's one wait for the device
             history.append(logs)
             if step >= min(best_from, steps) and logs[best_key] < best_value:
-                best_w, best_value, best_step = w.detach().clone(), logs[best_key], step
+                best_w, best_value, best_step = iterate, logs[best_key], step
             if progress is not None:
                 progress(step, steps, logs)
-            if last:
-                break
-            for group in opt.param_groups:
-                group["lr"] = lr(step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
     return OptimResult(w_plus=best_w, best_step=best_step, history=history)
 
 
@@ -100,9 +106,9 @@ def encoder_term(
     return F.mse_loss(w, target, reduction="none").flatten(1).mean(1)
 
 
-def scalars(**terms: Tensor) -> dict[str, float]:
-    """Loss terms as plain floats for logs and progress reports."""
-    return {k: float(v.detach()) for k, v in terms.items()}
+def logged(**terms: Tensor) -> dict[str, Tensor]:
+    """Loss terms for logs and progress reports, detached (`optimize_w` reads them as floats)."""
+    return {k: v.detach() for k, v in terms.items()}
 
 
 def psnr(x: Tensor, y: Tensor) -> float:

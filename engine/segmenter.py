@@ -33,15 +33,17 @@ from engine.dense_segmentation import DensePlan, DenseWeights, segment_in_chunks
 from engine.errors import BundleError, InputError
 from engine.frozen import frozen_derived
 from engine.segmentation_kernels import (
+    Layout,
+    PixelSet,
     Prepared,
     RegionCrossEntropy,
     first_layer,
-    merge_nearest,
     running_mean,
     running_var,
-    tap_plan,
 )
 from engine.segmentation_kernels import Upsample as Upsample  # re-exported: `engine.rendering` imports it here
+
+HeadLayer = tuple[Tensor, Tensor, Tensor, Tensor]  # BatchNorm scale, shift [M, C]; Linear weight [M, out, in], bias
 
 
 @dataclass(frozen=True)
@@ -178,40 +180,69 @@ class Segmenter(nn.Module):
         if got != self.config.feature_channels:
             raise InputError(f"feature maps have channels {got}, segmenter expects {self.config.feature_channels}")
 
-    def _groups(self, features: Sequence[Tensor]) -> list[tuple[int, Tensor, Tensor]]:
-        """Maps of equal resolution concatenated, with their slice of every member's first weight.
+    def _first_weights(self, features: Sequence[Tensor]) -> dict[int, Tensor]:
+        """Per resolution, the slice of every member's first weight that reads its maps: {r: [M*h1, C_r]}."""
+        members = self.classifiers()
+        layout = tuple((f.shape[1], f.shape[-1]) for f in features)
 
-        Returns (r, maps [N, C_r, r, r], weight [M*h1, C_r]) per resolution.
-        """
-        w1 = torch.cat([m.first.weight for m in self.classifiers()], dim=0)  # [M*h1, D]
-        groups: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
-        offset = 0
-        for f in features:
-            c, r = f.shape[1], f.shape[-1]
-            maps, weights = groups.setdefault(r, ([], []))
-            maps.append(f)
-            weights.append(w1[:, offset : offset + c])
-            offset += c
-        return [(r, torch.cat(m, dim=1), torch.cat(w, dim=1)) for r, (m, w) in groups.items()]
+        def make() -> dict[int, Tensor]:
+            w1 = torch.cat([m.first.weight for m in members], dim=0)  # [M*h1, D]
+            parts: dict[int, list[Tensor]] = {}
+            offset = 0
+            for c, r in layout:
+                parts.setdefault(r, []).append(w1[:, offset : offset + c])
+                offset += c
+            return {r: torch.cat(w, dim=1) for r, w in parts.items()}
 
-    def _prepare(self, features: Sequence[Tensor], n_pixels: int, mode: Upsample) -> Prepared:
+        return frozen_derived(self, f"first:{layout}", [m.first.weight for m in members], make)
+
+    def _prepare(self, features: Sequence[Tensor], n_pixels: int) -> Prepared:
         """Decide, per resolution, whether the first Linear runs before or after interpolation.
 
-        Returns (r, values [N, r*r, X], weight) triples, channels last so that gathering pixels copies
-        rows. When r*r <= n_pixels the maps are projected now, at low resolution (X = M*h1, weight
-        None); otherwise fewer pixels are needed than the map has, so the raw features are kept
-        (X = C) and projected after interpolation with `weight` [M*h1, C].
+        When r*r <= n_pixels the maps are projected now, at low resolution, and stacked in one table
+        [N * sum(r*r), M*h1] ("early"); otherwise fewer pixels are needed than the map has, so the raw maps
+        are kept [N * r*r, C] and projected after interpolation ("late"). Full-resolution maps are never
+        projected early: that would be the official [H*W, M*h1] tensor.
         """
-        prepared: Prepared = []
-        for r, maps, w in self._groups(features):
-            x = maps.permute(0, 2, 3, 1).reshape(maps.shape[0], r * r, -1)
-            # early: r*r rows of M*h1 floats, kept with their gradient; late: P rows, one chunk at a time
-            # Full-resolution maps are never projected early: that would be the official [H*W, M*h1] tensor.
-            early = r < self.config.out_size and r * r <= n_pixels
-            prepared.append((r, x @ w.t(), None) if early else (r, x, w))
-        if mode == "nearest":
-            prepared = merge_nearest(prepared)
-        return prepared
+        weights = self._first_weights(features)
+        by_size: dict[int, list[Tensor]] = {}
+        for f in features:
+            by_size.setdefault(f.shape[-1], []).append(f)
+        n = features[0].shape[0]
+        early, late, projected, raws, late_weights = [], [], [], [], []
+        for r, maps in by_size.items():
+            stacked = maps[0] if len(maps) == 1 else torch.cat(maps, dim=1)
+            x = stacked.permute(0, 2, 3, 1).reshape(n, r * r, -1)  # channels last: a pixel is a row
+            if r < self.config.out_size and r * r <= n_pixels:
+                early.append(r)
+                projected.append(x @ weights[r].t())
+            else:
+                late.append(r)
+                raws.append(x.reshape(n * r * r, -1))
+                late_weights.append(weights[r])
+        table = None
+        if projected:
+            table = projected[0] if len(projected) == 1 else torch.cat(projected, dim=1)
+            table = table.reshape(-1, table.shape[-1])  # sample-major rows: sample s starts at s * sum(r*r)
+        return Prepared(Layout(tuple(early), tuple(late), n), table, raws, late_weights)
+
+    def _head_weights(self, members: list[PixelClassifier]) -> tuple[Tensor, list[HeadLayer]]:
+        """The eval-mode heads' constants, stacked over members: the first bias [M*h1], then per (BatchNorm,
+        Linear) pair its scale and shift [M, C] and the Linear's weight [M, out, in] and bias [M, out]."""
+
+        def make() -> tuple[Tensor, list[HeadLayer]]:
+            layers: list[HeadLayer] = []
+            for a, b in ((2, 3), (5, 6)):  # (BatchNorm, Linear) index pairs of the official layout
+                bns = [cast(nn.BatchNorm1d, m.layers[a]) for m in members]
+                lins = [cast(nn.Linear, m.layers[b]) for m in members]
+                scale = torch.stack([bn.weight * torch.rsqrt(running_var(bn) + bn.eps) for bn in bns])
+                shift = torch.stack([bn.bias for bn in bns]) - torch.stack([running_mean(bn) for bn in bns]) * scale
+                weight = torch.stack([lin.weight for lin in lins])
+                layers.append((scale, shift, weight, torch.stack([lin.bias for lin in lins])))
+            return torch.cat([m.first.bias for m in members]), layers
+
+        sources = [t for m in members for t in (*m.parameters(), *m.buffers())]
+        return frozen_derived(self, f"heads:{len(members)}", sources, make)
 
     def _heads(self, h: Tensor) -> Tensor:
         """First-layer outputs [N, P, M*h1] -> member logits [N, M, P, K].
@@ -221,68 +252,69 @@ class Segmenter(nn.Module):
         """
         n, p = h.shape[0], h.shape[1]
         members = self.classifiers()
-        b1 = torch.cat([m.first.bias for m in members])
-        x = (h + b1).reshape(n * p, len(members), -1)  # [P', M, h1]
         if self.training:
+            b1 = torch.cat([m.first.bias for m in members])
+            x = (h + b1).reshape(n * p, len(members), -1)  # [P', M, h1]
             logits = torch.stack([m.head(x[:, i]) for i, m in enumerate(members)], dim=1)
         else:
-            for a, b in ((2, 3), (5, 6)):  # (BatchNorm, Linear) index pairs of the official layout
-                bns = [cast(nn.BatchNorm1d, m.layers[a]) for m in members]
-                lins = [cast(nn.Linear, m.layers[b]) for m in members]
-                scale = torch.stack([bn.weight * torch.rsqrt(running_var(bn) + bn.eps) for bn in bns])  # [M, C]
-                shift = torch.stack([bn.bias for bn in bns]) - torch.stack([running_mean(bn) for bn in bns]) * scale
-                x = torch.relu(x) * scale + shift
-                weight = torch.stack([lin.weight for lin in lins])  # [M, out, in]
-                x = torch.einsum("pmi,moi->pmo", x, weight) + torch.stack([lin.bias for lin in lins])
+            b1, layers = self._head_weights(members)
+            x = (h + b1).reshape(n * p, len(members), -1)
+            for scale, shift, weight, bias in layers:
+                x = torch.einsum("pmi,moi->pmo", torch.relu(x) * scale + shift, weight) + bias
             logits = x  # [P', M, K]
         return logits.reshape(n, p, len(members), -1).permute(0, 2, 1, 3)
 
-    def _evaluate(self, prepared: Prepared, pixels: Tensor, mode: Upsample) -> Tensor:
-        return self._heads(first_layer(prepared, tap_plan(prepared, pixels, self.config.out_size, mode)))
+    def _evaluate(self, prepared: Prepared, pixels: PixelSet, mode: Upsample) -> Tensor:
+        (plan,) = pixels.plans(prepared.layout, mode, max(len(pixels), 1))
+        h = first_layer(prepared, plan)
+        return self._heads(h.view(prepared.layout.batch, len(pixels), -1))
 
     def forward(
-        self, features: Sequence[Tensor], pixels: Tensor | None = None, *, mode: Upsample = "bilinear"
+        self, features: Sequence[Tensor], pixels: Tensor | PixelSet | None = None, *, mode: Upsample = "bilinear"
     ) -> Tensor:
         """Logits of every member at the given pixels: [N, M, P, K].
 
         features: the generator's L maps [N, C_i, r_i, r_i]; pixels: flat row-major indices into the
-        out_size x out_size canvas (None: all). Differentiable with respect to the features. Memory
-        grows with P * M * h1; use `segment` for whole images.
+        out_size x out_size canvas (None: all), or a `PixelSet` of them that keeps its interpolation plans
+        between calls. Differentiable with respect to the features. Memory grows with P * M * h1; use
+        `segment` for whole images.
         """
         self._check(features)
         if pixels is None:
             pixels = all_pixels(self.config.out_size, features[0].device)
-        return self._evaluate(self._prepare(features, pixels.numel(), mode), pixels, mode)
+        region = pixels if isinstance(pixels, PixelSet) else PixelSet(pixels, self.config.out_size)
+        return self._evaluate(self._prepare(features, len(region)), region, mode)
 
     def region_loss(
         self,
         features: Sequence[Tensor],
-        pixels: Tensor,
+        pixels: Tensor | PixelSet,
         targets: Tensor,
         *,
         mode: Upsample = "nearest",
         chunk: int = 8192,
     ) -> tuple[Tensor, Tensor]:
         """Cross-entropy of the ensemble's mean logits against `targets` [P] at `pixels`, averaged over
-        pixels (and batch), plus the fraction of pixels already right: (loss, accuracy).
+        pixels (and batch), plus the fraction of pixels already right: (loss, accuracy). A loop that
+        evaluates one region at every step passes it as a `PixelSet`, whose interpolation plans are then
+        built once.
 
         With frozen classifiers (editing) large regions are evaluated in chunks, forward and backward,
         so memory stays bounded by `chunk` pixels plus the low-resolution projections whatever the
         region's size; the result equals the unchunked computation.
         """
         self._check(features)
-        if pixels.numel() == 0 or targets.shape != pixels.shape:
+        region = pixels if isinstance(pixels, PixelSet) else PixelSet(pixels, self.config.out_size)
+        if len(region) == 0 or targets.shape != region.pixels.shape:
             raise InputError("region_loss needs a non-empty pixel set and one target per pixel")
-        prepared = self._prepare(features, pixels.numel(), mode)
-        count = pixels.numel() * features[0].shape[0]
+        prepared = self._prepare(features, len(region))
+        count = len(region) * features[0].shape[0]
         frozen = not any(p.requires_grad for p in self.parameters())
         if frozen and torch.is_grad_enabled():
-            values = [v for _, v, _ in prepared]
-            total, correct = RegionCrossEntropy.apply(
-                self._heads, self.config.out_size, prepared, pixels, targets, mode, chunk, *values
-            )
+            plans = region.plans(prepared.layout, mode, chunk)
+            total, correct = RegionCrossEntropy.apply(self._heads, prepared, plans, targets, chunk, *prepared.tensors())
         else:  # training the segmenter itself, or no gradient wanted: plain autograd
-            logits = self._evaluate(prepared, pixels, mode).mean(1)
+            logits = self._evaluate(prepared, region, mode).mean(1)
             flat, wanted = logits.reshape(-1, logits.shape[-1]), targets.repeat(logits.shape[0])
             total = F.cross_entropy(flat, wanted, reduction="sum")
             correct = (flat.argmax(-1) == wanted).sum()

@@ -1,14 +1,20 @@
 from __future__ import annotations
 
 import dataclasses
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.bundle import Bundle
 from engine.editing import _SegmentationLoss, add_vectors, apply_vectors, optimize_edit, refine
 from engine.errors import CancelledError, InputError
 from engine.images import dilate
+from engine.inversion import invert
 from engine.optim import optimize_w
 from engine.params import EditParams
 from engine.perceptual import ConvPerceptual, ConvPerceptualConfig, PerceptualLoss
@@ -68,7 +74,7 @@ def test_pixels_inside_the_region_do_not_affect_the_image_term(tiny_bundle: Bund
             targets,
             EditParams(),
         )
-        return loss(g.sample_w_plus(1, seed=9))[2]["rgb"]
+        return float(loss(g.sample_w_plus(1, seed=9))[2]["rgb"])
 
     inside, outside = reference.clone(), reference.clone()
     inside[:, :, region] = torch.rand_like(inside[:, :, region]) * 2 - 1
@@ -109,10 +115,10 @@ def test_the_best_iterate_is_a_copy_not_the_last_one() -> None:
     target = torch.zeros(1, 2, 3)
     iterates: list[torch.Tensor] = []
 
-    def loss_fn(w: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_fn(w: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         iterates.append(w.detach().clone())
         loss = (w - target).square().sum()
-        return loss, {"total": float(loss.detach())}
+        return loss, {"total": loss.detach()}
 
     # a learning rate far too large: Adam overshoots, so an early iterate is the best one
     result = optimize_w(torch.full((1, 2, 3), 0.05), loss_fn, steps=8, lr=lambda k: 1.0)
@@ -134,9 +140,9 @@ def test_an_edit_never_returns_the_unedited_start(tiny_bundle: Bundle, perceptua
 
 
 def test_best_from_excludes_early_iterates_from_the_choice() -> None:
-    def loss_fn(w: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_fn(w: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss = w.square().sum()  # minimised at the start: every Adam step moves away from 0... or not at all
-        return loss, {"total": float(loss.detach())}
+        return loss, {"total": loss.detach()}
 
     start = torch.zeros(1, 1, 2)
     assert optimize_w(start, loss_fn, steps=3, lr=lambda k: 0.1).best_step == 0
@@ -158,6 +164,47 @@ def test_a_stop_request_ends_the_loop_within_one_step(tiny_bundle: Bundle, perce
             should_stop=lambda: len(steps) >= 3,
         )
     assert steps == [0, 1, 2]
+
+
+class _DeviceReads(TorchDispatchMode):
+    """Counts the operations that make the host wait for the device (a value read back, a data-dependent
+    shape), except Adam's step counter, a CPU tensor that `torch.optim` reads whatever the device."""
+
+    READS = ("aten._local_scalar_dense", "aten.nonzero", "aten.is_nonzero", "aten.equal")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        name = str(func)
+        if name.startswith(self.READS) and not any("torch/optim/" in f.filename for f in traceback.extract_stack()):
+            self.count[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_loops_read_the_device_once_per_step(tiny_bundle: Bundle, perceptual: PerceptualLoss) -> None:
+    # A read in mid-step makes the host wait for a GPU, which then idles while the host queues the rest of
+    # the step. Each loop's updates read nothing but the packed logged terms (`tolist`, no dispatch).
+    w = tiny_bundle.generator.sample_w_plus(1, seed=2)
+    mask = _edit_mask(tiny_bundle, w)
+    present = [int(c) for c in mask.unique()[:2]]
+    vec = EditingVector(delta=tiny_bundle.vectors["grow"] * 0.3, model="tiny", classes=present)
+    target = tiny_bundle.generator.synthesis(w).image.clamp(-1, 1)
+    loops: dict[str, Callable[[int], object]] = {
+        "edit": lambda n: optimize_edit(tiny_bundle, w, mask, perceptual=perceptual, params={"steps": n}),
+        "refine": lambda n: refine(tiny_bundle, w, [(vec, 1.0)], steps=n, perceptual=perceptual),
+        "invert": lambda n: invert(tiny_bundle, target, perceptual=perceptual, params={"steps": n}),
+    }
+    for name, run in loops.items():
+        counts = []
+        for steps in (1, 4):
+            reads = _DeviceReads()
+            with reads:
+                run(steps)
+            counts.append(reads.count)
+        assert counts[0], f"{name}: the set-up reads values (a region, its bounds): the probe must see them"
+        assert counts[1] == counts[0], f"{name}: reads per update: {counts[1] - counts[0]}"
 
 
 def test_zero_refinement_steps_equal_apply_vectors(tiny_bundle: Bundle, perceptual: PerceptualLoss) -> None:

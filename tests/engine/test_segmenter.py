@@ -11,6 +11,7 @@ from engine.checkpoints import strip_prefix
 from engine.dense_segmentation import DensePlan
 from engine.errors import InputError
 from engine.generator import Generator, GeneratorConfig
+from engine.segmentation_kernels import PixelSet, RowMix, mixed
 from engine.segmenter import (
     PixelClassifier,
     Segmenter,
@@ -248,7 +249,8 @@ def test_roi_gradients_equal_the_official_computation(mode: str) -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_chunked_region_loss_equals_the_plain_loss() -> None:
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_chunked_region_loss_equals_the_plain_loss(mode: str) -> None:
     _, s, features = _setup()
     s.requires_grad_(False)  # editing: frozen classifiers take the chunked path with its own backward
     pixels = pixels_from_mask(_roi())
@@ -256,13 +258,13 @@ def test_chunked_region_loss_equals_the_plain_loss() -> None:
     results = []
     for chunk in (10**6, 37):  # one piece, then many pieces
         leaves = [f.detach().clone().requires_grad_(True) for f in features]
-        loss, acc = s.region_loss(leaves, pixels, targets, mode="nearest", chunk=chunk)
+        loss, acc = s.region_loss(leaves, pixels, targets, mode=mode, chunk=chunk)
         loss.backward()
         results.append((loss.detach(), acc, [leaf.grad for leaf in leaves]))
     (l1, a1, g1), (l2, a2, g2) = results
     leaves = [f.detach().clone().requires_grad_(True) for f in features]
     plain = torch.nn.functional.cross_entropy(
-        s.logits_reference(leaves, pixels, mode="nearest").mean(1).reshape(-1, 6), targets.repeat(2)
+        s.logits_reference(leaves, pixels, mode=mode).mean(1).reshape(-1, 6), targets.repeat(2)
     )
     plain.backward()
     torch.testing.assert_close(l1, plain.detach(), rtol=1e-5, atol=1e-6)
@@ -274,6 +276,41 @@ def test_chunked_region_loss_equals_the_plain_loss() -> None:
     for x, y in zip(g1, g2, strict=True):
         assert x is not None and y is not None
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_a_row_mix_and_its_transpose_are_the_sparse_matrix_and_its_transpose() -> None:
+    gen = torch.Generator().manual_seed(3)
+    rows, pixels, taps = 11, 9, 4
+    index = torch.randint(0, rows - 2, (pixels, taps), generator=gen)  # the last two rows: read by no pixel
+    index[0, 1] = index[0, 0]  # a pixel may read one row twice (clamped bilinear taps at an edge)
+    weight = torch.rand(pixels, taps, generator=gen)
+    dense = torch.zeros(pixels, rows).index_put_((torch.arange(pixels)[:, None].expand(-1, taps), index), weight, True)
+    mix = RowMix(index, weight, rows)
+    table, grad = torch.randn(rows, 5, generator=gen), torch.randn(pixels, 5, generator=gen)
+    torch.testing.assert_close(mix.apply(table), dense @ table)
+    back = mix.transpose(grad)
+    torch.testing.assert_close(back, dense.t() @ grad)
+    assert back.shape == (rows, 5) and not back[-2:].any()
+    leaf = table.clone().requires_grad_(True)
+    (mixed(leaf, mix) * grad).sum().backward()
+    assert leaf.grad is not None
+    torch.testing.assert_close(leaf.grad, dense.t() @ grad)
+
+
+def test_a_pixel_set_plans_once_and_checks_its_bounds_once() -> None:
+    _, s, features = _setup()
+    s.requires_grad_(False)
+    region = PixelSet(pixels_from_mask(_roi()), 64)
+    targets = torch.zeros(len(region), dtype=torch.long)
+    first = s.region_loss(features, region, targets, mode="bilinear")
+    plans = dict(region._plans)
+    again = s.region_loss(features, region, targets, mode="bilinear")
+    assert region._plans == plans and len(plans) == 1  # the same plan objects, not rebuilt
+    torch.testing.assert_close(again, first)
+    torch.testing.assert_close(s(features, region), s(features, region.pixels))
+    for bad in (torch.tensor([-1]), torch.tensor([64 * 64]), torch.zeros(2, 2, dtype=torch.long)):
+        with pytest.raises(InputError, match="pixel"):
+            PixelSet(bad, 64)
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
