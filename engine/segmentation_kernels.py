@@ -259,6 +259,6 @@ class RegionCrossEntropy(torch.autograd.Function):
             parts = [] if plan.early is None else [plan.early.transpose(dh.float())]
             for weight, mix in zip(prepared.weights, plan.late, strict=True):
                 parts.append(mix.transpose((dh @ weight.to(dh.dtype)).float()))  # back through the projection
-            grads = [p if g is None else g + p for g, p in zip(grads, parts, strict=True)]
+            grads = [p if g is None else g.add_(p) for g, p in zip(grads, parts, strict=True)]  # in place: one buffer
         out = [None if g is None else g.to(t.dtype) for g, t in zip(grads, tensors, strict=True)]
         return (None, None, None, None, None, *out)

@@ -3,11 +3,12 @@
     python3 scripts/gpu_profile.py [--device cuda] [--size 512] [--budget 180] [--out DIR]
 
 For the paper-scale car architecture (random weights) and the shipped demo model: wall time, the GPU's
-kernel time in the same span (busy share) and kernel launches, from `torch.profiler`, and the render on an
+kernel time in the same span (busy share) and kernel launches, from `torch.profiler`, the render on an
 engine thread beside a thread that keeps the GIL busy, at several switch intervals (the gateway's event
-loop under load); then, while the budget lasts, the render through `torch.compile` with CUDA graphs
-("reduce-overhead") and with the default mode. A busy share well under 1 means the host (Python, launches)
-bounds the step, not the GPU: CUDA graphs and fewer, fused kernels pay there, reduced precision does not.
+loop under load), and how often an update makes the host wait for the GPU; then, while the budget lasts,
+the render through `torch.compile` with CUDA graphs ("reduce-overhead") and with the default mode. A busy
+share well under 1 means the host (Python, launches) bounds the step, not the GPU: CUDA graphs and fewer,
+fused kernels pay there, reduced precision does not.
 Prints JSON; the profiler tables go to --out.
 """
 
@@ -19,6 +20,7 @@ import statistics
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -153,6 +155,19 @@ def cudnn_benchmark(edit: Callable[..., Any], steps: int) -> dict[str, Any]:
     return out
 
 
+def device_waits(run: Callable[[], Any]) -> int:
+    """How often `run` made the host wait for the GPU: CUDA's sync debug mode warns once per wait."""
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run()
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def study(name: str, bundle: Bundle, perceptual: PerceptualLoss, out: Path, steps: int) -> dict[str, Any]:
     inputs = edit_input(bundle)
     w = inputs.w
@@ -174,6 +189,9 @@ def study(name: str, bundle: Bundle, perceptual: PerceptualLoss, out: Path, step
     result["optimize_ms_per_step"] = round(clock.per_step * 1000, 2)
     if bundle.device.type == "cuda":
         result["cudnn_benchmark"] = cudnn_benchmark(edit, steps)
+        # the loop reads its logged terms once per step, after queueing the update (engine.optim)
+        waits = device_waits(lambda: edit(steps)) - device_waits(lambda: edit(1))
+        result["device_waits_per_update"] = round(waits / (steps - 1), 2)
     one = profiled(lambda: edit(1), bundle.device, out / f"{name}-optimize-setup.txt")
     many = profiled(lambda: edit(steps), bundle.device, out / f"{name}-optimize.txt")
     # The difference of a steps-update run and a one-update run: the updates alone, without the set-up.
