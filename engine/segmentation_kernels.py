@@ -204,6 +204,23 @@ def first_layer(prepared: Prepared, plan: ChunkPlan) -> Tensor:
     return h
 
 
+def chunked_cross_entropy(
+    heads: Callable[[Tensor], Tensor], prepared: Prepared, plans: list[ChunkPlan], targets: Tensor, chunk: int
+) -> tuple[Tensor, Tensor]:
+    """Summed cross-entropy of the ensemble's mean logits and the count of pixels already right, a chunk of
+    pixels at a time (no gradient: `RegionCrossEntropy` differentiates it)."""
+    n = prepared.layout.batch
+    total = torch.zeros((), dtype=torch.float32, device=targets.device)  # cross-entropy is float32
+    correct = torch.zeros((), dtype=torch.long, device=targets.device)
+    for plan, wanted in zip(plans, targets.split(chunk), strict=True):
+        h = first_layer(prepared, plan)
+        logits = heads(h.view(n, -1, h.shape[-1])).mean(1)  # [N, p, K]
+        flat, wanted_n = logits.reshape(-1, logits.shape[-1]), wanted.repeat(n)
+        total += F.cross_entropy(flat, wanted_n, reduction="sum")
+        correct += (flat.argmax(-1) == wanted_n).sum()
+    return total, correct
+
+
 class RegionCrossEntropy(torch.autograd.Function):
     """Summed cross-entropy of the ensemble's mean logits over a pixel set, evaluated in chunks.
 
@@ -225,15 +242,7 @@ class RegionCrossEntropy(torch.autograd.Function):
         chunk: int,
         *tensors: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        n = prepared.layout.batch
-        total = torch.zeros((), dtype=torch.float32, device=targets.device)  # cross-entropy is float32
-        correct = torch.zeros((), dtype=torch.long, device=targets.device)
-        for plan, wanted in zip(plans, targets.split(chunk), strict=True):
-            h = first_layer(prepared, plan)
-            logits = heads(h.view(n, -1, h.shape[-1])).mean(1)  # [N, p, K]
-            flat, wanted_n = logits.reshape(-1, logits.shape[-1]), wanted.repeat(n)
-            total += F.cross_entropy(flat, wanted_n, reduction="sum")
-            correct += (flat.argmax(-1) == wanted_n).sum()
+        total, correct = chunked_cross_entropy(heads, prepared, plans, targets, chunk)
         ctx.heads, ctx.plans, ctx.chunk = heads, plans, chunk
         ctx.layout, ctx.weights = prepared.layout, prepared.weights
         ctx.save_for_backward(targets, *tensors)

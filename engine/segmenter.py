@@ -37,6 +37,7 @@ from engine.segmentation_kernels import (
     PixelSet,
     Prepared,
     RegionCrossEntropy,
+    chunked_cross_entropy,
     first_layer,
     running_mean,
     running_var,
@@ -310,10 +311,14 @@ class Segmenter(nn.Module):
         prepared = self._prepare(features, len(region))
         count = len(region) * features[0].shape[0]
         frozen = not any(p.requires_grad for p in self.parameters())
-        if frozen and torch.is_grad_enabled():
+        if frozen:  # editing: chunks, whose backward (when one is wanted) recomputes them
             plans = region.plans(prepared.layout, mode, chunk)
-            total, correct = RegionCrossEntropy.apply(self._heads, prepared, plans, targets, chunk, *prepared.tensors())
-        else:  # training the segmenter itself, or no gradient wanted: plain autograd
+            if torch.is_grad_enabled():
+                tensors = prepared.tensors()
+                total, correct = RegionCrossEntropy.apply(self._heads, prepared, plans, targets, chunk, *tensors)
+            else:  # a loop's last iterate, only measured
+                total, correct = chunked_cross_entropy(self._heads, prepared, plans, targets, chunk)
+        else:  # training the segmenter itself: plain autograd
             logits = self._evaluate(prepared, region, mode).mean(1)
             flat, wanted = logits.reshape(-1, logits.shape[-1]), targets.repeat(logits.shape[0])
             total = F.cross_entropy(flat, wanted, reduction="sum")

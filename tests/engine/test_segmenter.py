@@ -273,6 +273,10 @@ def test_chunked_region_loss_equals_the_plain_loss(mode: str) -> None:
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(l2, l1, rtol=1e-5, atol=1e-6)
     assert torch.equal(a1, a2)
+    with torch.no_grad():  # a loop's last iterate, only measured: chunked too, without autograd
+        l3, a3 = s.region_loss(features, pixels, targets, mode=mode, chunk=37)
+    torch.testing.assert_close(l3, l1, rtol=1e-5, atol=1e-6)
+    assert torch.equal(a3, a1)
     for x, y in zip(g1, g2, strict=True):
         assert x is not None and y is not None
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
