@@ -22,7 +22,7 @@ from engine.images import dilate, labels_from_array
 from engine.optim import ProgressFn, StopFn, encoder_term, logged, masked, mse01, optimize_w
 from engine.params import EditParams, RefineParams
 from engine.perceptual import PerceptualLoss
-from engine.rendering import Rendering, render
+from engine.rendering import Rendering, display_upsample, render
 from engine.segmentation_kernels import PixelSet
 from engine.segmenter import pixels_from_mask
 from engine.vectors import EditingVector, combine
@@ -169,8 +169,11 @@ def prepare_edit(
     _, _, h, wd = bundle.spec.geometry.box
     edited = labels_from_array(edited_mask, len(bundle.spec.classes), (h, wd)).to(bundle.device)
     chosen = _region_classes(bundle, region)
-    before = render(bundle, w0)  # what the user saw and painted on
-    current = before.labels[0]
+    with torch.no_grad():  # what the user saw and painted on; its image is the one to keep outside the region
+        shown = bundle.generator.synthesis(w0, return_features=True)
+        assert shown.features is not None
+        box, mode = bundle.spec.geometry.box, display_upsample(bundle)
+        current = bundle.segmenter.segment(shown.features, box=box, mode=mode, uncertainty=False).labels[0]
     changed = edited != current
     if not bool(changed.any()):
         raise InputError("the edited mask equals the current segmentation: there is nothing to edit")
@@ -197,9 +200,7 @@ def prepare_edit(
             raise InputError(f"no pixel before or after the edit belongs to the region's classes {sorted(classes)}")
         roi = dilate(_canvas(bundle, in_region, False), params.roi_dilation)
     targets = _canvas(bundle, edited, 0)  # outside the content box the official mask is background
-    with torch.no_grad():
-        reference = bundle.generator.synthesis(w0).image
-    terms = _SegmentationLoss(bundle, perceptual, reference, roi, targets, params)
+    terms = _SegmentationLoss(bundle, perceptual, shown.image, roi, targets, params)
     return EditProblem(w0=w0, terms=terms, roi=roi, classes=classes)
 
 

@@ -21,6 +21,12 @@ class Rendering:
     uncertainty: Tensor | None  # [N, h, w] ensemble disagreement (>= 0 up to rounding); None: not asked for
 
 
+def display_upsample(bundle: Bundle) -> Upsample:
+    """How the segmentation shown to the user interpolates the feature maps (`defaults.segment.upsample`)."""
+    mode: Upsample = bundle.spec.defaults.get("segment", {}).get("upsample", "bilinear")
+    return mode
+
+
 @torch.no_grad()
 def render(
     bundle: Bundle,
@@ -40,7 +46,7 @@ def render(
         raise InputError(f"W+ must be [N, {shape[0]}, {shape[1]}], got {list(w_plus.shape)}")
     assert bundle.spec.geometry is not None
     top, left, height, width = bundle.spec.geometry.box
-    mode: Upsample = upsample or bundle.spec.defaults.get("segment", {}).get("upsample", "bilinear")
+    mode = upsample or display_upsample(bundle)
     out = bundle.generator.synthesis(w_plus.to(bundle.device), return_features=True)
     assert out.features is not None
     box = (top, left, height, width)
