@@ -375,8 +375,8 @@ def refine(
             before = bundle.generator.synthesis(w_i, return_features=True)
             after = bundle.generator.synthesis(w_edit, return_features=True)
             assert before.features is not None and after.features is not None
-            s_before = bundle.segmenter.segment(before.features, mode=p.upsample).labels[0]
-            s_after = bundle.segmenter.segment(after.features, mode=p.upsample).labels[0]
+            s_before = bundle.segmenter.segment(before.features, mode=p.upsample, uncertainty=False).labels[0]
+            s_after = bundle.segmenter.segment(after.features, mode=p.upsample, uncertainty=False).labels[0]
         region = torch.isin(s_before, q) | torch.isin(s_after, q)
         if not bool(region.any()):
             raise InputError(f"the vectors' classes {sorted(group)} appear nowhere before or after the edit")

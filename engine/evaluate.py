@@ -210,7 +210,7 @@ def _to_tensor(bundle: Bundle, images: np.ndarray, labels: np.ndarray | None = N
 
 def _render_images(bundle: Bundle, w_plus: Tensor) -> Tensor:
     # clamped as the uint8 images a user sees; real images cannot leave [-1, 1] either
-    return torch.cat([render(bundle, c).image.clamp(-1, 1).cpu() for c in w_plus.split(CHUNK)])
+    return torch.cat([render(bundle, c, uncertainty=False).image.clamp(-1, 1).cpu() for c in w_plus.split(CHUNK)])
 
 
 def evaluate_sampling(
@@ -308,7 +308,7 @@ def evaluate_vector(
     q = torch.tensor(list(classes if classes is not None else group))
     successes, applicable, psnrs, changes = [], [], [], []
     for chunk in latents.split(CHUNK):
-        before = render(bundle, chunk)
+        before = render(bundle, chunk, uncertainty=False)
         after = apply_vectors(bundle, chunk, [(vector, scale)]).rendering
         for i in range(chunk.shape[0]):
             s0, s1 = before.labels[i].cpu(), after.labels[i].cpu()
@@ -341,7 +341,7 @@ def evaluate_optimization_edit(
 ) -> Metrics:
     """Run `optimize_edit` on one latent; "reached" is the share of the pixels the user relabelled (the mask
     [h, w] differs from the current segmentation) that the new segmentation gives the requested label."""
-    before = render(bundle, latent)
+    before = render(bundle, latent, uncertainty=False)
     params = {"steps": steps} if steps is not None else None
     result = optimize_edit(bundle, latent, edited_mask, region, perceptual=perceptual, params=params)
     mask = edited_mask.to(before.labels.device).long()
@@ -394,7 +394,7 @@ def _edit_scores(
     for k, edit in enumerate(edits):
         runs = []
         for w in latents:
-            current = render(bundle, w).labels[0]
+            current = render(bundle, w, uncertainty=False).labels[0]
             mask = edit.apply(current)
             if bool((mask != current).any()):
                 runs.append(

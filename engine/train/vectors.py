@@ -150,7 +150,7 @@ def learn_vector(
     start = time.perf_counter()
     for i in range(latents.shape[0]):
         w = latents[i : i + 1]
-        labels = render(bundle, w).labels[0].cpu()
+        labels = render(bundle, w, uncertainty=False).labels[0].cpu()
         edited = edit.operation(labels)
         changed = edited != labels
         if not bool(changed.any()):
@@ -174,7 +174,7 @@ def learn_vector(
     if joint_steps > 0:
         _, stats["mean_offset_loss"] = fit_shared_offset(problems, mean, steps=0, lr=params.lr)
         shared, stats["shared_offset_loss"] = fit_shared_offset(problems, mean, steps=joint_steps, lr=params.lr)
-        rendered = [render(bundle, p.w0 + shared).labels[0].cpu() for p in problems]
+        rendered = [render(bundle, p.w0 + shared, uncertainty=False).labels[0].cpu() for p in problems]
         stats["shared_reached"] = sum(
             float((s[c] == e[c]).float().mean()) for s, (e, c) in zip(rendered, masks, strict=True)
         ) / len(rendered)
