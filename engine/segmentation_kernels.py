@@ -11,6 +11,7 @@ on it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -63,12 +64,6 @@ class RowMix:
     def __init__(self, index: Tensor, weight: Tensor, rows: int) -> None:
         self.weight, self.rows = weight, rows  # [P, T] float32
         self.index = index.to(torch.int32)  # [P, T]
-        flat = index.reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        self.by_row = (order // index.shape[1]).to(torch.int32)  # the pixel of each pair, pairs by table row
-        self.by_row_weight = weight.reshape(-1)[order].contiguous()
-        counts = torch.bincount(flat, minlength=rows)
-        self.offsets = (torch.cumsum(counts, 0) - counts).to(torch.int32)  # each row's first pair (none: empty)
 
     def apply(self, table: Tensor) -> Tensor:
         """table [rows, X] -> [P, X]."""
@@ -77,8 +72,19 @@ class RowMix:
 
     def transpose(self, grad: Tensor) -> Tensor:
         """grad [P, X] -> [rows, X]: the gradient of `apply` with respect to the table."""
-        w = self.by_row_weight.to(grad.dtype)
-        return F.embedding_bag(self.by_row, grad, self.offsets, per_sample_weights=w, mode="sum")
+        pixels, weight, offsets = self._by_row
+        return F.embedding_bag(pixels, grad, offsets, per_sample_weights=weight.to(grad.dtype), mode="sum")
+
+    @functools.cached_property
+    def _by_row(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The pairs grouped by table row: each pair's pixel and weight, and each row's first pair (a row read
+        by no pixel: an empty bag). Built at the first backward: a forward-only mix never needs it."""
+        flat = self.index.reshape(-1).long()
+        order = torch.argsort(flat, stable=True)
+        pixels = (order // self.index.shape[1]).to(torch.int32)
+        counts = torch.bincount(flat, minlength=self.rows)
+        offsets = (torch.cumsum(counts, 0) - counts).to(torch.int32)
+        return pixels, self.weight.reshape(-1)[order].contiguous(), offsets
 
 
 class _Mixed(torch.autograd.Function):
