@@ -4,6 +4,8 @@ The official architecture (EDITGAN.md 1.5, 2b, 2c): StyleGAN2 config-f at 512 px
 feature stack), the FPN ResNet-50 encoder, 10 pixel classifiers over the 32 car classes, LPIPS with the
 VGG16 architecture; the official hyperparameters (`engine.params`) with few steps. Weights are random, so
 only the times (and memory) mean anything; every figure is labelled "random weights, <device>, N steps".
+On a GPU the three loops run again with EDITGAN_CUDA_GRAPHS (`engine.graphs`): speed-up per step
+and the final losses against the eager runs.
 The naive loop (`bench/naive.py`) is compared too when its full-resolution stack, its gradient and the
 classifiers' activations fit comfortably in the device's free memory.
 """
@@ -21,11 +23,11 @@ import torch
 
 from bench.context import Context
 from bench.inputs import canvas, edit_input
-from bench.naive import compare, full_stack_bytes
+from bench.naive import FINAL_TOLERANCE, compare, full_stack_bytes
 from bench.precision import cell as precision_cell
 from bench.precision import compare_precisions
 from bench.results import SectionResult
-from bench.timing import StepClock, gib, repeat, rss_peak, timed
+from bench.timing import StepClock, gib, ratio, relative, repeat, rss_peak, timed
 from engine import Bundle, BundleSpec, ClassInfo, Geometry, apply_vectors, invert, optimize_edit, refine
 from engine.bundle import build_networks
 from engine.encoder import EncoderConfig
@@ -77,6 +79,22 @@ def _peak(device: torch.device, sampled: dict[str, int]) -> float | None:
     return gpu if gpu is not None else gib(sampled["peak_bytes"])
 
 
+LOOPS = ("invert", "optimize", "refine")
+
+
+def graph_summary(eager: dict[str, Any], graphed: dict[str, Any]) -> dict[str, Any]:
+    """Per loop: the graphed run's times, its speed-up per step over the eager run, and the largest relative
+    difference between the two runs' final logged losses (a replay runs the captured kernels: within
+    `FINAL_TOLERANCE`, the naive comparison's, means the same losses)."""
+    out: dict[str, Any] = {}
+    for mode in LOOPS:
+        a, b = graphed[mode], eager[mode]
+        diff = max(relative(a["final_losses"][k], v) for k, v in b["final_losses"].items())
+        out[mode] = a | {"speedup_per_step": ratio(b["s_per_step"], a["s_per_step"]), "final_loss_difference": diff}
+    out["same_losses"] = all(out[m]["final_loss_difference"] <= FINAL_TOLERANCE for m in LOOPS)
+    return out
+
+
 def run(ctx: Context) -> SectionResult:
     steps = ctx.paper_steps or (1 if ctx.quick else 3)
     label = f"random weights, {ctx.device.type}, {steps} steps" + (
@@ -92,14 +110,15 @@ def run(ctx: Context) -> SectionResult:
         inputs = edit_input(bundle)
         out["region"] = {"name": inputs.region, "classes": inputs.region_classes}
 
-        def step_timed(mode: str, call: Callable[[int, StepClock], Any]) -> Any:
+        def step_timed(mode: str, call: Callable[[int, StepClock], Any], into: dict[str, Any] = out) -> Any:
             # One untimed update first, as a warm worker has done: the first call on a GPU also pays for
             # kernel selection and the libraries' lazy start-up, which a served job never sees.
             ctx.log(f"paper: {mode}")
             call(1, StepClock())
             clock = StepClock()
             result, total = timed(lambda: call(steps, clock))
-            out[mode] = {"s_per_step": round(clock.per_step, 3), "total_s": round(total, 2), "steps": steps}
+            into[mode] = {"s_per_step": round(clock.per_step, 3), "total_s": round(total, 2), "steps": steps}
+            into[mode]["final_losses"] = clock.last
             return result
 
         image = canvas(bundle, inputs.photo)
@@ -119,6 +138,29 @@ def run(ctx: Context) -> SectionResult:
             "refine",
             lambda n, c: refine(bundle, inputs.w, [(edit.vector, 1.0)], n, perceptual=perceptual, progress=c),
         )
+        if ctx.device.type == "cuda":  # EDITGAN_CUDA_GRAPHS: the same loops, each update after the third a replay
+            graphed: dict[str, Any] = {}
+            on = {"cuda_graphs": True}
+            step_timed(
+                "invert",
+                lambda n, c: invert(bundle, image, perceptual=perceptual, params={"steps": n} | on, progress=c),
+                graphed,
+            )
+            step_timed(
+                "optimize",
+                lambda n, c: optimize_edit(
+                    bundle, inputs.w, mask, inputs.region, perceptual=perceptual, params={"steps": n} | on, progress=c
+                ),
+                graphed,
+            )
+            step_timed(
+                "refine",
+                lambda n, c: refine(
+                    bundle, inputs.w, [(edit.vector, 1.0)], n, perceptual=perceptual, params=on, progress=c
+                ),
+                graphed,
+            )
+            out["cuda_graphs"] = graph_summary(out, graphed)
         peak = _peak(ctx.device, sampled)  # the engine's loops in float32: before the naive loop's stack
         # The official loop holds the stack, its gradient and the ensemble's activations at every pixel.
         needed = 3 * full_stack_bytes(bundle)
@@ -140,6 +182,11 @@ def run(ctx: Context) -> SectionResult:
         f"invert {out['invert']['s_per_step']}; naive {f'{naive}x slower' if naive else 'skipped'}; "
         f"peak {out['peak_memory_gib']} GiB ({label})"
     )
+    if "cuda_graphs" in out:
+        graphs = out["cuda_graphs"]
+        speedups = ", ".join(f"{m} {graphs[m]['speedup_per_step']}x" for m in LOOPS)
+        verdict = "same losses" if graphs["same_losses"] else "losses differ"
+        cell += f"; CUDA graphs: {speedups} per step ({verdict})"
     if "precision" in out:
         cell += f"; {precision_cell(out['precision'])}"
     return SectionResult(out, {"paper": cell})

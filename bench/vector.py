@@ -12,7 +12,8 @@
   Every request goes through `_Connection`, a lean standard-library client, so that the client's own
   Python costs the shared cores little.
 - Micro-batching on (the default settings) against off (`EDITGAN_MAX_BATCH=1`): two gateways on the same
-  Redis, measured in alternating blocks: the 16-client throughput gain and the single-client p50 change;
+  Redis, measured in alternating blocks: the 16-client throughput gain and the single-client p50 change
+  (on a GPU a third gateway, batching on with EDITGAN_CUDA_GRAPHS, against the first);
   beside it the engine's own time per edit in batches of 1, 4 and 16, the most batching can gain.
 - Open-loop latency, batching on and off: requests at Poisson times, at half and at nine tenths of the
   throughput the gateway without batching reached at 16 clients. Each latency counts from the request's
@@ -61,6 +62,7 @@ CONCURRENCY = (1, 4, 16)
 # two sides of one ratio in different speeds (HTTP p50 27.3 and 18.9 ms against one gateway in one run).
 BLOCK = 10
 OUTSIDE = "outside"  # an edit's duration at the client less the route's (Server-Timing `route`)
+GRAPHS = "graphs"  # on a GPU, a third gateway: batching on and EDITGAN_CUDA_GRAPHS
 IDLE_SECONDS = 0.01  # about one engine pass: how long Redis sits idle between an edit's two round trips
 OPEN_LOOP_LOADS = (0.5, 0.9)  # offered rates, as fractions of the batching-off gateway's 16-client throughput
 OPEN_LOOP_CONNECTIONS = 32  # the open-loop client's connections: requests beyond them queue in the client
@@ -329,7 +331,9 @@ def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
     with Service(ctx.workdir / "vector", ctx.service_env(), ctx.redis_url) as service:
         ctx.log("vector: starting two gateways (micro-batching on and off)")
         gateways = {"on": service.gateway("gateway-on"), "off": service.gateway("gateway-off", EDITGAN_MAX_BATCH="1")}
-        urls = {k: g.wait() for k, g in gateways.items()}
+        if ctx.device.type == "cuda":  # batching on, renders replayed as CUDA graphs
+            gateways[GRAPHS] = service.gateway("gateway-graphs", EDITGAN_CUDA_GRAPHS="true")
+        urls = {k: gateways[k].wait() for k in ("off", "on", GRAPHS) if k in gateways}  # the order measured in
         with httpx.Client(base_url=urls["on"], timeout=60) as client:
             response = client.post("/latents", files={"file": ("w.npy", npy(w[0]), "application/octet-stream")})
             response.raise_for_status()
@@ -348,19 +352,20 @@ def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
                 out.redis_after_idle += _after_idle(service.redis.ping, BLOCK)
                 out.preview_http += _sequential(urls["on"], body | {"preview": True}, BLOCK)
                 out.preview_engine += repeat(lambda: render(bundle, w, members=_preview_count(bundle)), BLOCK)
-                for key in ("off", "on"):
-                    out.single[key] += _sequential(urls[key], body, BLOCK)
+                for key in urls:
+                    out.single.setdefault(key, []).extend(_sequential(urls[key], body, BLOCK))
             per_edit: dict[int, float] = {}
             for size in CONCURRENCY:  # what one batched pass costs per edit: the ceiling of batching's gain
                 times = repeat(partial(render, bundle, w.expand(size, -1, -1)), max(3, n // size), warmup=1)
                 out.per_edit[size] += [t / size for t in times]
                 per_edit[size] = statistics.median(times) / size
             out.engine_gain_rounds.append(ratio(per_edit[1], per_edit[16]))
-            for key in ("off", "on"):
-                ctx.log(f"vector: round {r + 1}/{rounds}: batching {key}, 16 clients")
+            for key in urls:
+                ctx.log(f"vector: round {r + 1}/{rounds}: gateway {key}, 16 clients")
                 before = _batches(urls[key], bundle.spec.name)
-                out.loaded_rps[key].append(load(urls[key], body, 16, seconds)["throughput_rps"])
-                out.preview_rps[key].append(load(urls[key], body | {"preview": True}, 16, seconds)["throughput_rps"])
+                out.loaded_rps.setdefault(key, []).append(load(urls[key], body, 16, seconds)["throughput_rps"])
+                previews = load(urls[key], body | {"preview": True}, 16, seconds)["throughput_rps"]
+                out.preview_rps.setdefault(key, []).append(previews)
                 if key == "on":
                     after = _batches(urls[key], bundle.spec.name)
                     out.batched = [out.batched[0] + after[0] - before[0], out.batched[1] + after[1] - before[1]]
@@ -450,6 +455,12 @@ def run(ctx: Context) -> SectionResult:
         # independent users (Poisson arrivals) at a share of the unbatched gateway's 16-client throughput
         "open_loop": [_open_loop_row(s, share) for share in OPEN_LOOP_LOADS],
     }
+    if GRAPHS in loaded:  # EDITGAN_CUDA_GRAPHS against the same gateway without it (batching on in both)
+        batching["cuda_graphs"] = {
+            "throughput_gain_16_clients": ratio(loaded[GRAPHS], loaded["on"]),
+            "single_client_p50_change": _change(single[GRAPHS]["p50_ms"], single["on"]["p50_ms"]),
+            "batching_gain_16_clients": ratio(loaded[GRAPHS], loaded["off"]),
+        }
     over = ratio(http["p50_ms"], engine["p50_ms"])
     # The same ratio from one process: this VM runs a process's torch code in one of two speeds (about 19 or
     # 29 ms for this forward), so the gateway's engine and the bench's may differ. Paired per request.
@@ -502,6 +513,11 @@ def run(ctx: Context) -> SectionResult:
         f"{_percent(batching['single_client_p50_change'])}; open loop at {busy['rate_rps']:.0f} req/s: p99 "
         f"{_p99(busy, 'on')} ms on, {_p99(busy, 'off')} ms off",
     }
+    if graphs := batching.get("cuda_graphs"):
+        cells["batching"] += (
+            f"; CUDA graphs: 16 clients {graphs['throughput_gain_16_clients']}x, 1-client p50 "
+            f"{_percent(graphs['single_client_p50_change'])} (p50 {single[GRAPHS]['p50_ms']:.1f} ms)"
+        )
     return SectionResult(data, cells)
 
 

@@ -19,7 +19,7 @@ from torch import Tensor
 from engine.bundle import Bundle
 from engine.errors import InputError
 from engine.images import dilate, labels_from_array
-from engine.optim import ProgressFn, StopFn, encoder_term, logged, masked, mse01, optimize_w
+from engine.optim import ProgressFn, StopFn, encoder_term, logged, loop_graph, masked, mse01, optimize_w
 from engine.params import EditParams, RefineParams
 from engine.perceptual import PerceptualLoss
 from engine.rendering import Rendering, display_upsample, render
@@ -255,6 +255,7 @@ def optimize_edit(
         progress=progress,
         should_stop=should_stop,
         precision=p.precision,
+        graph=loop_graph(w0.device, p.cuda_graphs),
     )
     rendering = render(bundle, result.w_plus)
     name = next((n for n, ids in bundle.spec.regions.items() if set(ids) == classes), None)
@@ -401,6 +402,7 @@ def refine(
             progress=progress,
             should_stop=should_stop,
             precision=p.precision,
+            graph=loop_graph(w_edit.device, p.cuda_graphs),
         )
         results.append(result.w_plus)
         history, best_step = result.history, result.best_step

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from engine.bundle import Bundle
 from engine.errors import InputError
-from engine.optim import ProgressFn, StopFn, encoder_term, logged, mse01, optimize_w, psnr
+from engine.optim import ProgressFn, StopFn, encoder_term, logged, loop_graph, mse01, optimize_w, psnr
 from engine.params import InvertParams, lr_schedule
 from engine.perceptual import PerceptualLoss
 from engine.rendering import Rendering, render
@@ -96,6 +96,7 @@ def invert(
         progress=progress,
         should_stop=should_stop,
         precision=p.precision,
+        graph=loop_graph(w0.device, p.cuda_graphs),
     )
     rendering = render(bundle, result.w_plus)
     assert bundle.spec.geometry is not None

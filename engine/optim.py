@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import torch
@@ -11,6 +12,7 @@ from torch import Tensor
 
 from engine.encoder import Encoder
 from engine.errors import CancelledError
+from engine.graphs import CudaGraph, Graph, check_cuda
 from engine.params import EncoderInput
 from engine.precision import Precision, forward_precision, loop_precision
 
@@ -37,6 +39,7 @@ def optimize_w(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     precision: Precision = "float32",
+    graph: Graph | None = None,
 ) -> OptimResult:
     """Adam on a copy of `w0` for `steps` updates; returns the iterate with the lowest `best_key` among
     w_best_from ... w_steps (an edit passes 1: returning the unchanged start would silently do nothing).
@@ -48,33 +51,108 @@ def optimize_w(
     The logged terms reach the host once per step, together, after the step's update is queued: read one
     by one as they are computed (as the official code does), each would make the host wait for the device
     in mid-step, leaving a GPU idle while the host then queues the backward pass.
+
+    `graph` (a `CudaGraph()`, opt-in: EDITGAN_CUDA_GRAPHS): after `WARMUP_STEPS` eager updates the loss and
+    its gradient are captured once and replayed at every later update, one launch instead of thousands
+    (`_Gradients`).
     """
     w = w0.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([w], lr=lr(0))
+    # Autocast's cache of cast weights must be off under a capture (PyTorch's rule for CUDA graphs).
+    gradients = _Gradients(
+        loss_fn,
+        w,
+        lambda: forward_precision(w.device, precision, cache=graph is None),
+        graph,
+    )
     best_w, best_value, best_step = w0.detach().clone(), float("inf"), 0
     history: list[dict[str, float]] = []
     with loop_precision(w0.device, precision):  # TF32 flags for forward and backward passes
         for step in range(steps + 1):
             if should_stop is not None and should_stop():
                 raise CancelledError(f"stopped after {step} of {steps} steps")
-            last = step == steps
-            with torch.set_grad_enabled(not last), forward_precision(w.device, precision):  # the last is only measured
-                loss, terms = loss_fn(w)
-            packed = torch.stack([t.detach().float().reshape(()) for t in terms.values()])
+            if step == steps:  # the last iterate is only measured
+                with torch.no_grad(), forward_precision(w.device, precision):
+                    _, terms = loss_fn(w)
+                names, packed = list(terms), _packed(terms)
+            else:
+                names, packed = gradients(step)  # the terms of w, and w.grad
             iterate = w.detach().clone()  # as evaluated: the update below changes w in place
-            if not last:
+            if step < steps:
                 for group in opt.param_groups:
                     group["lr"] = lr(step)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
                 opt.step()
-            logs = dict(zip(terms, packed.tolist(), strict=True))  # the step's one wait for the device
+            logs = dict(zip(names, packed.tolist(), strict=True))  # the step's one wait for the device
             history.append(logs)
             if step >= min(best_from, steps) and logs[best_key] < best_value:
                 best_w, best_value, best_step = iterate, logs[best_key], step
             if progress is not None:
                 progress(step, steps, logs)
     return OptimResult(w_plus=best_w, best_step=best_step, history=history)
+
+
+WARMUP_STEPS = 3  # eager updates before a capture: lazy set-up (cuDNN, cuBLAS, the loss's own caches) is done
+
+
+def _packed(terms: dict[str, Tensor]) -> Tensor:
+    return torch.stack([t.detach().float().reshape(()) for t in terms.values()])
+
+
+def loop_graph(device: torch.device, enabled: bool) -> CudaGraph | None:
+    """A fresh graph for one loop on `device` when `enabled` (the params' `cuda_graphs`), else None."""
+    if not enabled:
+        return None
+    check_cuda(device, "cuda_graphs")
+    return CudaGraph()
+
+
+class _Gradients:
+    """One update's loss terms and the gradient of w, eagerly or by replaying a graph.
+
+    With a graph the first `WARMUP_STEPS` updates run eagerly (`Graph.warmup`); the next one captures the
+    loss and its backward pass with `w.grad` unset, so that the graph allocates the gradient in its own
+    memory: every replay rewrites that gradient tensor and the packed terms, which Adam and the caller read.
+    Nothing may reset `w.grad` after the capture (zero_grad would detach it from the graph). The loss must
+    run the same kernels at every step, read nothing back from the device and copy nothing from the host:
+    `tests/engine/test_editing.py` checks the service's loops for both.
+    """
+
+    def __init__(
+        self,
+        loss_fn: LossFn,
+        w: Tensor,
+        forward: Callable[[], AbstractContextManager[object]],
+        graph: Graph | None,
+    ) -> None:
+        self.loss_fn, self.w, self.forward, self.graph = loss_fn, w, forward, graph
+        self.captured = False
+        self.names: list[str] = []
+        self.packed = torch.empty(0)
+
+    def __call__(self, step: int) -> tuple[list[str], Tensor]:
+        if self.graph is None:
+            return self._loss_and_gradient()
+        if not self.captured and step < WARMUP_STEPS:
+            return self.graph.warmup(self._loss_and_gradient)
+        if not self.captured:
+            self.graph.capture(self._record)
+            self.captured = True
+        self.graph.replay()  # after the capture too: a capture runs nothing
+        return self.names, self.packed
+
+    def _record(self) -> list[Tensor]:
+        self.names, self.packed = self._loss_and_gradient()
+        assert self.w.grad is not None
+        return [self.w.grad, self.packed]
+
+    def _loss_and_gradient(self) -> tuple[list[str], Tensor]:
+        self.w.grad = None
+        with torch.enable_grad():
+            with self.forward():  # the forward pass only: autocast is not meant for backward passes
+                loss, terms = self.loss_fn(self.w)
+            packed = _packed(terms)
+            loss.backward()
+        return list(terms), packed
 
 
 # ---------------------------------------------------------------------------------------------- loss terms

@@ -74,6 +74,7 @@ class InvertParams(_Params):
     encoder_batch_statistics: bool = False  # True: the official tool's train-mode BatchNorm in E
     use_encoder: bool = True  # start from E(image); False: from the average latent
     precision: Precision = "float32"  # of the loop's losses (engine.precision): float32, tf32 or bfloat16
+    cuda_graphs: bool = False  # replay the loss and gradient as one CUDA graph after 3 eager updates (CUDA only)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class EditParams(_Params):
     encoder_input: EncoderInput = "signed"
     encoder_batch_statistics: bool = False
     precision: Precision = "float32"  # of the loop's losses (engine.precision): float32, tf32 or bfloat16
+    cuda_graphs: bool = False  # replay the loss and gradient as one CUDA graph after 3 eager updates (CUDA only)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class RefineParams(_Params):
     roi_dilation: int = 3
     upsample: Literal["nearest", "bilinear"] = "nearest"
     precision: Precision = "float32"
+    cuda_graphs: bool = False  # replay the loss and gradient as one CUDA graph after 3 eager updates (CUDA only)
 
 
 def lr_schedule(t: float, peak: float, rampup: float, rampdown: float) -> float:

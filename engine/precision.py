@@ -98,8 +98,11 @@ def loop_precision(device: torch.device, precision: Precision) -> Iterator[None]
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
-def forward_precision(device: torch.device, precision: Precision) -> torch.autocast | nullcontext[None]:
-    """Around one loss forward: bfloat16 autocast for "bfloat16", nothing otherwise."""
+def forward_precision(
+    device: torch.device, precision: Precision, *, cache: bool = True
+) -> torch.autocast | nullcontext[None]:
+    """Around one loss forward: bfloat16 autocast for "bfloat16" (with its cache of cast weights, unless
+    `cache` is False: a CUDA graph capture needs it off), nothing otherwise."""
     if precision == "bfloat16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
     return nullcontext()

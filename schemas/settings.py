@@ -81,6 +81,15 @@ class Settings(BaseSettings):
         "compiles it at start-up (tens of seconds on a CPU, once per process) and renders faster afterwards. "
         "`editgan bench --only compile` measures the gain and the losses against eager mode.",
     )
+    editgan_cuda_graphs: bool = Field(
+        False,
+        description="Models on a CUDA GPU run as recorded CUDA graphs, one launch instead of hundreds or "
+        "thousands, with the same arithmetic: the gateway's renders (captured at start-up for every batch "
+        "size up to EDITGAN_MAX_BATCH, full and preview ensembles) and each optimisation loop's updates "
+        "(captured after 3 eager ones). Models on a CPU run eagerly, with one warning, so one setting may "
+        "serve gateways on CPUs and workers on GPUs. `editgan bench --only paper` and `scripts/gpu_profile.py` "
+        "measure it on a GPU.",
+    )
     editgan_threads: int | None = Field(
         None, ge=1, le=256, description="Torch CPU threads per process (default: torch's)."
     )

@@ -6,9 +6,10 @@ For the paper-scale car architecture (random weights) and the shipped demo model
 kernel time in the same span (busy share) and kernel launches, from `torch.profiler`, the render on an
 engine thread beside a thread that keeps the GIL busy, at several switch intervals (the gateway's event
 loop under load), and how often an update makes the host wait for the GPU; then, while the budget lasts,
-the render through `torch.compile` with CUDA graphs ("reduce-overhead") and with the default mode. A busy
-share well under 1 means the host (Python, launches) bounds the step, not the GPU: CUDA graphs and fewer,
-fused kernels pay there, reduced precision does not.
+the render through `torch.compile` with CUDA graphs ("reduce-overhead") and with the default mode. Each
+study also runs the service's own CUDA graphs (EDITGAN_CUDA_GRAPHS: renders of 1 and 16, an edit's
+updates). A busy share well under 1 means the host (Python, launches) bounds the step, not the GPU: CUDA
+graphs and fewer, fused kernels pay there, reduced precision does not.
 Prints JSON; the profiler tables go to --out.
 """
 
@@ -23,6 +24,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from bench.inputs import edit_input
 from bench.paper import car_bundle
 from bench.timing import StepClock, repeat, sync
 from engine import Bundle, load_bundle, optimize_edit, render, segmenter
+from engine.graphs import GraphedRenderer
 from engine.perceptual import LPIPSLoss, PerceptualLoss
 from engine.precision import ieee_float32
 from schemas.settings import SHIPPED_MODELS
@@ -179,8 +182,8 @@ def study(name: str, bundle: Bundle, perceptual: PerceptualLoss, out: Path, step
     result["render_16_ms"] = median_ms(lambda: render(bundle, batch), 5)
     result["render_ms_beside_busy_python"] = beside_busy_python(lambda: render(bundle, w))
 
-    def edit(n: int, clock: StepClock | None = None) -> Any:
-        params = {"steps": n}
+    def edit(n: int, clock: StepClock | None = None, cuda_graphs: bool = False) -> Any:
+        params = {"steps": n, "cuda_graphs": cuda_graphs}
         return optimize_edit(bundle, w, mask, inputs.region, perceptual=perceptual, params=params, progress=clock)
 
     edit(1)  # warm-up
@@ -188,6 +191,7 @@ def study(name: str, bundle: Bundle, perceptual: PerceptualLoss, out: Path, step
     edit(steps, clock)
     result["optimize_ms_per_step"] = round(clock.per_step * 1000, 2)
     if bundle.device.type == "cuda":
+        result["cuda_graphs"] = probe(lambda: cuda_graphs(bundle, w, edit, steps))
         result["cudnn_benchmark"] = cudnn_benchmark(edit, steps)
         # the loop reads its logged terms once per step, after queueing the update (engine.optim)
         waits = device_waits(lambda: edit(steps)) - device_waits(lambda: edit(1))
@@ -201,6 +205,38 @@ def study(name: str, bundle: Bundle, perceptual: PerceptualLoss, out: Path, step
         "per_update": {k: round((many[k] - one[k]) / (steps - 1), 3) for k in ("wall_ms", "kernel_ms", "launches")},
     }
     return result
+
+
+def probe(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`run()`, or the error it raised: a probe of something not measured before must not end the profile."""
+    try:
+        return run()
+    except Exception as exc:
+        return {"error": repr(exc)[:500]}
+
+
+def cuda_graphs(bundle: Bundle, w: torch.Tensor, edit: Callable[..., Any], steps: int) -> dict[str, Any]:
+    """EDITGAN_CUDA_GRAPHS: renders of 1 and 16 latents replayed against eager ones (ms, largest image
+    difference, share of equal labels), the capture's time, and an optimisation edit's ms per update."""
+    renderer = GraphedRenderer(bundle, 16, [None])
+    out: dict[str, Any] = {}
+    for n in (1, 16):
+        batch = w.expand(n, -1, -1)
+        start = time.perf_counter()
+        renderer.capture((n, None, True))
+        sync()
+        graphed, eager = renderer(batch), render(bundle, batch)
+        out[str(n)] = {
+            "capture_s": round(time.perf_counter() - start, 2),
+            "eager_ms": median_ms(partial(render, bundle, batch), 20),
+            "graphed_ms": median_ms(partial(renderer, batch), 20),
+            "image_max_difference": float(f"{(graphed.image - eager.image).abs().max():.3g}"),
+            "labels_equal": round(float((graphed.labels == eager.labels).float().mean()), 5),
+        }
+    clock = StepClock()
+    edit(steps, clock, cuda_graphs=True)
+    out["optimize_ms_per_step"] = round(clock.per_step * 1000, 2)
+    return out
 
 
 def compiled_render(bundle: Bundle, mode: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from redis.backoff import NoBackoff
 from starlette.concurrency import run_in_threadpool
 
 from engine import Bundle, EngineError
+from engine.graphs import GraphedRenderer
 from schemas.errors import ErrorCode
 from schemas.settings import Settings
 from service import server_timing
@@ -33,8 +34,8 @@ from service.limits import BodyLimitMiddleware
 from service.metrics import MetricsMiddleware, ServiceMetrics, record_error
 from service.ratelimit import RateLimiter
 from service.routes import editor, edits, health, jobs, latents, models, vectors
-from service.state import Services
-from workers.models import compile_models, load_models, resolve_device
+from service.state import Services, preview_members
+from workers.models import compile_models, load_models, resolve_device, warn_cuda_graphs
 from workers.queue import job_queue, sweep_lost_jobs
 from workers.registry import Registry
 from workers.store import LatentCache, Store
@@ -63,6 +64,25 @@ async def _sweep_forever(redis: Redis, queue_names: list[str], heartbeat_ttl: fl
         except Exception:  # Redis may be restarting: try again next round
             resume_at = time.monotonic() + SWEEP_SECONDS + heartbeat_ttl
             log.warning("sweeping lost jobs failed; sweeps resume one heartbeat TTL after Redis is back", exc_info=True)
+
+
+def _graphed_renderers(bundles: dict[str, Bundle], settings: Settings) -> dict[str, GraphedRenderer]:
+    """EDITGAN_CUDA_GRAPHS: each model on a CUDA device renders by replaying graphs, captured now for every
+    batch size up to EDITGAN_MAX_BATCH, the whole ensemble and the previews', with and without the
+    uncertainty map, so that no request waits for a capture; models on a CPU render eagerly (warned)."""
+    if not settings.editgan_cuda_graphs:
+        return {}
+    warn_cuda_graphs(bundles, True)
+    renderers = {}
+    for name, bundle in bundles.items():
+        if bundle.device.type == "cuda":
+            start = time.perf_counter()
+            members = [None, preview_members(bundle, settings.editgan_preview_members)]
+            renderers[name] = GraphedRenderer(bundle, settings.editgan_max_batch, members)
+            renderers[name].capture_all()
+            count, seconds = len(renderers[name].keys), time.perf_counter() - start
+            log.info("model %s: %d renders captured as CUDA graphs in %.1f s", name, count, seconds)
+    return renderers
 
 
 def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) -> FastAPI:
@@ -123,6 +143,7 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
             loaded = await asyncio.wrap_future(engine.submit(load_models, settings.editgan_models_dir, device))
         if settings.editgan_compile:  # before the first request: each would otherwise wait for a compilation
             await asyncio.wrap_future(engine.submit(compile_models, loaded, gradients=False))
+        renderers = await asyncio.wrap_future(engine.submit(_graphed_renderers, loaded, settings))
         redis = connect()
         aredis = connect_async()
         latent_cache = LatentCache(settings.editgan_latent_cache) if settings.editgan_latent_cache else None
@@ -135,6 +156,7 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
                 max_batch=settings.editgan_max_batch,
                 wait_seconds=settings.editgan_batch_wait_ms / 1000,
                 on_batch=metrics.vector_batch_size.labels(model=name).observe,
+                renderer=renderers.get(name),
             )
             for name, bundle in loaded.items()
         }

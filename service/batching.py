@@ -24,7 +24,8 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from functools import partial
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 from torch import Tensor
@@ -160,6 +161,12 @@ def split_rendering(rendering: Rendering) -> list[Rendering]:
     ]
 
 
+class Renderer(Protocol):
+    """`engine.render` of one bundle: W+ [N, L, S] -> its rendering."""
+
+    def __call__(self, w_plus: Tensor, *, members: int | None = None, uncertainty: bool = True) -> Rendering: ...
+
+
 @dataclass(frozen=True)
 class RenderRequest:
     """Render and segment one W+ latent [1, L, S] by `members` of the ensemble (None: all), with the
@@ -179,11 +186,14 @@ def render_batcher(
     max_batch: int,
     wait_seconds: float,
     on_batch: Callable[[int], None] | None = None,
+    renderer: Renderer | None = None,
 ) -> MicroBatcher[RenderRequest, Any]:
     """A batcher that renders and segments W+ latents of `bundle` on `engine` (the one-thread executor of
     every heavy torch call: one OpenMP team, see `service.app`), concurrent ones in one pass per member
     count (previews and full renders arriving together are two passes); a pass computes the uncertainty
-    map when any of its requests wants it. Each result is the request's `finish` of its own rendering."""
+    map when any of its requests wants it. Each result is the request's `finish` of its own rendering.
+    `renderer` replaces `engine.render` (EDITGAN_CUDA_GRAPHS: `engine.graphs.GraphedRenderer`)."""
+    draw: Renderer = renderer or partial(render, bundle)
 
     def render_all(requests: list[RenderRequest]) -> list[Any]:
         results: list[Any] = [None] * len(requests)
@@ -191,7 +201,7 @@ def render_batcher(
         for members in dict.fromkeys(r.members for r in requests):
             index = [i for i, r in enumerate(requests) if r.members == members]
             w_plus = torch.cat([requests[i].w_plus for i in index])
-            batch = render(bundle, w_plus, members=members, uncertainty=any(requests[i].uncertainty for i in index))
+            batch = draw(w_plus, members=members, uncertainty=any(requests[i].uncertainty for i in index))
             # On a GPU: one copy to the host per batch, rather than one wait per request and output.
             u = batch.uncertainty
             batch = Rendering(batch.image.cpu(), batch.labels.cpu(), None if u is None else u.cpu())

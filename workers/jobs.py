@@ -140,11 +140,14 @@ def _outputs(payload: dict[str, Any]) -> list[Output]:
     return [Output(o) for o in payload.get("outputs", list(Output))]
 
 
-def _params(rt: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
-    """The request's steps and the worker's EDITGAN_PRECISION, over the bundle's defaults."""
+def _params(rt: Runtime, payload: dict[str, Any], bundle: Bundle) -> dict[str, Any]:
+    """The request's steps and the worker's EDITGAN_PRECISION and EDITGAN_CUDA_GRAPHS (for a model on a
+    GPU), over the bundle's defaults."""
     params: dict[str, Any] = {"steps": int(payload["steps"])} if payload.get("steps") is not None else {}
     if rt.settings.editgan_precision is not None:
         params["precision"] = rt.settings.editgan_precision
+    if rt.settings.editgan_cuda_graphs and bundle.device.type == "cuda":
+        params["cuda_graphs"] = True
     return params
 
 
@@ -159,7 +162,7 @@ def run_invert(payload: dict[str, Any]) -> dict[str, Any]:
             bundle,
             canvas,
             perceptual=rt.perceptual(bundle),
-            params=_params(rt, payload),
+            params=_params(rt, payload, bundle),
             progress=reporter.progress,
             should_stop=reporter.should_stop,
         )
@@ -200,7 +203,7 @@ def run_optimize(payload: dict[str, Any]) -> dict[str, Any]:
             mask,
             payload.get("region"),
             perceptual=rt.perceptual(bundle),
-            params=_params(rt, payload),
+            params=_params(rt, payload, bundle),
             description=payload.get("description", ""),
             progress=reporter.progress,
             should_stop=reporter.should_stop,
@@ -249,7 +252,7 @@ def run_refine(payload: dict[str, Any]) -> dict[str, Any]:
             [(r.vector, t.scale) for r, t in zip(resolved, terms, strict=True)],
             int(payload["refine_steps"]),
             perceptual=rt.perceptual(bundle),
-            params=_params(rt, {}),
+            params=_params(rt, {}, bundle),
             progress=reporter.progress,
             should_stop=reporter.should_stop,
         )

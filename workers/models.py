@@ -131,6 +131,13 @@ def check_precisions(bundles: dict[str, Bundle], setting: Precision | None) -> N
         log.warning("%s", warning)
 
 
+def warn_cuda_graphs(bundles: dict[str, Bundle], enabled: bool) -> None:
+    """At start-up: EDITGAN_CUDA_GRAPHS applies to the models on a CUDA device; the others run eagerly, said
+    once in the log (as tf32 on a CPU: one setting may serve gateways on CPUs and workers on GPUs)."""
+    if elsewhere := [f"{name} on {b.device}" for name, b in bundles.items() if enabled and b.device.type != "cuda"]:
+        log.warning("EDITGAN_CUDA_GRAPHS applies to models on a CUDA device; %s: eager", ", ".join(elsewhere))
+
+
 def missing_compiler(device: torch.device) -> str | None:
     """Why torch.compile cannot build kernels for `device` here, or None. Inductor compiles C++ for a CPU
     and Triton builds a C launcher for a GPU, with the system's compiler; the service's image has none."""

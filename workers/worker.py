@@ -32,7 +32,7 @@ from rq.utils import now
 from engine import EngineError
 from schemas.settings import Settings
 from workers.jobs import HANDLED, ShutdownRequestedError
-from workers.models import check_precisions, compile_models, load_models, resolve_device
+from workers.models import check_precisions, compile_models, load_models, resolve_device, warn_cuda_graphs
 from workers.queue import announce, job_queue, sweep_lost_jobs
 from workers.registry import Registry
 from workers.runtime import Runtime, install
@@ -133,6 +133,7 @@ def build_runtime(settings: Settings, redis: Redis) -> Runtime:
     only = settings.editgan_worker_models.split(",") if settings.editgan_worker_models else None
     bundles = load_models(settings.editgan_models_dir, device, only=only)
     check_precisions(bundles, settings.editgan_precision)  # before compiling: a refusal should not wait for it
+    warn_cuda_graphs(bundles, settings.editgan_cuda_graphs)
     if settings.editgan_compile:
         compile_models(bundles, gradients=True, setting=settings.editgan_precision)
     return Runtime(

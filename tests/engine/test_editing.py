@@ -10,15 +10,17 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from engine import editing, inversion
 from engine.bundle import Bundle
 from engine.editing import _SegmentationLoss, add_vectors, apply_vectors, optimize_edit, refine
 from engine.errors import CancelledError, InputError
 from engine.images import dilate
 from engine.inversion import invert
-from engine.optim import optimize_w
+from engine.optim import WARMUP_STEPS, optimize_w
 from engine.params import EditParams
 from engine.perceptual import ConvPerceptual, ConvPerceptualConfig, PerceptualLoss
 from engine.vectors import EditingVector
+from tests.engine.emulated_graph import DEVICE_READS, EmulatedGraph
 
 
 @pytest.fixture
@@ -170,7 +172,7 @@ class _DeviceReads(TorchDispatchMode):
     """Counts the operations that make the host wait for the device (a value read back, a data-dependent
     shape), except Adam's step counter, a CPU tensor that `torch.optim` reads whatever the device."""
 
-    READS = ("aten._local_scalar_dense", "aten.nonzero", "aten.is_nonzero", "aten.equal")
+    READS = DEVICE_READS
 
     def __init__(self) -> None:
         super().__init__()
@@ -205,6 +207,52 @@ def test_the_loops_read_the_device_once_per_step(tiny_bundle: Bundle, perceptual
             counts.append(reads.count)
         assert counts[0], f"{name}: the set-up reads values (a region, its bounds): the probe must see them"
         assert counts[1] == counts[0], f"{name}: reads per update: {counts[1] - counts[0]}"
+
+
+def test_the_loops_replay_as_cuda_graphs(
+    tiny_bundle: Bundle, perceptual: PerceptualLoss, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `cuda_graphs` captures one update and replays it: on the CPU an emulation holds each loop to what a
+    # capture needs (the same operations at every update, no device read, no host data) and to the
+    # plumbing (warm-ups, then one capture, a replay at every later update), and the results must equal
+    # the eager loop's.
+    graphs: list[EmulatedGraph] = []
+
+    def emulated(device: torch.device, enabled: bool) -> EmulatedGraph | None:
+        graphs.append(EmulatedGraph())
+        return graphs[-1] if enabled else None
+
+    monkeypatch.setattr(editing, "loop_graph", emulated)
+    monkeypatch.setattr(inversion, "loop_graph", emulated)
+    w = tiny_bundle.generator.sample_w_plus(1, seed=2)
+    mask = _edit_mask(tiny_bundle, w)
+    present = [int(c) for c in mask.unique()[:2]]
+    vec = EditingVector(delta=tiny_bundle.vectors["grow"] * 0.3, model="tiny", classes=present)
+    target = tiny_bundle.generator.synthesis(w).image.clamp(-1, 1)
+    steps = WARMUP_STEPS + 3
+    loops: dict[str, Callable[[bool], Any]] = {
+        "edit": lambda on: optimize_edit(
+            tiny_bundle, w, mask, perceptual=perceptual, params={"steps": steps, "cuda_graphs": on}
+        ),
+        "refine": lambda on: refine(
+            tiny_bundle, w, [(vec, 1.0)], steps=steps, perceptual=perceptual, params={"cuda_graphs": on}
+        ),
+        "invert": lambda on: invert(
+            tiny_bundle, target, perceptual=perceptual, params={"steps": steps, "cuda_graphs": on}
+        ),
+    }
+    for name, run in loops.items():
+        eager, graphed = run(False), run(True)
+        graph = graphs[-1]
+        assert (graph.warmups, graph.replays) == (WARMUP_STEPS, steps - WARMUP_STEPS), name
+        assert graphed.history == eager.history, name
+        assert torch.equal(graphed.w_plus, eager.w_plus), name
+
+
+def test_cuda_graphs_need_a_cuda_device(tiny_bundle: Bundle, perceptual: PerceptualLoss) -> None:
+    w = tiny_bundle.generator.sample_w_plus(1, seed=2)
+    with pytest.raises(InputError, match="cuda_graphs needs a CUDA device, not cpu"):
+        optimize_edit(tiny_bundle, w, _edit_mask(tiny_bundle, w), perceptual=perceptual, params={"cuda_graphs": True})
 
 
 def test_zero_refinement_steps_equal_apply_vectors(tiny_bundle: Bundle, perceptual: PerceptualLoss) -> None:

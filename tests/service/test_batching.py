@@ -6,6 +6,7 @@ arrive queue up, and the next batch is exactly what was queued. No assertion dep
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +18,11 @@ import pytest
 import torch
 
 from engine import Bundle, Rendering, apply_vectors, render
+from engine.graphs import GraphedRenderer
+from schemas.settings import Settings
+from service.app import _graphed_renderers
 from service.batching import MicroBatcher, RenderRequest, render_batcher, split_rendering
+from tests.engine.emulated_graph import EmulatedGraphs
 
 TIMEOUT = 30  # seconds: a bound on a hang, never a measurement
 
@@ -180,14 +185,23 @@ def test_batched_renders_equal_unbatched_ones(tiny_bundle: Bundle) -> None:
         assert torch.equal(a.labels, b.labels)
 
 
-def test_the_render_batcher_answers_each_caller_with_its_own_rendering(tiny_bundle: Bundle) -> None:
+@pytest.mark.parametrize("graphed", [False, True], ids=["eager", "cuda-graphs"])
+def test_the_render_batcher_answers_each_caller_with_its_own_rendering(tiny_bundle: Bundle, graphed: bool) -> None:
     """Full renders and previews (2 of the 3 members) arriving together, run on an engine thread: each
-    caller gets the rendering of its own latent by its own ensemble."""
+    caller gets the rendering of its own latent by its own ensemble; the same through CUDA graphs
+    (EDITGAN_CUDA_GRAPHS, their contract emulated on the CPU)."""
     latents = tiny_bundle.generator.sample_w_plus(8, seed=4, psi=0.7)
     members = [None if i % 2 else 2 for i in range(8)]
     sizes: list[int] = []
     engine = ThreadPoolExecutor(max_workers=1)
-    batcher = render_batcher(tiny_bundle, engine, max_batch=8, wait_seconds=0.05, on_batch=sizes.append)
+    graphs = EmulatedGraphs()
+    renderer = None
+    if graphed:
+        renderer = GraphedRenderer(tiny_bundle, 8, [None, 2], graph=graphs)
+        engine.submit(renderer.capture_all).result()
+    batcher = render_batcher(
+        tiny_bundle, engine, max_batch=8, wait_seconds=0.05, on_batch=sizes.append, renderer=renderer
+    )
     try:
         start = threading.Barrier(8)
         results: dict[int, Rendering] = {}
@@ -211,6 +225,7 @@ def test_the_render_batcher_answers_each_caller_with_its_own_rendering(tiny_bund
         engine.shutdown()
     assert sum(sizes) == 8
     assert set(finished_on) == set(range(8)) and len(set(finished_on.values())) == 1  # all on the engine thread
+    assert (graphs.replays > 0) == graphed
     for i in range(8):
         alone = render(tiny_bundle, latents[i], members=members[i])
         assert torch.allclose(results[i].image, alone.image, rtol=0, atol=1e-5)
@@ -244,3 +259,16 @@ def test_a_pass_computes_the_uncertainty_map_when_one_of_its_requests_wants_it(t
         assert torch.equal(results[i].labels, alone.labels)
         if results[i].uncertainty is not None:
             assert torch.allclose(results[i].uncertainty, alone.uncertainty, rtol=0, atol=1e-5)
+
+
+def test_a_gateway_on_the_cpu_renders_eagerly_with_cuda_graphs(
+    tiny_bundle: Bundle, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One EDITGAN_CUDA_GRAPHS may serve a gateway on the CPU and workers on GPUs: the gateway says so once.
+    with caplog.at_level(logging.WARNING, logger="workers.models"):
+        assert _graphed_renderers({"tiny": tiny_bundle}, Settings(editgan_cuda_graphs=False)) == {}
+        assert not caplog.records
+        assert _graphed_renderers({"tiny": tiny_bundle}, Settings(editgan_cuda_graphs=True)) == {}
+    assert [r.getMessage() for r in caplog.records] == [
+        "EDITGAN_CUDA_GRAPHS applies to models on a CUDA device; tiny on cpu: eager"
+    ]

@@ -15,7 +15,7 @@ import engine.precision
 import workers.models
 from engine import Bundle, BundleError, render
 from engine.precision import forward_precision, loop_precision
-from workers.models import check_precisions, compile_models, load_models, missing_compiler
+from workers.models import check_precisions, compile_models, load_models, missing_compiler, warn_cuda_graphs
 
 
 def _gpu_bundle(defaults: dict[str, Any]) -> Bundle:
@@ -61,6 +61,20 @@ def test_bfloat16_is_refused_at_start_up_on_a_gpu_without_its_tensor_cores(
     with pytest.raises(BundleError, match=r"^bundle m defaults\.edit\.precision: precision bfloat16"):
         check_precisions(from_bundle, None)
     check_precisions(from_bundle, "float32")  # the setting wins over the bundle's default
+
+
+def test_cuda_graphs_leave_the_models_off_the_gpu_eager_with_one_warning(
+    tiny_bundle: Bundle, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One setting may serve gateways on CPUs and workers on GPUs (as tf32): no refusal, a warning.
+    with caplog.at_level(logging.WARNING, logger="workers.models"):
+        warn_cuda_graphs({"tiny": tiny_bundle}, False)
+        warn_cuda_graphs({"car": _gpu_bundle({})}, True)
+        assert not caplog.records
+        warn_cuda_graphs({"car": _gpu_bundle({}), "tiny": tiny_bundle}, True)
+    assert [r.getMessage() for r in caplog.records] == [
+        "EDITGAN_CUDA_GRAPHS applies to models on a CUDA device; tiny on cpu: eager"
+    ]
 
 
 @pytest.mark.parametrize(("device", "variable"), [("cpu", "CXX"), ("cuda:0", "CC")])

@@ -194,3 +194,16 @@ def test_the_worker_runs_its_loops_in_editgan_precision(
         metrics = job.return_value()["metrics"]
         assert metrics["precision"] == expected and metrics["peak_device_memory_gib"] is None  # a CPU worker
         stop(worker)  # type: ignore[arg-type]
+
+
+def test_a_cpu_worker_with_cuda_graphs_says_so_and_runs_its_loops_eagerly(
+    redis_client: redis.Redis, settings: Settings, spawn: Callable[..., object], tmp_path: Path
+) -> None:
+    worker = spawn(EDITGAN_CUDA_GRAPHS="true")
+    job = submit_long_inversion(redis_client, settings, steps=3)
+    wait_for(lambda: job.get_status(refresh=True) == "finished", 90, "a job with EDITGAN_CUDA_GRAPHS on a CPU")
+    assert (
+        "EDITGAN_CUDA_GRAPHS applies to models on a CUDA device; tiny on cpu: eager"
+        in (tmp_path / "worker.log").read_text()
+    )
+    stop(worker)  # type: ignore[arg-type]
