@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Callable
+from functools import partial
 from importlib import resources
 from typing import Any
 
@@ -122,44 +123,34 @@ def run(ctx: Context) -> SectionResult:
             return result
 
         image = canvas(bundle, inputs.photo)
-        step_timed("invert", lambda n, c: invert(bundle, image, perceptual=perceptual, params={"steps": n}, progress=c))
         mask = torch.from_numpy(inputs.mask.astype("int64"))
-        edit = step_timed(
-            "optimize",
-            lambda n, c: optimize_edit(
-                bundle, inputs.w, mask, inputs.region, perceptual=perceptual, params={"steps": n}, progress=c
-            ),
-        )
+
+        # The loops as a job runs them, `extra` over the default params; refinement applies the edit's vector.
+        def inverting(n: int, clock: StepClock, extra: dict[str, Any] | None = None) -> Any:
+            params = {"steps": n} | (extra or {})
+            return invert(bundle, image, perceptual=perceptual, params=params, progress=clock)
+
+        def editing(n: int, clock: StepClock, extra: dict[str, Any] | None = None) -> Any:
+            params = {"steps": n} | (extra or {})
+            return optimize_edit(
+                bundle, inputs.w, mask, inputs.region, perceptual=perceptual, params=params, progress=clock
+            )
+
+        def refining(n: int, clock: StepClock, extra: dict[str, Any] | None = None) -> Any:
+            terms = [(edit.vector, 1.0)]
+            return refine(bundle, inputs.w, terms, n, perceptual=perceptual, params=extra, progress=clock)
+
+        step_timed("invert", inverting)
+        edit = step_timed("optimize", editing)
         out["optimize"]["region_pixels"] = int(edit.region.sum())
         # One render + segmentation of the content box, as `POST /edit/vector` runs it: the median of repeats.
         times = repeat(lambda: apply_vectors(bundle, inputs.w, [(edit.vector, 1.0)]), 3 if ctx.quick else 20)
         out["vector_edit_s"] = round(statistics.median(times), 4)
-        step_timed(
-            "refine",
-            lambda n, c: refine(bundle, inputs.w, [(edit.vector, 1.0)], n, perceptual=perceptual, progress=c),
-        )
+        step_timed("refine", refining)
         if ctx.device.type == "cuda":  # EDITGAN_CUDA_GRAPHS: the same loops, each update after the third a replay
             graphed: dict[str, Any] = {}
-            on = {"cuda_graphs": True}
-            step_timed(
-                "invert",
-                lambda n, c: invert(bundle, image, perceptual=perceptual, params={"steps": n} | on, progress=c),
-                graphed,
-            )
-            step_timed(
-                "optimize",
-                lambda n, c: optimize_edit(
-                    bundle, inputs.w, mask, inputs.region, perceptual=perceptual, params={"steps": n} | on, progress=c
-                ),
-                graphed,
-            )
-            step_timed(
-                "refine",
-                lambda n, c: refine(
-                    bundle, inputs.w, [(edit.vector, 1.0)], n, perceptual=perceptual, params=on, progress=c
-                ),
-                graphed,
-            )
+            for mode, loop in zip(LOOPS, (inverting, editing, refining), strict=True):
+                step_timed(mode, partial(loop, extra={"cuda_graphs": True}), graphed)
             out["cuda_graphs"] = graph_summary(out, graphed)
         peak = _peak(ctx.device, sampled)  # the engine's loops in float32: before the naive loop's stack
         # The official loop holds the stack, its gradient and the ensemble's activations at every pixel.

@@ -20,7 +20,7 @@ from engine.optim import WARMUP_STEPS, optimize_w
 from engine.params import EditParams
 from engine.perceptual import ConvPerceptual, ConvPerceptualConfig, PerceptualLoss
 from engine.vectors import EditingVector
-from tests.engine.emulated_graph import DEVICE_READS, EmulatedGraph
+from tests.engine.emulated_graph import DEVICE_READS, EmulatedGraph, EmulatedGraphs
 
 
 @pytest.fixture
@@ -216,11 +216,10 @@ def test_the_loops_replay_as_cuda_graphs(
     # capture needs (the same operations at every update, no device read, no host data) and to the
     # plumbing (warm-ups, then one capture, a replay at every later update), and the results must equal
     # the eager loop's.
-    graphs: list[EmulatedGraph] = []
+    graphs = EmulatedGraphs()
 
     def emulated(device: torch.device, enabled: bool) -> EmulatedGraph | None:
-        graphs.append(EmulatedGraph())
-        return graphs[-1] if enabled else None
+        return graphs() if enabled else None
 
     monkeypatch.setattr(editing, "loop_graph", emulated)
     monkeypatch.setattr(inversion, "loop_graph", emulated)

@@ -6,13 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import Bundle, render
+from engine import Bundle, render, segmenter
 from engine.errors import InputError
 from engine.graphs import GraphedRenderer
 from tests.engine.emulated_graph import EmulatedGraphs
 
 
-def test_renders_replay_per_batch_size_members_and_uncertainty(tiny_bundle: Bundle) -> None:
+@pytest.mark.parametrize("tile", [0, 16], ids=["gather", "tiled"])
+def test_renders_replay_per_batch_size_members_and_uncertainty(
+    tiny_bundle: Bundle, tile: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The dense segmentation's horizontal pass as on CPUs (a gather) and as on GPUs (tiled products).
+    monkeypatch.setitem(segmenter._HORIZONTAL_TILE, "cpu", tile)
     graphs = EmulatedGraphs()
     renderer = GraphedRenderer(tiny_bundle, max_batch=6, members=[None, 2, None], graph=graphs)
     assert renderer.sizes == [1, 2, 4, 6]  # powers of two, and the largest batch
