@@ -12,9 +12,11 @@
   Every request goes through `_Connection`, a lean standard-library client, so that the client's own
   Python costs the shared cores little.
 - Micro-batching on (the default settings) against off (`EDITGAN_MAX_BATCH=1`): two gateways on the same
-  Redis, measured in alternating blocks: the 16-client throughput gain and the single-client p50 change
-  (on a GPU a third gateway, batching on with EDITGAN_CUDA_GRAPHS, against the first);
+  Redis, measured in alternating blocks: the 16-client throughput gain and the single-client p50 change;
   beside it the engine's own time per edit in batches of 1, 4 and 16, the most batching can gain.
+- On a GPU, EDITGAN_CUDA_GRAPHS: a third gateway (batching on, renders replayed as CUDA graphs) against the
+  first, in alternating blocks of their own after the rounds above: single-client p50 and 16-client
+  throughput. A gateway that fails there is reported as an error, and the section's other figures stand.
 - Open-loop latency, batching on and off: requests at Poisson times, at half and at nine tenths of the
   throughput the gateway without batching reached at 16 clients. Each latency counts from the request's
   scheduled time, so a late server cannot slow the offered load down and hide its queue (closed-loop
@@ -47,7 +49,7 @@ from torch import Tensor
 
 from bench.context import Context
 from bench.inputs import latent, npy
-from bench.live import Service
+from bench.live import Gateway, Service
 from bench.results import SectionResult
 from bench.timing import gib, ratio, repeat, summary_ms
 from engine import Bundle, apply_vectors, render
@@ -62,7 +64,7 @@ CONCURRENCY = (1, 4, 16)
 # two sides of one ratio in different speeds (HTTP p50 27.3 and 18.9 ms against one gateway in one run).
 BLOCK = 10
 OUTSIDE = "outside"  # an edit's duration at the client less the route's (Server-Timing `route`)
-GRAPHS = "graphs"  # on a GPU, a third gateway: batching on and EDITGAN_CUDA_GRAPHS
+GRAPHS = "graphs"  # on a GPU, the gateway with EDITGAN_CUDA_GRAPHS
 IDLE_SECONDS = 0.01  # about one engine pass: how long Redis sits idle between an edit's two round trips
 OPEN_LOOP_LOADS = (0.5, 0.9)  # offered rates, as fractions of the batching-off gateway's 16-client throughput
 OPEN_LOOP_CONNECTIONS = 32  # the open-loop client's connections: requests beyond them queue in the client
@@ -319,6 +321,10 @@ class Samples:
     open_rates: dict[float, float] = field(default_factory=dict)
     sweep: list[dict[str, Any]] = field(default_factory=list)
     memory: dict[str, float | None] = field(default_factory=dict)
+    # EDITGAN_CUDA_GRAPHS against batching on ("on"), one-at-a-time durations and 16-client throughputs
+    graphs_single: dict[str, list[float]] = field(default_factory=dict)
+    graphs_rps: dict[str, list[float]] = field(default_factory=dict)
+    graphs_error: str | None = None
 
 
 def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
@@ -331,9 +337,9 @@ def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
     with Service(ctx.workdir / "vector", ctx.service_env(), ctx.redis_url) as service:
         ctx.log("vector: starting two gateways (micro-batching on and off)")
         gateways = {"on": service.gateway("gateway-on"), "off": service.gateway("gateway-off", EDITGAN_MAX_BATCH="1")}
-        if ctx.device.type == "cuda":  # batching on, renders replayed as CUDA graphs
+        if ctx.device.type == "cuda":  # started now, so that its captures are done before anything is timed
             gateways[GRAPHS] = service.gateway("gateway-graphs", EDITGAN_CUDA_GRAPHS="true")
-        urls = {k: gateways[k].wait() for k in ("off", "on", GRAPHS) if k in gateways}  # the order measured in
+        urls = {k: g.wait() for k, g in gateways.items() if k != GRAPHS}
         with httpx.Client(base_url=urls["on"], timeout=60) as client:
             response = client.post("/latents", files={"file": ("w.npy", npy(w[0]), "application/octet-stream")})
             response.raise_for_status()
@@ -352,24 +358,27 @@ def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
                 out.redis_after_idle += _after_idle(service.redis.ping, BLOCK)
                 out.preview_http += _sequential(urls["on"], body | {"preview": True}, BLOCK)
                 out.preview_engine += repeat(lambda: render(bundle, w, members=_preview_count(bundle)), BLOCK)
-                for key in urls:
-                    out.single.setdefault(key, []).extend(_sequential(urls[key], body, BLOCK))
+                for key in ("off", "on"):
+                    out.single[key] += _sequential(urls[key], body, BLOCK)
             per_edit: dict[int, float] = {}
             for size in CONCURRENCY:  # what one batched pass costs per edit: the ceiling of batching's gain
                 times = repeat(partial(render, bundle, w.expand(size, -1, -1)), max(3, n // size), warmup=1)
                 out.per_edit[size] += [t / size for t in times]
                 per_edit[size] = statistics.median(times) / size
             out.engine_gain_rounds.append(ratio(per_edit[1], per_edit[16]))
-            for key in urls:
-                ctx.log(f"vector: round {r + 1}/{rounds}: gateway {key}, 16 clients")
+            for key in ("off", "on"):
+                ctx.log(f"vector: round {r + 1}/{rounds}: batching {key}, 16 clients")
                 before = _batches(urls[key], bundle.spec.name)
-                out.loaded_rps.setdefault(key, []).append(load(urls[key], body, 16, seconds)["throughput_rps"])
-                previews = load(urls[key], body | {"preview": True}, 16, seconds)["throughput_rps"]
-                out.preview_rps.setdefault(key, []).append(previews)
+                out.loaded_rps[key].append(load(urls[key], body, 16, seconds)["throughput_rps"])
+                out.preview_rps[key].append(load(urls[key], body | {"preview": True}, 16, seconds)["throughput_rps"])
                 if key == "on":
                     after = _batches(urls[key], bundle.spec.name)
                     out.batched = [out.batched[0] + after[0] - before[0], out.batched[1] + after[1] - before[1]]
 
+        if GRAPHS in gateways:
+            ctx.log("vector: CUDA graphs against eager renders, batching on")
+            if (graphs_url := _graphs(out, gateways[GRAPHS], urls["on"], body, rounds, blocks, seconds)) is not None:
+                urls[GRAPHS] = graphs_url  # for its memory figures below
         capacity = statistics.mean(out.loaded_rps["off"])
         for rep in range(2):
             for load_share in OPEN_LOOP_LOADS:
@@ -384,9 +393,29 @@ def measure(ctx: Context, bundle: Bundle, name: str) -> Samples:
                     errors[key] += failed
         ctx.log("vector: throughput at 1, 4 and 16 clients")
         out.sweep = [load(urls["on"], body, c, seconds) for c in CONCURRENCY]
-        out.memory = {f"gateway_{k}_gib": gib(g.process.peak_rss()) for k, g in gateways.items()}
-        out.memory |= {f"gateway_{k}_gpu_gib": _gpu_peak_gib(urls[k]) for k in gateways}
+        out.memory = {f"gateway_{k}_gib": gib(g.process.peak_rss()) for k, g in gateways.items() if k in urls}
+        out.memory |= {f"gateway_{k}_gpu_gib": _gpu_peak_gib(urls[k]) for k in urls}
     return out
+
+
+def _graphs(
+    out: Samples, gateway: Gateway, on: str, body: dict[str, Any], rounds: int, blocks: int, seconds: float
+) -> str | None:
+    """The EDITGAN_CUDA_GRAPHS gateway against batching on, alternating -> its URL, or None when it failed: a
+    first GPU run of it must not take the section's other figures with it, so whatever fails ends up in
+    `graphs_error`."""
+    try:
+        urls = {"on": on, GRAPHS: gateway.wait()}
+        for _ in range(rounds):
+            for b in range(blocks):
+                for key in ("on", GRAPHS) if b % 2 == 0 else (GRAPHS, "on"):
+                    out.graphs_single.setdefault(key, []).extend(_sequential(urls[key], body, BLOCK))
+            for key in ("on", GRAPHS):
+                out.graphs_rps.setdefault(key, []).append(load(urls[key], body, 16, seconds)["throughput_rps"])
+    except Exception as exc:  # a probe: the error, with the gateway's log tail when it exited
+        out.graphs_error = repr(exc)[-1500:]
+        return None
+    return urls[GRAPHS]
 
 
 def _upload(url: str, w: Tensor, count: int) -> list[str]:
@@ -455,12 +484,8 @@ def run(ctx: Context) -> SectionResult:
         # independent users (Poisson arrivals) at a share of the unbatched gateway's 16-client throughput
         "open_loop": [_open_loop_row(s, share) for share in OPEN_LOOP_LOADS],
     }
-    if GRAPHS in loaded:  # EDITGAN_CUDA_GRAPHS against the same gateway without it (batching on in both)
-        batching["cuda_graphs"] = {
-            "throughput_gain_16_clients": ratio(loaded[GRAPHS], loaded["on"]),
-            "single_client_p50_change": _change(single[GRAPHS]["p50_ms"], single["on"]["p50_ms"]),
-            "batching_gain_16_clients": ratio(loaded[GRAPHS], loaded["off"]),
-        }
+    if s.graphs_error is not None or s.graphs_rps:
+        batching["cuda_graphs"] = _graphs_summary(s, loaded["off"])
     over = ratio(http["p50_ms"], engine["p50_ms"])
     # The same ratio from one process: this VM runs a process's torch code in one of two speeds (about 19 or
     # 29 ms for this forward), so the gateway's engine and the bench's may differ. Paired per request.
@@ -513,12 +538,34 @@ def run(ctx: Context) -> SectionResult:
         f"{_percent(batching['single_client_p50_change'])}; open loop at {busy['rate_rps']:.0f} req/s: p99 "
         f"{_p99(busy, 'on')} ms on, {_p99(busy, 'off')} ms off",
     }
-    if graphs := batching.get("cuda_graphs"):
-        cells["batching"] += (
-            f"; CUDA graphs: 16 clients {graphs['throughput_gain_16_clients']}x, 1-client p50 "
-            f"{_percent(graphs['single_client_p50_change'])} (p50 {single[GRAPHS]['p50_ms']:.1f} ms)"
-        )
+    if "cuda_graphs" in batching:
+        cells["batching"] += _graphs_cell(batching["cuda_graphs"])
     return SectionResult(data, cells)
+
+
+def _graphs_summary(s: Samples, off_rps: float) -> dict[str, Any]:
+    """EDITGAN_CUDA_GRAPHS against the same gateway without it (batching on in both), or the error."""
+    if s.graphs_error is not None:
+        return {"error": s.graphs_error}
+    single = {k: summary_ms(v) for k, v in s.graphs_single.items()}
+    rps = {k: statistics.mean(v) for k, v in s.graphs_rps.items()}
+    return {
+        "single_client": single,
+        "throughput_16_clients_rps": {k: round(v, 2) for k, v in rps.items()},
+        "throughput_gain_16_clients": ratio(rps[GRAPHS], rps["on"]),
+        "single_client_p50_change": _change(single[GRAPHS]["p50_ms"], single["on"]["p50_ms"]),
+        "batching_gain_16_clients": ratio(rps[GRAPHS], off_rps),  # graphs and batching against neither
+    }
+
+
+def _graphs_cell(graphs: dict[str, Any]) -> str:
+    if "error" in graphs:
+        return "; CUDA graphs: failed (see the JSON)"
+    p50 = graphs["single_client"][GRAPHS]["p50_ms"]
+    return (
+        f"; CUDA graphs: 16 clients {graphs['throughput_gain_16_clients']}x, 1-client p50 "
+        f"{_percent(graphs['single_client_p50_change'])} ({p50:.1f} ms)"
+    )
 
 
 def _where(phases: dict[str, float]) -> str:
