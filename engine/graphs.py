@@ -46,9 +46,7 @@ class CudaGraph:
     """`torch.cuda.CUDAGraph`, warmed up on a side stream as PyTorch asks before a capture. Graphs that never
     replay at the same time may share a memory `pool` (`torch.cuda.graph_pool_handle()`)."""
 
-    def __init__(self, pool: Any = None) -> None:
-        if not torch.cuda.is_available():
-            raise InputError("CUDA graphs need a CUDA device, and this process sees none")
+    def __init__(self, pool: Any = None) -> None:  # callers check the device first (`check_cuda`)
         self._graph = torch.cuda.CUDAGraph()
         self._pool = pool
 
@@ -108,7 +106,7 @@ class GraphedRenderer:
     def __call__(self, w_plus: Tensor, *, members: int | None = None, uncertainty: bool = True) -> Rendering:
         n = w_plus.shape[0]
         size = next((s for s in self.sizes if s >= n), None)
-        captured = self._captured.get((size or 0, members, uncertainty))
+        captured = None if size is None else self._captured.get((size, members, uncertainty))
         if captured is None or w_plus.ndim != 3 or w_plus.shape[1:] != captured[1].shape[1:]:
             return render(self.bundle, w_plus, members=members, uncertainty=uncertainty)  # (refuses bad shapes)
         graph, static, outputs = captured
