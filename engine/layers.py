@@ -20,13 +20,15 @@ LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)  # keeps activations at unit variance after the leaky ReLU
 # oneDNN's CPU convolutions run channels-last natively and reorder NCHW maps and weights around every call:
 # with channels-last maps and weights the demo model renders 7% faster alone and 17% per image in batches of
-# 16, and edits 13% faster (2 cores). On CUDA maps and weights stay NCHW (not measured yet).
+# 16, and edits 13% faster (2 cores). On CUDA maps and weights stay NCHW until a GPU run measures
+# channels-last there (`scripts/gpu_profile.py`, `layouts`: cuDNN's tensor-core kernels work channels-last).
 CPU_MEMORY_FORMAT = torch.channels_last
+CUDA_MEMORY_FORMAT = torch.contiguous_format
 
 
 def memory_format(device: torch.device) -> torch.memory_format:
     """The layout of the generator's maps and convolution weights on `device`."""
-    return CPU_MEMORY_FORMAT if device.type == "cpu" else torch.contiguous_format
+    return CPU_MEMORY_FORMAT if device.type == "cpu" else CUDA_MEMORY_FORMAT
 
 
 def make_kernel(taps: Sequence[float]) -> Tensor:

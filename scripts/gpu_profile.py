@@ -8,8 +8,9 @@ engine thread beside a thread that keeps the GIL busy, at several switch interva
 loop under load), and how often an update makes the host wait for the GPU; then, while the budget lasts,
 the render through `torch.compile` with CUDA graphs ("reduce-overhead") and with the default mode. Each
 study also runs the service's own CUDA graphs (EDITGAN_CUDA_GRAPHS: renders of 1 and 16, an edit's
-updates). A busy share well under 1 means the host (Python, launches) bounds the step, not the GPU: CUDA
-graphs and fewer, fused kernels pay there, reduced precision does not.
+updates), cuDNN's autotuner, and the maps NCHW against channels-last in each native precision (`layouts`).
+A busy share well under 1 means the host (Python, launches) bounds the step, not the GPU: CUDA graphs and
+fewer, fused kernels pay there, reduced precision does not.
 Prints JSON; the profiler tables go to --out.
 """
 
@@ -37,11 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.inputs import edit_input
 from bench.paper import car_bundle
 from bench.timing import StepClock, repeat, sync
-from engine import Bundle, load_bundle, optimize_edit, render, segmenter
+from engine import Bundle, layers, load_bundle, optimize_edit, render, segmenter
 from engine.graphs import GraphedRenderer
 from engine.optim import WARMUP_STEPS
 from engine.perceptual import LPIPSLoss, PerceptualLoss
-from engine.precision import ieee_float32
+from engine.precision import ieee_float32, native_precisions
 from schemas.settings import SHIPPED_MODELS
 
 
@@ -159,6 +160,36 @@ def cudnn_benchmark(edit: Callable[..., Any], steps: int) -> dict[str, Any]:
     return out
 
 
+def layouts(
+    bundle: Bundle, w: torch.Tensor, perceptual: PerceptualLoss, edit: Callable[..., Any], steps: int
+) -> dict[str, Any]:
+    """The render's ms and an optimisation edit's ms per update and final loss in each native precision,
+    with the generator's maps and weights (and the LPIPS network's) NCHW, as CUDA runs them now, and
+    channels-last (`engine.layers.CUDA_MEMORY_FORMAT`). cuDNN's tensor-core kernels work channels-last and
+    transpose NCHW maps around each call: at paper scale TF32 and bfloat16 gained only 1.04-1.44x per update
+    in NCHW, far less than their arithmetic rates promise."""
+    out: dict[str, Any] = {}
+    before = layers.CUDA_MEMORY_FORMAT
+    try:
+        for name, layout in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last)):
+            layers.CUDA_MEMORY_FORMAT = layout
+            perceptual.to(memory_format=layout)
+            row: dict[str, Any] = {"render_ms": median_ms(lambda: render(bundle, w), 10)}
+            for precision in native_precisions(bundle.device):
+                edit(1, precision=precision)  # cuDNN's and cuBLAS's first calls for these shapes and dtypes
+                clock = StepClock()
+                final = edit(steps, clock, precision=precision)
+                row[precision] = {
+                    "ms_per_step": round(clock.per_step * 1000, 2),
+                    "final_loss": final.history[-1]["total"] if final.history else None,
+                }
+            out[name] = row
+    finally:
+        layers.CUDA_MEMORY_FORMAT = before
+        perceptual.to(memory_format=torch.contiguous_format)
+    return out
+
+
 def device_waits(run: Callable[[], Any]) -> int:
     """How often `run` made the host wait for the GPU: CUDA's sync debug mode warns once per wait."""
     before = torch.cuda.get_sync_debug_mode()
@@ -183,8 +214,8 @@ def study(name: str, bundle: Bundle, perceptual: PerceptualLoss, out: Path, step
     result["render_16_ms"] = median_ms(lambda: render(bundle, batch), 5)
     result["render_ms_beside_busy_python"] = beside_busy_python(lambda: render(bundle, w))
 
-    def edit(n: int, clock: StepClock | None = None, cuda_graphs: bool = False) -> Any:
-        params = {"steps": n, "cuda_graphs": cuda_graphs}
+    def edit(n: int, clock: StepClock | None = None, cuda_graphs: bool = False, precision: str = "float32") -> Any:
+        params = {"steps": n, "cuda_graphs": cuda_graphs, "precision": precision}
         return optimize_edit(bundle, w, mask, inputs.region, perceptual=perceptual, params=params, progress=clock)
 
     edit(1)  # warm-up
@@ -194,6 +225,7 @@ def study(name: str, bundle: Bundle, perceptual: PerceptualLoss, out: Path, step
     if bundle.device.type == "cuda":
         result["cuda_graphs"] = probe(lambda: cuda_graphs(bundle, w, edit, steps))
         result["cudnn_benchmark"] = cudnn_benchmark(edit, steps)
+        result["layouts"] = probe(lambda: layouts(bundle, w, perceptual, edit, steps))
         # the loop reads its logged terms once per step, after queueing the update (engine.optim)
         waits = device_waits(lambda: edit(steps)) - device_waits(lambda: edit(1))
         result["device_waits_per_update"] = round(waits / (steps - 1), 2)
