@@ -154,6 +154,14 @@ class Settings(BaseSettings):
     )
     editgan_host: str = Field("127.0.0.1", description="Address the gateway binds (`editgan up`, `editgan serve`).")
     editgan_port: int = Field(8000, ge=1, le=65535, description="Port the gateway binds.")
+    editgan_keep_alive: int = Field(
+        75,
+        ge=1,
+        le=3600,
+        description="Seconds the gateway keeps an idle HTTP connection open. Longer than the idle timeouts of "
+        "clients and proxies in front of it (httpx 5 s, nginx upstreams and cloud load balancers 60 s), so that "
+        "they, not the gateway, close idle connections: a request sent just as the gateway closes one is lost.",
+    )
     editgan_log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
     @field_validator(

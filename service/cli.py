@@ -207,7 +207,13 @@ def _run_gateway(settings: Settings) -> None:
 
     print(f"editgan: serving on http://{settings.editgan_host}:{settings.editgan_port}", file=sys.stderr)
     config = uvicorn.Config(
-        app, host=settings.editgan_host, port=settings.editgan_port, log_level=settings.editgan_log_level
+        app,
+        host=settings.editgan_host,
+        port=settings.editgan_port,
+        log_level=settings.editgan_log_level,
+        # uvicorn's own 5 s equals httpx's idle expiry: the two closed idle connections at the same moment,
+        # and a load test lost a request to that race (a reset, no answer).
+        timeout_keep_alive=settings.editgan_keep_alive,
     )
     Gateway(config).run()
 
