@@ -519,6 +519,20 @@ def test_k8s_probes_use_the_health_paths_on_the_served_port() -> None:
     assert service["spec"]["selector"].items() <= _pod_labels("Deployment", "editgan-api").items()
 
 
+def test_k8s_gateway_keeps_listening_until_the_service_has_dropped_it() -> None:
+    api = _object("Deployment", "editgan-api")
+    (container,) = _containers(api)
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and len(command) == 2
+    pause = int(command[1])
+    assert pause >= 3  # endpoint updates reach kube-proxy and ingresses within seconds, not at once
+    # the pause counts against the grace period, which must leave uvicorn time to finish open requests
+    assert api["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= pause + 15
+    # EDITGAN_KEEP_ALIVE (75 s) is longer than an ingress's idle upstream timeout (60 s): the proxy, not the
+    # gateway, closes idle connections
+    assert Settings.model_fields["editgan_keep_alive"].default > 60
+
+
 def test_k8s_worker_gets_a_gpu_a_grace_period_and_a_worker_liveness_check() -> None:
     worker = _object("Deployment", "editgan-worker")
     (container,) = _containers(worker)
