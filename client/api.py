@@ -117,10 +117,12 @@ def _api_error(response: httpx.Response) -> ApiError:
     except ValueError:
         body = None
     # Read the body leniently: a newer service may send a code this client's ErrorCode does not know yet.
+    request_id = response.headers.get("x-request-id")
     if isinstance(body, dict) and isinstance(body.get("code"), str) and isinstance(body.get("message"), str):
-        return ApiError(response.status_code, body["code"], body["message"], body.get("detail"), retry_after)
+        detail = body.get("detail")
+        return ApiError(response.status_code, body["code"], body["message"], detail, retry_after, request_id)
     text = response.text.strip()[:200] or response.reason_phrase
-    return ApiError(response.status_code, f"http_{response.status_code}", text, None, retry_after)
+    return ApiError(response.status_code, f"http_{response.status_code}", text, None, retry_after, request_id)
 
 
 class EditganClient:

@@ -26,16 +26,26 @@ class ApiError(EditganError):
 
     Branch on `code` (stable), never on `message` (for people). `status` is the HTTP status; `retry_after`
     comes with 503s. A body that is not the API's (a proxy's HTML page) gets `code = "http_<status>"`.
+    `request_id` is the answer's `X-Request-ID`: quote it when reporting a problem, the service's log lines
+    for the request end with it.
     """
 
     def __init__(
-        self, status: int, code: str, message: str, detail: Any = None, retry_after: float | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        detail: Any = None,
+        retry_after: float | None = None,
+        request_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.detail, self.retry_after = status, code, detail, retry_after
+        self.request_id = request_id
 
     def __str__(self) -> str:
-        return f"{self.code}: {self.message} (HTTP {self.status})"
+        request = f", request {self.request_id}" if self.request_id else ""
+        return f"{self.code}: {self.message} (HTTP {self.status}{request})"
 
 
 class JobFailedError(EditganError):

@@ -24,7 +24,7 @@ from engine import Bundle, EngineError
 from engine.graphs import GraphedRenderer
 from schemas.errors import ErrorCode
 from schemas.settings import Settings
-from service import server_timing
+from service import request_id, server_timing
 from service.auth import Authenticator, parse_keys
 from service.batching import render_batcher
 from service.deps import authenticate
@@ -33,6 +33,7 @@ from service.job_events import JobEvents
 from service.limits import BodyLimitMiddleware
 from service.metrics import MetricsMiddleware, ServiceMetrics, record_error
 from service.ratelimit import RateLimiter
+from service.request_id import RequestIdMiddleware
 from service.routes import editor, edits, health, jobs, latents, models, vectors
 from service.state import Services, preview_members
 from workers.models import compile_models, load_models, resolve_device, warn_cuda_graphs
@@ -222,8 +223,10 @@ def create_app(settings: Settings, *, bundles: dict[str, Bundle] | None = None) 
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
             expose_headers=[
                 *("Location", "Retry-After", "Idempotent-Replayed", "X-Model", "Content-Disposition"),
+                request_id.HEADER,
                 server_timing.HEADER,  # a page on another origin reads a real-time edit's phases too
             ],
             allow_credentials=False,  # keys travel in headers, never cookies
         )
+    app.add_middleware(RequestIdMiddleware)  # outermost of these: every answer above carries the id
     return app

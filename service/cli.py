@@ -169,10 +169,17 @@ def _settings(**overrides: object) -> Settings:
     return settings.model_copy(update=overrides) if overrides else settings
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, *, gateway: bool = False) -> None:
+    """The root logger's format; in a gateway each line handled for a request ends with its id."""
     import logging
 
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level.upper(), format=fmt + ("%(request)s" if gateway else ""))
+    if gateway:
+        from service.request_id import RequestIdFilter
+
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(RequestIdFilter())
 
 
 def _exit_cleanly_on_signals() -> None:
@@ -194,6 +201,7 @@ def _run_gateway(settings: Settings) -> None:
     import uvicorn
 
     from service.app import create_app
+    from service.request_id import uvicorn_log_config
 
     app = create_app(settings)
 
@@ -211,6 +219,7 @@ def _run_gateway(settings: Settings) -> None:
         host=settings.editgan_host,
         port=settings.editgan_port,
         log_level=settings.editgan_log_level,
+        log_config=uvicorn_log_config(),  # its lines, the access log's included, end with the request's id
         # uvicorn's own 5 s equals httpx's idle expiry: the two closed idle connections at the same moment,
         # and a load test lost a request to that race (a reset, no answer).
         timeout_keep_alive=settings.editgan_keep_alive,
@@ -220,7 +229,7 @@ def _run_gateway(settings: Settings) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings()
-    _configure_logging(settings.editgan_log_level)
+    _configure_logging(settings.editgan_log_level, gateway=True)
     _exit_cleanly_on_signals()
     _run_gateway(settings)
     return 0
@@ -254,7 +263,7 @@ def _up(args: argparse.Namespace) -> int:
     from workers.models import check_models
 
     settings = _settings()
-    _configure_logging(settings.editgan_log_level)
+    _configure_logging(settings.editgan_log_level, gateway=True)
     _exit_cleanly_on_signals()
     check_models(settings.editgan_models_dir)  # fail now, with the path, if there is no model
     embedded = EmbeddedRedis(settings.editgan_data_dir) if settings.redis_url is None else None

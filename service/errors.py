@@ -13,6 +13,8 @@ from starlette.routing import Match
 
 from engine import BundleError, EngineError, InputError
 from schemas.errors import ErrorBody, ErrorCode
+from service.request_id import HEADER as REQUEST_ID_HEADER
+from service.request_id import current as current_request_id
 from service.uploads import PayloadTooLargeError, UnsupportedMediaError
 from workers.queue import JobNotCancellableError, JobNotFoundError
 from workers.registry import ReadOnlyVectorError, VectorNotFoundError
@@ -137,10 +139,14 @@ def install_error_handlers(app: FastAPI, on_error: object = None) -> None:
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         status, code, message = classify(exc)
+        headers = exc.headers if isinstance(exc, ApiError) and exc.headers else None
         if status >= 500 and code == ErrorCode.internal_error:
             log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+            # answered by the server-error middleware, outside the one that adds the request's id
+            request_id = current_request_id.get()
+            if request_id is not None:
+                headers = (headers or {}) | {REQUEST_ID_HEADER: request_id}
         _report(code, status)
-        headers = exc.headers if isinstance(exc, ApiError) and exc.headers else None
         if status == 503:
             headers = (headers or {}) | {"Retry-After": "5"}
         return error_response(status, code, message, headers=headers)

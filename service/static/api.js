@@ -2,10 +2,11 @@
 
 /** An error answer of the service (`{code, message}`), or a request that got no usable answer. */
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, requestId = null) {
     super(message);
     this.status = status; // HTTP status; 0 when nothing answered
     this.code = code;
+    this.requestId = requestId; // the answer's X-Request-ID: the service's log lines for it end with it
   }
 
   toString() {
@@ -25,13 +26,15 @@ export function setApiKey(key) {
 
 async function errorOf(response) {
   const text = await response.text();
+  const requestId = response.headers.get("X-Request-ID");
   try {
     const body = JSON.parse(text);
-    if (body && body.code && body.message) return new ApiError(response.status, body.code, body.message);
+    if (body && body.code && body.message) return new ApiError(response.status, body.code, body.message, requestId);
   } catch {
     // not JSON: a proxy's page, for instance
   }
-  return new ApiError(response.status, `http_${response.status}`, text.slice(0, 200) || response.statusText);
+  const message = text.slice(0, 200) || response.statusText;
+  return new ApiError(response.status, `http_${response.status}`, message, requestId);
 }
 
 /**

@@ -26,7 +26,12 @@ const painter = new Painter($("mask-canvas"));
 function showError(err) {
   const p = document.createElement("p");
   p.className = "error";
-  p.textContent = err instanceof api.ApiError ? `${err.code}: ${err.message}` : `error: ${err.message || err}`;
+  if (err instanceof api.ApiError) {
+    // the request's id, for a report: the service's log lines for it end with it
+    p.textContent = `${err.code}: ${err.message}` + (err.requestId ? ` (request ${err.requestId})` : "");
+  } else {
+    p.textContent = `error: ${err.message || err}`;
+  }
   const dismiss = document.createElement("button");
   dismiss.type = "button";
   dismiss.textContent = "Dismiss";

@@ -226,6 +226,7 @@ def test_api_errors_carry_the_code_message_and_status(
     error = raised.value
     assert (error.status, error.code) == (status, code)
     assert error.message and error.code in str(error) and str(status) in str(error)
+    assert error.request_id and f"request {error.request_id}" in str(error)  # the id a report quotes
 
 
 def test_an_error_is_the_body_the_api_sent(api: EditganClient, live: Live) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ def test_api_errors_show_in_the_page_and_a_running_edit_can_be_cancelled(
     page.click("invert-button")
     message = page.wait(page.messages, what="an error message")
     assert message.startswith("unsupported_media_type: ") and "Dismiss" in message
+    assert re.search(r"\(request [0-9a-f]{16}\)", message), message  # the id a report quotes
     assert page.text("latent-id") == "none yet"
     page.driver.find_element(By.CSS_SELECTOR, "#messages button").click()
     assert page.messages() == ""
